@@ -1,0 +1,119 @@
+"""Role codes through any collator: padding, multipack concatenation, padding-free flattening.
+
+Axolotl's and TRL's collators know nothing of ``wit_roles``: some pass it through unpadded, some drop it.
+:class:`RoleCollator` takes the column out, lets the wrapped collator build the batch, then lays the roles
+out exactly as the collator laid out ``input_ids`` (samples concatenated per packed row, padded on the
+tokenizer's side) and *checks* that layout against the collator's ``input_ids``: a collator we do not
+understand fails loudly instead of training on misaligned weights.
+
+It also writes ``labels = input_ids`` where the weight is non-zero and ``-100`` elsewhere, so a trainer's
+count of label tokens (``num_items_in_batch``) is exactly the WIT denominator, and marks the first token
+of every sequence ``PAD`` (never a target: in a packed row it would be predicted across a boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from wit_plugin.roles import ROLE_DTYPE, Role, RoleWeights
+
+ROLES_KEY = "wit_roles"
+IGNORE_INDEX = -100
+
+
+class CollationError(ValueError):
+    """The batch's roles cannot be aligned with its tokens."""
+
+
+def _packed_rows(features: Sequence[Any], flattens: bool) -> list[list[Mapping[str, Any]]]:
+    """The samples that make up each output row, in order."""
+    if isinstance(features[0], list):  # multipack: one list of samples per packed row
+        return [list(pack) for pack in features]
+    if flattens:  # padding-free: every sample in one row
+        return [list(features)]
+    return [[sample] for sample in features]
+
+
+def _without_roles(features: Sequence[Any]) -> list[Any]:
+    def strip(sample: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in sample.items() if key != ROLES_KEY}
+
+    return [[strip(s) for s in item] if isinstance(item, list) else strip(item) for item in features]
+
+
+def _row_layout(samples: list[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ids and roles of one output row, each sample's first token marked PAD."""
+    ids, roles = [], []
+    for index, sample in enumerate(samples):
+        if ROLES_KEY not in sample:
+            raise CollationError(
+                f"a sample has no '{ROLES_KEY}' column (fields: {sorted(sample)}): the dataset was not "
+                "tokenised by a wit_plugin strategy"
+            )
+        sample_ids = np.asarray(sample["input_ids"], dtype=np.int64)
+        sample_roles = np.asarray(sample[ROLES_KEY], dtype=np.int8).copy()
+        if len(sample_ids) != len(sample_roles):
+            raise CollationError(f"sample {index} has {len(sample_ids)} tokens but {len(sample_roles)} roles")
+        if len(sample_roles):
+            sample_roles[0] = Role.PAD
+        ids.append(sample_ids)
+        roles.append(sample_roles)
+    return np.concatenate(ids), np.concatenate(roles)
+
+
+def layout_roles(rows: list[list[Mapping[str, Any]]], input_ids: torch.Tensor) -> torch.Tensor:
+    """Roles shaped like ``input_ids``; raises :class:`CollationError` unless the ids match the layout."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != len(rows):
+        raise CollationError(f"collator returned input_ids of shape {tuple(input_ids.shape)} for {len(rows)} rows")
+    width = input_ids.shape[1]
+    roles = torch.full(input_ids.shape, Role.PAD, dtype=ROLE_DTYPE)
+    batch_ids = input_ids.cpu().numpy()
+    for row_index, samples in enumerate(rows):
+        ids, row_roles = _row_layout(samples)
+        if len(ids) > width:
+            raise CollationError(f"row {row_index} has {len(ids)} tokens but the batch is {width} wide")
+        for start in dict.fromkeys((0, width - len(ids))):  # right padding, else left padding
+            if np.array_equal(batch_ids[row_index, start : start + len(ids)], ids):
+                roles[row_index, start : start + len(ids)] = torch.from_numpy(row_roles)
+                break
+        else:
+            raise CollationError(
+                f"row {row_index}: the collator's input_ids are not the samples' tokens concatenated and "
+                "padded; wit_plugin cannot align roles with this collator"
+            )
+    return roles
+
+
+def mask_labels(input_ids: torch.Tensor, roles: torch.Tensor, weights: RoleWeights) -> torch.Tensor:
+    """Labels for trainers: the token where its weight is non-zero, ``-100`` elsewhere."""
+    weighted = weights.table()[roles.long()] > 0
+    return torch.where(weighted, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+
+
+class RoleCollator:
+    """Wraps a collator so its batches carry ``wit_roles`` aligned with ``input_ids`` and masked labels."""
+
+    def __init__(self, collator: Callable[..., Any], weights: RoleWeights, flattens: bool = False) -> None:
+        self.collator = collator
+        self.weights = weights
+        self.flattens = flattens
+
+    def __getattr__(self, name: str) -> Any:  # trainers read e.g. .tokenizer off their collator
+        if name == "collator":
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def __call__(self, features: Sequence[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not features:
+            raise CollationError("empty batch")
+        rows = _packed_rows(features, self.flattens)
+        batch = self.collator(_without_roles(features), *args, **kwargs)
+        input_ids = batch["input_ids"]
+        roles = layout_roles(rows, input_ids)
+        batch[ROLES_KEY] = roles
+        batch["labels"] = mask_labels(input_ids, roles, self.weights)
+        return batch

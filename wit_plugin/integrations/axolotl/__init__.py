@@ -1,0 +1,1 @@
+"""Axolotl adapter: plugin, config keys, dataset strategies, trainer."""

@@ -1,0 +1,101 @@
+"""``plugins: [wit_plugin.WITPlugin]``: Weighted Instruction Tuning in Axolotl."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+
+from wit_plugin.integrations.axolotl.args import WIT_KEYS
+from wit_plugin.roles import RoleWeights
+
+LOG = logging.getLogger(__name__)
+
+STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
+# Stock Axolotl dataset types and the role-tagging strategy that replaces each.
+STOCK_TYPES = {
+    "chat_template": f"{STRATEGIES}.chat_template",
+    "alpaca": f"{STRATEGIES}.alpaca",
+    "completion": f"{STRATEGIES}.text",
+}
+OWN_TYPES = frozenset(
+    f"{STRATEGIES}.{name}" for name in ("chat_template", "alpaca", "prompt_completion", "text")
+)
+# Options that compute the loss their own way (and would bypass the role weights) or train something else.
+CONFLICTS = {
+    "rl": "RL/preference training (DPO, ORPO, KTO, GRPO...) has its own loss",
+    "reward_model": "reward-model training has its own loss",
+    "process_reward_model": "process-reward-model training has its own loss",
+    "orpo_alpha": "ORPO has its own loss",
+    "liger_fused_linear_cross_entropy": "Liger's fused linear cross-entropy bypasses the per-token weights",
+    "liger_cross_entropy": "Liger's cross-entropy bypasses the per-token weights",
+    "cut_cross_entropy": "cut_cross_entropy bypasses the per-token weights",
+    "chunked_cross_entropy": "chunked_cross_entropy bypasses the per-token weights",
+    "use_eaft": "EAFT replaces the loss function",
+    "pretraining_dataset": "streaming pretraining datasets are not role-tagged; use a dataset with `type: completion`",
+    "tokenizer_use_mistral_common": "mistral-common tokenizers give no offset mapping to tag roles with",
+}
+PARALLEL_CONFLICTS = ("context_parallel_size", "sequence_parallel_degree")
+
+
+class WITConfigError(ValueError):
+    """The Axolotl config asks for something the WIT plugin cannot do correctly."""
+
+
+def check_config(cfg: Any) -> None:
+    """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
+    unknown = sorted(key for key in cfg if str(key).startswith("wit_") and key not in WIT_KEYS)
+    if unknown:
+        raise WITConfigError(f"unknown wit_plugin option(s) {unknown}; valid: {sorted(WIT_KEYS)}")
+    RoleWeights.from_options(cfg)
+    problems = [f"`{key}`: {why}" for key, why in CONFLICTS.items() if cfg.get(key)]
+    problems += [f"`{key}` > 1: sequences split across ranks" for key in PARALLEL_CONFLICTS if (cfg.get(key) or 1) > 1]
+    problems += [
+        f"plugin `{name}` replaces the loss and bypasses the per-token weights"
+        for name in cfg.get("plugins") or []
+        if "cut_cross_entropy" in name or "liger" in name.lower()
+    ]
+    if problems:
+        raise WITConfigError("wit_plugin cannot train with:\n  - " + "\n  - ".join(problems))
+
+
+def map_dataset_types(cfg: Any) -> None:
+    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error."""
+    for key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(key) or []:
+            kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
+            if not isinstance(kind, str):
+                raise WITConfigError(f"{key}: custom dataset type definitions cannot be role-tagged: {kind!r}")
+            if kind in OWN_TYPES:
+                continue
+            if kind not in STOCK_TYPES:
+                raise WITConfigError(
+                    f"{key}: dataset type {kind!r} cannot be role-tagged by wit_plugin; supported: "
+                    f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
+                )
+            dataset["type"] = STOCK_TYPES[kind]
+
+
+class WITPlugin(BasePlugin):
+    """Weighted Instruction Tuning: per-role token weights in the SFT loss."""
+
+    def register(self, cfg: dict) -> None:
+        check_config(cfg)
+        map_dataset_types(cfg)
+        LOG.info("wit_plugin: role weights %s", RoleWeights.from_options(cfg).describe())
+
+    def get_input_args(self) -> str:
+        return "wit_plugin.integrations.axolotl.args.WITArgs"
+
+    def get_training_args(self, cfg: Any) -> dict[str, Any]:
+        # N must count weighted tokens on every rank (Axolotl turns this off by default).
+        return {"average_tokens_across_devices": True}
+
+    def get_trainer_cls(self, cfg: Any) -> type:
+        from wit_plugin.integrations.axolotl.trainer import AxolotlWITTrainer
+
+        return AxolotlWITTrainer
+
+    def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        trainer.setup_wit(RoleWeights.from_options(cfg))

@@ -1,0 +1,101 @@
+"""Axolotl dataset strategies that tag every token with its role.
+
+Axolotl resolves a dataset ``type: pkg.module`` by importing the module and calling its ``load``; each
+submodule here is one such type. Users keep writing ``type: chat_template`` / ``alpaca``: the plugin's
+``register`` rewrites those to these modules (which also changes the prepared-dataset cache hash).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from wit_plugin.tagging import RoleTagger
+
+LOG = logging.getLogger(__name__)
+
+# Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
+SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot", "train_on_inputs")
+# Stock options that would change which text is trained and that these strategies do not implement.
+UNSUPPORTED_OPTIONS = ("message_field_training", "message_field_training_detail", "split_thinking", "drop_system_message")
+
+
+class RoleTaggingStrategy:
+    """Axolotl prompt strategy: a row → ``input_ids``, ``attention_mask``, ``labels``, ``wit_roles``."""
+
+    filter_rows = None
+    supports_batched = False
+
+    def __init__(self, tagger: RoleTagger, tokenizer: Any, sequence_len: int) -> None:
+        self.tagger = tagger
+        self.tokenizer = tokenizer
+        self.sequence_len = sequence_len
+
+    def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, list[int]]:
+        return self.tagger.tag(prompt).as_features()
+
+
+def _as_dict(ds_cfg: Any) -> dict[str, Any]:
+    if ds_cfg is None:
+        return {}
+    if isinstance(ds_cfg, BaseModel):
+        return ds_cfg.model_dump()
+    return dict(ds_cfg)
+
+
+def _require_plugin() -> None:
+    """A failed plugin import is only logged by Axolotl; training with these strategies would then be unweighted."""
+    from axolotl.integrations.base import PluginManager
+
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    if not any(isinstance(plugin, WITPlugin) for plugin in PluginManager.get_instance().plugins.values()):
+        raise RuntimeError(
+            "wit_plugin dataset strategies need the plugin: add `plugins: [wit_plugin.WITPlugin]` to the "
+            "config (if it is there, its import failed: see the error above)"
+        )
+
+
+def _check_options(ds_cfg: dict[str, Any]) -> None:
+    unsupported = [key for key in UNSUPPORTED_OPTIONS if ds_cfg.get(key)]
+    if unsupported:
+        raise ValueError(f"dataset options {unsupported} are not supported with wit_plugin; remove them")
+    superseded = [key for key in SUPERSEDED_OPTIONS if ds_cfg.get(key) is not None]
+    if superseded:
+        LOG.warning("wit: dataset options %s are ignored: the wit_* role weights decide what is trained", superseded)
+
+
+def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str, Any]:
+    from axolotl.utils.chat_templates import get_chat_template_from_config
+
+    mappings = ds_cfg.get("message_property_mappings") or {}
+    role_map = {alias: canonical for canonical, aliases in (ds_cfg.get("roles") or {}).items() for alias in aliases}
+    return {
+        "chat_template": get_chat_template_from_config(cfg=cfg, ds_cfg=ds_cfg, tokenizer=tokenizer),
+        "field_messages": ds_cfg.get("field_messages") or "messages",
+        "role_field": mappings.get("role") or ds_cfg.get("message_field_role") or "role",
+        "content_field": mappings.get("content") or ds_cfg.get("message_field_content") or "content",
+        "role_map": role_map,
+        "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
+    }
+
+
+def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
+    """The ``load`` function Axolotl calls for a dataset of this row format."""
+
+    def load(tokenizer: Any, cfg: Any, ds_cfg: Any = None, processor: Any = None) -> RoleTaggingStrategy:
+        _require_plugin()
+        options = _as_dict(ds_cfg)
+        _check_options(options)
+        kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
+        if row_format == "text":
+            kwargs["field"] = options.get("field") or "text"
+        # Axolotl's own truncation cuts only the columns it knows: truncate every column here instead.
+        truncate = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
+        tagger = RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncate else None, **kwargs)
+        return RoleTaggingStrategy(tagger, tokenizer, cfg.sequence_len)
+
+    return load

@@ -1,0 +1,5 @@
+"""Axolotl dataset type for text rows, tagged by role."""
+
+from wit_plugin.integrations.axolotl.strategies import make_loader
+
+load = make_loader("text")

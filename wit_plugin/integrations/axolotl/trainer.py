@@ -1,0 +1,9 @@
+"""Axolotl's trainer with the weighted loss and per-role metrics."""
+
+from axolotl.core.trainers.base import AxolotlTrainer
+
+from wit_plugin.trainer import WITTrainerMixin
+
+
+class AxolotlWITTrainer(WITTrainerMixin, AxolotlTrainer):
+    """AxolotlTrainer whose loss is Σ w(role)·CE / N; set up by ``WITPlugin.post_trainer_create``."""

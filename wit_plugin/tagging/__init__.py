@@ -1,0 +1,41 @@
+"""Role tagging: dataset rows → token ids + per-token role codes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from wit_plugin.tagging.formats import RowFormat
+from wit_plugin.tagging.registry import detect_format, get_format
+from wit_plugin.tagging.spans import TaggedSequence, TaggingError, special_token_ids, tag_rendered
+
+__all__ = ["RoleTagger", "TaggedSequence", "TaggingError"]
+
+
+class RoleTagger:
+    """Tags rows of one format with one tokenizer.
+
+    ``row_format`` is a registered format name (``chat``, ``alpaca``, ``prompt_completion``, ``text``) or
+    ``None`` to detect it from the first row. ``max_length`` truncates every column together.
+    """
+
+    def __init__(
+        self, tokenizer: Any, row_format: str | None = None, max_length: int | None = None, **options: Any
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.options = options
+        self._format: RowFormat | None = get_format(row_format)(tokenizer, **options) if row_format else None
+        self._special_ids = special_token_ids(tokenizer)
+
+    @property
+    def format_name(self) -> str | None:
+        return self._format.name if self._format else None
+
+    def tag(self, row: Mapping[str, Any]) -> TaggedSequence:
+        if self._format is None:
+            self._format = detect_format(row)(self.tokenizer, **self.options)
+        tagged = tag_rendered(self.tokenizer, self._format.render(row), self._special_ids)
+        if self.max_length is not None and len(tagged.input_ids) > self.max_length:
+            tagged = tagged.truncated(self.max_length)
+        return tagged

@@ -1,0 +1,170 @@
+"""Row formats: how a dataset row becomes text with role spans.
+
+A format renders one row to a :class:`RenderedRow`; :mod:`wit_plugin.tagging.spans` turns that into tokens.
+New formats plug in through :mod:`wit_plugin.tagging.registry` (a pluggy hook, discoverable by entry point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from wit_plugin.roles import Role
+from wit_plugin.tagging.chat import ChatRenderer
+from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
+
+
+class RowFormat:
+    """Base of row formats. ``columns`` are the fields a row must have for the format to apply."""
+
+    name: ClassVar[str]
+    columns: ClassVar[tuple[str, ...]]
+
+    def __init__(self, tokenizer: Any, **options: Any) -> None:
+        self.tokenizer = tokenizer
+        self.options = options
+
+    @classmethod
+    def matches(cls, row: Mapping[str, Any]) -> bool:
+        return all(column in row for column in cls.columns)
+
+    def render(self, row: Mapping[str, Any]) -> RenderedRow:
+        raise NotImplementedError
+
+    def _field(self, row: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+        value = row.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str):
+            raise TaggingError(f"{self.name} row field '{name}' must be a string, got {type(value).__name__}")
+        return value
+
+
+class _SegmentWriter:
+    """Concatenates text segments and records the role of each, for the plain-text formats."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.row = RenderedRow(text="", add_special_tokens=True)
+        self._length = 0
+
+    def add(self, text: str, role: Role = Role.TEMPLATE) -> None:
+        if role is not Role.TEMPLATE and text:
+            self.row.spans.append(Span(self._length, self._length + len(text), role))
+        if role is Role.RESPONSE:
+            self.row.turn_ends.append(self._length + len(text))
+        self.parts.append(text)
+        self._length += len(text)
+
+    def finish(self) -> RenderedRow:
+        self.row.text = "".join(self.parts)
+        return self.row
+
+
+def _eos_text(tokenizer: Any) -> str:
+    if not tokenizer.eos_token:
+        raise TaggingError("the tokenizer has no eos_token to close the response with")
+    return tokenizer.eos_token
+
+
+class ChatFormat(RowFormat):
+    """Conversations (``messages``), rendered with the tokenizer's (or a given) chat template.
+
+    Options: ``field_messages``, ``chat_template``, ``role_map``, ``role_field``, ``content_field``,
+    ``template_kwargs``.
+    """
+
+    name = "chat"
+    columns = ("messages",)
+
+    def __init__(self, tokenizer: Any, **options: Any) -> None:
+        super().__init__(tokenizer, **options)
+        self.field_messages: str = options.get("field_messages") or "messages"
+        self.renderer = ChatRenderer(
+            tokenizer,
+            chat_template=options.get("chat_template"),
+            role_map=options.get("role_map") or {},
+            role_field=options.get("role_field") or "role",
+            content_field=options.get("content_field") or "content",
+            template_kwargs=options.get("template_kwargs") or {},
+        )
+        if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
+
+    def render(self, row: Mapping[str, Any]) -> RenderedRow:
+        if self.field_messages not in row:
+            raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
+        return self.renderer.render(row[self.field_messages])
+
+
+class AlpacaFormat(RowFormat):
+    """``instruction`` / ``input`` / ``output`` rows in Axolotl's ``alpaca`` prompt layout.
+
+    The fixed preamble and ``### ...`` headers are template; instruction and input are instruction; the
+    output is the response, closed by EOS (end of turn).
+    """
+
+    name = "alpaca"
+    columns = ("instruction", "output")
+    preamble = (
+        "Below is an instruction that describes a task, paired with an input that provides further "
+        "context. Write a response that appropriately completes the request.\n\n"
+    )
+    preamble_no_input = (
+        "Below is an instruction that describes a task. Write a response that appropriately completes "
+        "the request.\n\n"
+    )
+
+    def render(self, row: Mapping[str, Any]) -> RenderedRow:
+        instruction = self._field(row, "instruction")
+        context = self._field(row, "input", required=False)
+        output = self._field(row, "output")
+        writer = _SegmentWriter()
+        writer.add((self.preamble if context else self.preamble_no_input) + "### Instruction:\n")
+        writer.add(instruction, Role.INSTRUCTION)
+        if context:
+            writer.add("\n\n### Input:\n")
+            writer.add(context, Role.INSTRUCTION)
+        writer.add("\n\n### Response:\n")
+        writer.add(output, Role.RESPONSE)
+        writer.add(_eos_text(self.tokenizer))
+        return writer.finish()
+
+
+class PromptCompletionFormat(RowFormat):
+    """Plain-text ``prompt`` / ``completion`` rows: prompt is instruction, completion is response + EOS.
+
+    Conversational prompt/completion rows (lists of messages) are rendered as one chat.
+    """
+
+    name = "prompt_completion"
+    columns = ("prompt", "completion")
+    _chat: ChatFormat | None = None
+
+    def render(self, row: Mapping[str, Any]) -> RenderedRow:
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if isinstance(prompt, list) and isinstance(completion, list):
+            if self._chat is None:
+                self._chat = ChatFormat(self.tokenizer, **self.options)
+            return self._chat.renderer.render([*prompt, *completion])
+        writer = _SegmentWriter()
+        writer.add(self._field(row, "prompt"), Role.INSTRUCTION)
+        writer.add(self._field(row, "completion"), Role.RESPONSE)
+        writer.add(_eos_text(self.tokenizer))
+        return writer.finish()
+
+
+class TextFormat(RowFormat):
+    """Raw ``text`` rows (Axolotl's ``completion`` type): the text is what the model learns to produce."""
+
+    name = "text"
+    columns = ("text",)
+
+    def render(self, row: Mapping[str, Any]) -> RenderedRow:
+        writer = _SegmentWriter()
+        writer.add(self._field(row, self.options.get("field") or "text"), Role.RESPONSE)
+        writer.add(_eos_text(self.tokenizer))
+        return writer.finish()
+
+
+BUILTIN_FORMATS: tuple[type[RowFormat], ...] = (ChatFormat, AlpacaFormat, PromptCompletionFormat, TextFormat)

@@ -1,0 +1,87 @@
+"""The weighted loss inside a ``transformers.Trainer`` (shared by the Axolotl and TRL adapters).
+
+The loss goes in as the trainer's ``compute_loss_func``, so the trainer's own bookkeeping stays as it is:
+it counts label tokens over all gradient-accumulation micro-batches (and, with
+``average_tokens_across_devices``, over all ranks) into ``num_items_in_batch``, never divides by the
+accumulation steps again, and multiplies by the world size to undo DDP's gradient averaging. With labels
+masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the WIT denominator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import DataCollatorWithFlattening
+
+from wit_plugin.collation import ROLES_KEY, RoleCollator
+from wit_plugin.loss.weighted import weighted_token_loss
+from wit_plugin.metrics import RoleMetrics
+from wit_plugin.roles import RoleWeights
+
+LOG = logging.getLogger(__name__)
+
+
+class WITTrainerMixin:
+    """Mix into a ``transformers.Trainer`` subclass and call :meth:`setup_wit` at the end of ``__init__``."""
+
+    wit_weights: RoleWeights
+
+    def setup_wit(self, weights: RoleWeights) -> None:
+        self.wit_weights = weights
+        self._wit_table = weights.table()
+        self._wit_metrics = {"train": RoleMetrics(), "eval": RoleMetrics()}
+        self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.compute_loss_func = self._wit_loss
+        args = self.args  # type: ignore[attr-defined]
+        if not args.average_tokens_across_devices:
+            LOG.info("wit: average_tokens_across_devices=True, so N counts weighted tokens on every rank")
+            args.average_tokens_across_devices = True
+        for name in ("data_collator", "eval_data_collator", "train_data_collator"):
+            collator = getattr(self, name, None)
+            if collator is not None and not isinstance(collator, RoleCollator):
+                flattens = isinstance(collator, DataCollatorWithFlattening)  # padding-free: one row
+                setattr(self, name, RoleCollator(collator, weights, flattens=flattens))
+        LOG.info("wit: role weights %s", weights.describe())
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if ROLES_KEY not in inputs:
+            raise KeyError(
+                f"batch has no '{ROLES_KEY}': the collator was not wrapped by wit_plugin (fields: {sorted(inputs)})"
+            )
+        roles = inputs.pop(ROLES_KEY)
+        self._wit_batch = (inputs["input_ids"], roles)
+        if "position_ids" in inputs:
+            inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
+        return super().compute_loss(  # type: ignore[misc]
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def _wit_loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        assert self._wit_batch is not None, "compute_loss stores the batch before the model runs"
+        input_ids, roles = self._wit_batch
+        self._wit_batch = None
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
+        model = self.model  # type: ignore[attr-defined]
+        self._wit_metrics["train" if model.training else "eval"].add(result.stats)
+        return result.loss
+
+    def wit_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Per-role metrics for a training-step log (has 'loss') or an evaluation log (has 'eval_loss')."""
+        split = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        if split is None:  # e.g. the end-of-training summary
+            return {}
+        accelerator = getattr(self, "accelerator", None)
+        reduce = None
+        if accelerator is not None and accelerator.num_processes > 1:
+            def reduce(totals: torch.Tensor) -> torch.Tensor:
+                return accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+        return self._wit_metrics[split].summary(reduce, prefix="" if split == "train" else "eval_")
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        logs.update(self.wit_logs(logs))
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
