@@ -1,0 +1,181 @@
+"""Chat-template tagging: every content character lands in a token of its message's role."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wit_plugin.roles import Role, message_role
+from wit_plugin.tagging import RoleTagger, TaggingError
+from wit_plugin.tagging.chat import ChatRenderer
+
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nYou are a helpful assistant.<|eot_id|>{% endif %}"
+    "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CHATML_TRIMMED = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'].strip() "
+    "+ '<|im_end|>\n' }}{% endfor %}"
+)
+SYSTEM_PROMPT_TEXT = "You are a helpful AI assistant named SmolLM"
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(model_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    tokenizer.bos_token = "<|im_start|>"
+    return tokenizer
+
+
+def check_row(tokenizer, messages, chat_template=None, trims=False):
+    """Tag, then check the invariants against an independent tokenisation of the rendered text."""
+    renderer = ChatRenderer(tokenizer, chat_template=chat_template)
+    rendered = renderer.render(messages)
+    tagged = RoleTagger(tokenizer, "chat", chat_template=chat_template).tag({"messages": messages})
+    encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    assert encoding["input_ids"] == tagged.input_ids
+    offsets = np.asarray(encoding["offset_mapping"])
+    roles = np.asarray(tagged.roles)
+
+    assert len(rendered.spans) == len(messages)
+    content_char = np.zeros(len(rendered.text), dtype=bool)
+    for message, span in zip(messages, rendered.spans):
+        expected = message["content"].strip() if trims else message["content"]
+        assert rendered.text[span.start : span.end] == expected  # located exactly, not guessed
+        assert span.role is message_role(message["role"])
+        for char in range(span.start, span.end):
+            covering = np.nonzero((offsets[:, 0] <= char) & (char < offsets[:, 1]))[0]
+            assert len(covering) >= 1  # byte-level BPE may split one character over several tokens
+            assert (roles[covering] == span.role).all(), (rendered.text[span.start : span.end], char)
+        content_char[span.start : span.end] = True
+    # tokens covering no content character are template, or the end-of-turn after an assistant turn
+    for index, (start, end) in enumerate(offsets):
+        if not content_char[start:end].any():
+            assert roles[index] in (Role.TEMPLATE, Role.EOT)
+    eot_positions = np.nonzero(roles == Role.EOT)[0]
+    assistant_turns = [m for m in messages if m["role"] == "assistant"]
+    assert len(eot_positions) == len(assistant_turns)
+    assert all(tokenizer.convert_ids_to_tokens(tagged.input_ids[i]) in ("<|im_end|>", "<|eot_id|>") for i in eot_positions)
+    return rendered, tagged
+
+
+def test_chatml_default_system_prompt_is_template_even_when_the_user_repeats_it(tokenizer):
+    messages = [
+        {"role": "user", "content": SYSTEM_PROMPT_TEXT},
+        {"role": "assistant", "content": "Hello there."},
+    ]
+    rendered, tagged = check_row(tokenizer, messages)
+    default_prompt_start = rendered.text.index(SYSTEM_PROMPT_TEXT)
+    assert default_prompt_start < rendered.spans[0].start  # the template's copy comes first ...
+    first_content_token = next(i for i, r in enumerate(tagged.roles) if r != Role.TEMPLATE)
+    assert tagged.roles[first_content_token] == Role.INSTRUCTION  # ... and stays template
+
+
+def test_multi_turn_with_system_and_tool_turns(tokenizer):
+    messages = [
+        {"role": "system", "content": "You answer with tools."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "Calling the weather tool."},
+        {"role": "tool", "content": '{"temp_c": 3}'},
+        {"role": "assistant", "content": "It is 3 °C in Oslo."},
+        {"role": "user", "content": "Thanks!"},
+        {"role": "assistant", "content": "You're welcome."},
+    ]
+    _, tagged = check_row(tokenizer, messages)
+    counts = np.bincount(tagged.roles, minlength=len(Role))
+    assert counts[Role.SYSTEM] > 0 and counts[Role.EOT] == 3
+
+
+def test_llama3_style_template_with_default_system_prompt_and_trimming(llama_tokenizer):
+    messages = [
+        {"role": "user", "content": "  What is 2 + 2?\n"},
+        {"role": "assistant", "content": " 4 "},
+    ]
+    rendered, tagged = check_row(llama_tokenizer, messages, chat_template=LLAMA3_STYLE, trims=True)
+    assert "You are a helpful assistant." in rendered.text
+    assert tagged.roles[0] == Role.TEMPLATE  # BOS rendered by the template
+
+
+def test_chatml_template_that_trims_content(tokenizer):
+    messages = [{"role": "user", "content": "\n hi \n"}, {"role": "assistant", "content": "  hello  "}]
+    check_row(tokenizer, messages, chat_template=CHATML_TRIMMED, trims=True)
+
+
+def test_empty_assistant_content_still_gets_its_end_of_turn(tokenizer):
+    messages = [{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": ""}]
+    _, tagged = check_row(tokenizer, messages)
+    assert Role.RESPONSE not in tagged.roles
+
+
+def test_role_map_and_custom_fields(tokenizer):
+    row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    tagger = RoleTagger(
+        tokenizer, "chat", field_messages="conversations", role_field="from", content_field="value",
+        role_map={"human": "user", "gpt": "assistant"},
+    )
+    tagged = tagger.tag(row)
+    assert Role.INSTRUCTION in tagged.roles and Role.RESPONSE in tagged.roles
+
+
+def test_truncation_cuts_every_column_together(tokenizer):
+    row = {"messages": [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "ok"}]}
+    full = RoleTagger(tokenizer, "chat").tag(row)
+    cut = RoleTagger(tokenizer, "chat", max_length=20).tag(row)
+    assert len(cut.input_ids) == len(cut.roles) == 20
+    assert cut.input_ids == full.input_ids[:20] and cut.roles == full.roles[:20]
+    features = cut.as_features()
+    assert {len(v) for v in features.values()} == {20}
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([], "non-empty list of messages"),
+        ([{"role": "narrator", "content": "x"}], "unknown message role 'narrator'"),
+        ([{"role": "user", "content": ["a", "b"]}], "content must be a string, got list"),
+        ([{"role": "user", "content": None}], "content must be a string, got NoneType"),
+        ([{"role": "user"}], "needs 'role' and 'content' fields"),
+        (["hello"], "message 0 is not a mapping"),
+    ],
+)
+def test_malformed_rows_fail_with_a_clear_error(tokenizer, messages, message):
+    with pytest.raises(ValueError, match=message):
+        RoleTagger(tokenizer, "chat").tag({"messages": messages})
+
+
+def test_template_that_drops_a_message_is_an_error(tokenizer):
+    drops_system = "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    row = {"messages": [{"role": "system", "content": "secret"}, {"role": "user", "content": "hi"}]}
+    with pytest.raises(TaggingError, match="does not render message 0"):
+        RoleTagger(tokenizer, "chat", chat_template=drops_system).tag(row)
+
+
+text = st.text(alphabet=st.sampled_from(list("abcXYZ 019\n\t.,!?'\"<>|_-é🙂")), max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    system=st.one_of(st.none(), text),
+    turns=st.lists(st.tuples(st.sampled_from(["user", "tool"]), text, text), min_size=1, max_size=3),
+    template=st.sampled_from(["chatml", "llama3"]),
+)
+def test_any_conversation_keeps_every_content_character_in_its_role(tokenizer, llama_tokenizer, system, turns, template):
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    for asker, question, answer in turns:
+        messages += [{"role": asker, "content": question}, {"role": "assistant", "content": answer}]
+    if template == "chatml":
+        check_row(tokenizer, copy.deepcopy(messages))
+    else:
+        check_row(llama_tokenizer, copy.deepcopy(messages), chat_template=LLAMA3_STYLE, trims=True)

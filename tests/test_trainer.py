@@ -1,0 +1,41 @@
+"""The trainer's normalisation: gradient accumulation and data parallelism give the one-batch gradient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer_case import one_step
+
+
+def assert_same_step(a: dict, b: dict) -> None:
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for name in a["updates"]:
+        torch.testing.assert_close(torch.tensor(a["updates"][name]), torch.tensor(b["updates"][name]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_batch(model_path, tmp_path_factory):
+    return one_step(str(model_path), str(tmp_path_factory.mktemp("one")), batch_size=2, accumulation=1)
+
+
+def test_gradient_accumulation_equals_one_batch(model_path, tmp_path, one_batch):
+    accumulated = one_step(str(model_path), str(tmp_path), batch_size=1, accumulation=2)
+    assert_same_step(accumulated, one_batch)
+    assert "wit/loss_response" in accumulated["log"] and accumulated["log"]["wit/tokens_eot"] == 2
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch):
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "tests/trainer_case.py", str(model_path), str(out)]
+    subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert_same_step(json.loads(out.read_text()), one_batch)

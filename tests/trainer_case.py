@@ -1,0 +1,58 @@
+"""One SGD step of a WIT trainer on two rows: run in-process, or under torchrun for the DDP test.
+
+Plain SGD with lr=1 makes the parameter update equal to the gradient, so comparing updates compares
+gradients of the full WIT loss, normalised over the whole global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+from wit_plugin.roles import RoleWeights
+from wit_plugin.tagging import RoleTagger
+from wit_plugin.trainer import WITTrainerMixin
+
+ROWS = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Answer now."},
+                  {"role": "assistant", "content": "4"}]},
+    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}]},
+]
+WATCHED = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight")
+
+
+class WITTrainer(WITTrainerMixin, Trainer):
+    pass
+
+
+def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int) -> dict:
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if name in WATCHED}
+    tagger = RoleTagger(tokenizer, "chat")
+    dataset = Dataset.from_list([tagger.tag(row).as_features() for row in ROWS])
+    args = TrainingArguments(
+        output_dir=out_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+        max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+        remove_unused_columns=False, dataloader_drop_last=False, seed=0,
+    )
+    trainer = WITTrainer(model=model, args=args, train_dataset=dataset,
+                         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer.setup_wit(RoleWeights.preset("wit"))
+    trainer.train()
+    updates = {name: (before[name] - p.detach()).tolist() for name, p in model.named_parameters() if name in WATCHED}
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return {"loss": logged["loss"], "updates": updates, "log": logged}
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node 2 tests/trainer_case.py MODEL OUT_JSON
+    result = one_step(sys.argv[1], str(Path(sys.argv[2]).parent / "ddp_run"), batch_size=1, accumulation=1)
+    if torch.distributed.get_rank() == 0:
+        Path(sys.argv[2]).write_text(json.dumps(result))

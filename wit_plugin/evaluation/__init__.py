@@ -1,0 +1,18 @@
+"""Evaluation beyond the training loss: POSIX prompt sensitivity (library, variants, trainer callback)."""
+
+from __future__ import annotations
+
+from wit_plugin.evaluation.posix import POSIXResult, Response, SetResult, evaluate_posix, load_model, psi
+from wit_plugin.evaluation.prompts import Prompt, PromptSet, validate_prompt_sets
+
+__all__ = [
+    "POSIXResult",
+    "Prompt",
+    "PromptSet",
+    "Response",
+    "SetResult",
+    "evaluate_posix",
+    "load_model",
+    "psi",
+    "validate_prompt_sets",
+]

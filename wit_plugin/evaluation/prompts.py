@@ -1,0 +1,94 @@
+"""Prompt sets for POSIX: validation, JSONL I/O and rendering to token ids.
+
+A prompt is a raw string or a chat message list; chat prompts go through the tokenizer's chat template
+with the generation prompt appended, so the model answers as the assistant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+Messages = list[dict[str, str]]
+Prompt = Union[str, Messages]
+PromptSet = list[Prompt]
+
+
+def is_chat(prompt: Prompt) -> bool:
+    return not isinstance(prompt, str)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The human-readable text of a prompt (the message contents for chat prompts), for tables and checks."""
+    return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
+
+
+def _check_prompt(prompt: Any, where: str) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where} is an empty prompt")
+        return
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError(f"{where} must be a non-empty string or a non-empty list of chat messages, got {prompt!r}")
+    for message in prompt:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(
+            message.get("content"), str
+        ):
+            raise ValueError(f"{where} has a chat message without string 'role' and 'content': {message!r}")
+    if not any(message["content"].strip() for message in prompt):
+        raise ValueError(f"{where} is an empty prompt (all message contents are blank)")
+
+
+def validate_prompt_sets(prompt_sets: Sequence[Sequence[Prompt]]) -> list[PromptSet]:
+    """Check the shapes POSIX needs (at least one set, two or more non-empty prompts each) and copy to lists."""
+    if isinstance(prompt_sets, (str, bytes)) or not prompt_sets:
+        raise ValueError("POSIX needs at least one prompt set (a list of lists of prompts)")
+    checked: list[PromptSet] = []
+    for index, prompts in enumerate(prompt_sets):
+        if isinstance(prompts, str) or len(prompts) < 2:
+            raise ValueError(
+                f"prompt set {index} has fewer than 2 prompts; POSIX compares each prompt's response under the others"
+            )
+        for position, prompt in enumerate(prompts):
+            _check_prompt(prompt, f"prompt set {index}, prompt {position}")
+        checked.append([prompt if isinstance(prompt, str) else [dict(m) for m in prompt] for prompt in prompts])
+    return checked
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids the model is conditioned on: a raw string as the tokenizer encodes it (special tokens such
+    as BOS included), a message list through the chat template with the assistant turn opened."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "chat message prompts need a tokenizer with a chat template, and this one has none; "
+            "pass raw string prompts instead"
+        )
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object per line")
+            yield row
+
+
+def write_prompt_sets(path: str | Path, prompt_sets: Iterable[Sequence[Prompt]]) -> Path:
+    """One ``{"prompts": [...]}`` line per set: the format ``wit posix --prompts`` reads back unchanged."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as handle:
+        for prompts in prompt_sets:
+            handle.write(json.dumps({"prompts": list(prompts)}, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,126 @@
+"""Role-tagged datasets for ``SFTTrainer``: tag, truncate, filter and pack every per-token column together.
+
+TRL's own preparation tokenises without roles, truncates only ``input_ids``/``labels`` and keeps only those
+two columns when packing, so the roles would be lost or misaligned. Here rows are tagged by the same
+:class:`~wit_plugin.tagging.RoleTagger` formats as the Axolotl strategies; packing is TRL's ``pack_dataset``,
+which packs every list column, ``wit_roles`` included. Labels are left to
+:class:`~wit_plugin.collation.RoleCollator`, which derives them from the roles at collation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from accelerate import PartialState
+from datasets import Dataset, IterableDataset
+from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
+
+from wit_plugin.collation import ROLES_KEY
+from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.tagging import RoleTagger
+
+AnyDataset = Dataset | IterableDataset
+TOKEN_COLUMNS = ("input_ids", ROLES_KEY)
+# Row fields whose meaning the taggers do not render: per-row tools or template arguments, images.
+UNSUPPORTED_FIELDS = {
+    "tools": "per-row tool definitions",
+    "chat_template_kwargs": "per-row chat-template arguments",
+    "image": "vision-language data",
+    "images": "vision-language data",
+}
+
+
+def check_row(row: Mapping[str, Any]) -> None:
+    """Fail on row fields that the role taggers would silently ignore."""
+    found = [f"'{name}' ({why})" for name, why in UNSUPPORTED_FIELDS.items() if name in row]
+    if found:
+        raise ValueError(f"WITSFTTrainer cannot role-tag rows with {', '.join(found)}")
+
+
+def _map_kwargs(dataset: AnyDataset, num_proc: int | None, desc: str) -> dict[str, Any]:
+    """``num_proc`` and ``desc`` exist only for map-style datasets."""
+    return {"num_proc": num_proc, "desc": desc} if isinstance(dataset, Dataset) else {}
+
+
+def _tag_row(row: Mapping[str, Any], tagger: RoleTagger) -> dict[str, list[int]]:
+    tagged = tagger.tag(row)
+    return {"input_ids": tagged.input_ids, ROLES_KEY: tagged.roles}
+
+
+def tag_dataset(dataset: AnyDataset, tokenizer: Any, text_field: str, num_proc: int | None, name: str) -> AnyDataset:
+    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids and roles."""
+    first = next(iter(dataset))
+    if is_conversational_from_value(first):  # ShareGPT from/value: TRL's own conversion to role/content
+        kwargs = _map_kwargs(dataset, num_proc, f"Converting {name} dataset to ChatML")
+        dataset = dataset.map(maybe_convert_to_chatml, remove_columns="conversations", **kwargs)
+        first = next(iter(dataset))
+    check_row(first)
+    custom_text = text_field != "text" and text_field in first
+    tagger = RoleTagger(tokenizer, row_format="text" if custom_text else None, field=text_field)
+    kwargs = _map_kwargs(dataset, num_proc, f"Role-tagging {name} dataset")
+    columns = get_dataset_column_names(dataset)
+    return dataset.map(_tag_row, fn_kwargs={"tagger": tagger}, remove_columns=columns, **kwargs)
+
+
+def _truncate(row: Mapping[str, Any], cut: slice) -> dict[str, Any]:
+    return {column: row[column][cut] for column in TOKEN_COLUMNS}
+
+
+def _has_target(row: Mapping[str, Any], trained: np.ndarray) -> bool:
+    """Whether any token after the first (never a target) has a non-zero weight."""
+    return bool(trained[np.asarray(row[ROLES_KEY][1:], dtype=np.int64)].any())
+
+
+def _mark_sequence_starts(row: Mapping[str, Any]) -> dict[str, list[int]]:
+    """First token of every packed sequence is ``PAD``: its prediction would cross a boundary."""
+    roles = list(row[ROLES_KEY])
+    for start in np.cumsum([0, *row["seq_lengths"][:-1]]):
+        roles[int(start)] = Role.PAD
+    return {ROLES_KEY: roles}
+
+
+def truncation_slice(mode: str, max_length: int) -> slice:
+    if mode == "keep_start":
+        return slice(None, max_length)
+    if mode == "keep_end":
+        return slice(-max_length, None)
+    raise ValueError(f"unsupported truncation_mode {mode!r}; expected 'keep_start' or 'keep_end'")
+
+
+def prepare_dataset(
+    dataset: AnyDataset, tokenizer: Any, args: Any, weights: RoleWeights, packing: bool, name: str
+) -> AnyDataset:
+    """The SFTTrainer dataset pipeline, with ``wit_roles`` carried through every step (``args``: a WITConfig)."""
+    if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
+        raise ValueError("datasets with a with_transform() cannot be prepared; materialise the transform with map()")
+    trained = np.asarray(weights.table()) > 0
+    with PartialState().main_process_first():
+        columns: Sequence[str] = get_dataset_column_names(dataset)
+        if "input_ids" not in columns:
+            dataset = tag_dataset(dataset, tokenizer, args.dataset_text_field, args.dataset_num_proc, name)
+        elif ROLES_KEY not in columns:
+            raise ValueError(
+                f"the {name} dataset is tokenised but has no '{ROLES_KEY}' column: pass raw rows, or tokenise them "
+                "with wit_plugin.tagging.RoleTagger"
+            )
+        dataset = dataset.select_columns(list(TOKEN_COLUMNS))
+        if args.max_length is not None and not packing:  # packing truncates (bfd) or splits (bfd_split) itself
+            cut = truncation_slice(args.truncation_mode, args.max_length)
+            kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Truncating {name} dataset")
+            dataset = dataset.map(_truncate, fn_kwargs={"cut": cut}, **kwargs)
+        kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Dropping {name} rows without weighted tokens")
+        dataset = dataset.filter(_has_target, fn_kwargs={"trained": trained}, **kwargs)
+        if packing:
+            if args.max_length is None:
+                raise ValueError("packing needs max_length")
+            if args.shuffle_dataset:  # shuffle before packing too, as TRL does, so packed rows mix sources
+                dataset = dataset.shuffle(seed=args.seed)
+            kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Packing {name} dataset")
+            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, kwargs)
+            kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Marking sequence starts in {name} dataset")
+            dataset = dataset.map(_mark_sequence_starts, **kwargs)
+    if args.shuffle_dataset:
+        dataset = dataset.shuffle(seed=args.seed)
+    return dataset

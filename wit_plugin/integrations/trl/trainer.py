@@ -1,0 +1,105 @@
+"""``WITSFTTrainer``: TRL's ``SFTTrainer`` training on role-tagged data with the weighted loss.
+
+Two things of SFTTrainer are replaced, everything else (model loading, PEFT, collators, packing, logging,
+saving) is TRL's:
+
+* dataset preparation (:mod:`wit_plugin.integrations.trl.data`), so roles survive tokenisation, truncation
+  and packing;
+* the loss. SFTTrainer scores tokens without materialising the logits (TRL 1.9: ``loss_type="chunked_nll"``;
+  TRL 1.16: a fused LM head) and would either skip ``compute_loss_func`` or run a second forward for it.
+  Here the loss goes through ``transformers.Trainer.compute_loss`` (one forward, then the weighted loss
+  installed by :class:`~wit_plugin.trainer.WITTrainerMixin`), and TRL's metrics are computed from the same
+  logits, over the tokens the weights train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Trainer
+from trl import SFTTrainer
+from trl.trainer.utils import entropy_from_logits
+
+from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY, RoleCollator
+from wit_plugin.integrations.trl.config import WITConfig, check_options
+from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
+from wit_plugin.trainer import WITTrainerMixin
+
+
+class LogitsSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is ``compute_loss_func`` on the model's logits, with TRL's metrics kept."""
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        inputs.pop("_prediction_loss_only", None)  # TRL 1.9's prediction_step hint for its own compute_loss
+        inputs["use_cache"] = False  # as TRL: no cache in training, and packed rows must not build one
+        labels = inputs["labels"]  # Trainer.compute_loss pops it
+        loss, outputs = Trainer.compute_loss(
+            self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        self._record_metrics(inputs, outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _record_metrics(self, inputs: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """TRL's ``entropy``, ``mean_token_accuracy`` (over target tokens) and ``num_tokens`` (over inputs)."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        targets = labels[..., 1:]
+        mask = targets != IGNORE_INDEX
+        scored = logits[..., :-1, :][mask]
+        entropy = entropy_from_logits(scored).sum() if len(scored) else scored.new_zeros(())
+        total = gather(mask.sum()).sum()
+        entropy = gather(entropy.float()).sum()
+        correct = gather((scored.argmax(-1) == targets[mask]).sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy / total).item() if total > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            else:  # padding-free: one row, every position counts
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            # TRL 1.16 counts a tensor-parallel group's replicated batch once; 1.9 has no such correction.
+            self._total_train_tokens += gather(local).sum().item() // getattr(self, "_tp_size", 1)
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+
+class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
+    """``SFTTrainer`` with Weighted Instruction Tuning: L = Σ w(role)·CE / N, configured by :class:`WITConfig`.
+
+    Takes SFTTrainer's arguments; ``compute_loss_func`` and ``formatting_func`` are refused (the first would
+    replace the weighted loss, the second flattens rows to text and loses their roles).
+    """
+
+    args: WITConfig
+
+    def __init__(self, model: Any, args: WITConfig | None = None, **kwargs: Any) -> None:
+        args = WITConfig() if args is None else args
+        if not isinstance(args, WITConfig):
+            raise TypeError(f"WITSFTTrainer needs a WITConfig (SFTConfig plus the wit_* keys), got {type(args).__name__}")
+        weights = check_options(args)  # again: the config may have been edited since it was built
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("compute_loss_func: WITSFTTrainer installs the weighted loss itself")
+        if kwargs.get("formatting_func") is not None:
+            raise ValueError("formatting_func: formatted text has no roles; pass the rows, or build a 'text' column")
+        if kwargs.get("train_dataset") is not None:
+            check_row(next(iter(kwargs["train_dataset"])))
+        self.wit_weights = weights  # read by _prepare_dataset, which SFTTrainer.__init__ calls
+        super().__init__(model, args=args, **kwargs)
+        if self.aux_loss_enabled:
+            raise ValueError("router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0")
+        # TRL's padding-free collator flattens the batch into one row; the mixin only recognises transformers'.
+        self.data_collator = RoleCollator(self.data_collator, weights, flattens=self.padding_free)
+        self.setup_wit(weights)
+
+    def _prepare_dataset(
+        self, dataset: AnyDataset, processing_class: Any, args: WITConfig, packing: bool, formatting_func: Any, dataset_name: str
+    ) -> AnyDataset:
+        return prepare_dataset(dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if ROLES_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, ROLES_KEY]
