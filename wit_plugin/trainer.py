@@ -45,6 +45,12 @@ class WITTrainerMixin:
                 setattr(self, name, RoleCollator(collator, weights, flattens=flattens))
         LOG.info("wit: role weights %s", weights.describe())
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep ``wit_roles`` when the trainer drops dataset columns the model's forward does not take."""
+        super()._set_signature_columns_if_needed()  # type: ignore[misc]
+        if ROLES_KEY not in self._signature_columns:  # type: ignore[attr-defined]
+            self._signature_columns.append(ROLES_KEY)  # type: ignore[attr-defined]
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:

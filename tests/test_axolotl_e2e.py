@@ -1,0 +1,67 @@
+"""End to end: `axolotl train` with the plugin on the real SmolLM2-135M, with and without sample packing."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("axolotl")
+from wit_plugin.demo.data import write_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ROLE_KEYS = [f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")]
+
+
+def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) -> tuple[list[dict], Path]:
+    cfg = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
+    cfg.update(
+        base_model=str(model_path), output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
+        sequence_len=128, micro_batch_size=2, gradient_accumulation_steps=1, max_steps=3, logging_steps=1,
+        **overrides,
+    )
+    cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=48, seed=1))
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    logs = [ast.literal_eval(m) for m in re.findall(r"^\{'loss'.*\}$", run.stdout + run.stderr, flags=re.M)]
+    return logs, tmp_path / "out"
+
+
+def check_run(logs: list[dict], out: Path, model_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    assert len(logs) == 3
+    for entry in logs:
+        assert float(entry["loss"]) > 0
+        assert all(key in entry for key in ROLE_KEYS), sorted(entry)
+        assert int(entry["wit/tokens_response"]) > 0
+    trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    changed = [not torch.equal(a, b) for a, b in zip(trained.parameters(), base.parameters())]
+    assert any(changed)
+
+
+@pytest.mark.slow
+def test_axolotl_train_with_sample_packing(model_path, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                "-m", "axolotl.cli.train"]
+    logs, out = train(model_path, tmp_path, launcher, sample_packing=True)
+    check_run(logs, out, model_path)
+
+
+@pytest.mark.slow
+def test_axolotl_train_without_sample_packing(model_path, tmp_path):
+    logs, out = train(model_path, tmp_path, ["axolotl", "train"], sample_packing=False, wit_preset="im",
+                      wit_prompt_weight=None, wit_response_weight=None)
+    check_run(logs, out, model_path)
