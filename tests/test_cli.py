@@ -47,7 +47,8 @@ def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     config = tmp_path / "cfg.yml"
     config.write_text(f"base_model: {model_path}\nwit_preset: im\ndatasets:\n  - path: {rows}\n    type: chat_template\n")
     assert main(["inspect", "--config", str(config)]) == 0
-    assert "instruction=1" in capsys.readouterr().out
+    legend = capsys.readouterr().out
+    assert re.search(r"instruction\s+│ 1 ", legend) and re.search(r"template\s+│ 0 ", legend)  # im preset
 
 
 def test_inspect_errors_are_clear(rows, model_path, capsys):
