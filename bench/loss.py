@@ -1,0 +1,229 @@
+"""Forward+backward time and peak memory of the LM-head loss: materialised logits vs the fused weighted loss.
+
+Every case runs in a fresh subprocess, so one case's freed memory cannot hide another's peak. On CPU the
+peak is the process's resident-set high-water mark (reset once the inputs exist: torch's CPU allocations are
+invisible to tracemalloc); on CUDA it is ``torch.cuda.max_memory_allocated``. Both are deltas over the
+inputs (hidden states, LM head, ids), so they include the gradients the step leaves behind.
+
+    python bench/loss.py            # SmolLM2 head, then a Llama-3-8B head where memory allows
+    python bench/loss.py --quick    # SmolLM2 head only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from wit_plugin.loss.linear_ce import cce_available, weighted_linear_cross_entropy
+from wit_plugin.loss.weighted import weighted_token_loss
+from wit_plugin.roles import Role, RoleWeights
+
+INSTRUCTION_SHARE = 0.6  # the first 60% of each row is instruction, the rest response
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    hidden: int
+    vocab: int
+    tokens: int
+
+
+SHAPES = {
+    "smollm2": Shape("SmolLM2-135M", 576, 49_152, 4096),
+    "llama3-8b": Shape("Llama-3-8B", 4096, 128_256, 2048),
+}
+
+
+@dataclass
+class Inputs:
+    hidden: torch.Tensor  # [1, T, H], requires grad
+    weight: torch.Tensor  # [V, H], requires grad
+    input_ids: torch.Tensor
+    roles: torch.Tensor
+
+
+def make_inputs(shape: Shape, dtype: torch.dtype, device: str) -> Inputs:
+    """Generated directly in ``dtype`` so no temporary raises the memory baseline."""
+    gen = torch.Generator(device).manual_seed(0)
+    hidden = torch.randn(1, shape.tokens, shape.hidden, generator=gen, device=device, dtype=dtype)
+    weight = torch.randn(shape.vocab, shape.hidden, generator=gen, device=device, dtype=dtype)
+    weight.mul_(shape.hidden**-0.5)
+    roles = torch.full((1, shape.tokens), int(Role.RESPONSE), device=device)
+    roles[:, : int(INSTRUCTION_SHARE * shape.tokens)] = Role.INSTRUCTION
+    roles[:, 0] = Role.PAD
+    input_ids = torch.randint(0, shape.vocab, (1, shape.tokens), generator=gen, device=device)
+    return Inputs(hidden.requires_grad_(), weight.requires_grad_(), input_ids, roles)
+
+
+WIT_TABLE = RoleWeights.preset("wit").table()  # every role weighted
+IT_TABLE = RoleWeights.preset("it").table()  # instruction weight 0
+
+
+def hf_ce(x: Inputs) -> torch.Tensor:
+    """Plain SFT: model-dtype logits, then transformers' ForCausalLMLoss (fp32 copy, mean CE)."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    labels = x.input_ids.masked_fill(x.roles == Role.PAD, -100)
+    return ForCausalLMLoss(F.linear(x.hidden, x.weight), labels, x.weight.shape[0])
+
+
+def wit_reference(x: Inputs) -> torch.Tensor:
+    """The WIT paper's formulation: fp32 logits, full log-softmax, gather, weight, sum / N."""
+    logits = F.linear(x.hidden, x.weight).float()[:, :-1]
+    token_loss = -logits.log_softmax(-1).gather(-1, x.input_ids[:, 1:, None]).squeeze(-1)
+    weights = WIT_TABLE.to(logits.device)[x.roles[:, 1:].long()]
+    return (weights * token_loss).sum() / (weights > 0).sum()
+
+
+def eager(x: Inputs) -> torch.Tensor:
+    return weighted_token_loss(F.linear(x.hidden, x.weight), x.input_ids, x.roles, WIT_TABLE).loss
+
+
+def fused(impl: str, table: torch.Tensor) -> Callable[[Inputs], torch.Tensor]:
+    def run(x: Inputs) -> torch.Tensor:
+        return weighted_linear_cross_entropy(x.hidden, x.weight, x.input_ids, x.roles, table, impl=impl).loss
+
+    return run
+
+
+CASES: dict[str, tuple[str, Callable[[Inputs], torch.Tensor]]] = {
+    "hf_ce": ("(a) HF CE, materialised logits", hf_ce),
+    "wit_reference": ("(b) WIT reference, log_softmax", wit_reference),
+    "eager": ("(c) eager weighted_token_loss", eager),
+    "chunked": ("(d) chunked, all weights > 0", fused("chunked", WIT_TABLE)),
+    "chunked_it": ("(e) chunked, 60% weight 0", fused("chunked", IT_TABLE)),
+    "cce": ("(f) CCE, all weights > 0", fused("cce", WIT_TABLE)),
+    "cce_it": ("(g) CCE, 60% weight 0", fused("cce", IT_TABLE)),
+}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M).group(1))  # type: ignore[union-attr]
+
+
+class PeakMemory:
+    """Peak bytes allocated above the level at construction (CUDA allocator, or the process RSS on CPU)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:  # "5" resets the RSS high-water mark (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+            self.base = _status_kib("VmRSS") * 1024
+        except OSError:  # no resettable high-water mark: the lifetime peak (an overestimate of the baseline)
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def peak(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() - self.base
+        try:
+            high = _status_kib("VmHWM") * 1024
+        except OSError:
+            high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return high - self.base
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(fn: Callable[[Inputs], torch.Tensor], x: Inputs) -> None:
+    fn(x).backward()
+    x.hidden.grad = x.weight.grad = None
+
+
+def run_case(case: str, shape: Shape, dtype: torch.dtype, device: str, repeats: int) -> dict[str, float]:
+    """Child process: time ``repeats`` steps after a warm-up on a small slice; peak memory over them."""
+    fn = CASES[case][1]
+    warm = Shape("warm-up", shape.hidden, shape.vocab, 64)
+    step(fn, make_inputs(warm, dtype, device))
+    x = make_inputs(shape, dtype, device)
+    sync(device)
+    memory = PeakMemory(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(fn, x)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return {"time_s": min(times), "peak_bytes": memory.peak()}
+
+
+def spawn(case: str, shape_key: str, dtype: str, device: str, repeats: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", case, "--shapes", shape_key, "--dtype", dtype, "--device", device]
+    out = subprocess.run([*cmd, "--repeats", str(repeats)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{case} on {shape_key} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fits(shape: Shape, dtype: torch.dtype, device: str) -> bool:
+    """Whether the materialised-logits baseline (about 4 fp32 logits copies + head and its grad) fits."""
+    logits = shape.tokens * shape.vocab * 4
+    head = shape.vocab * shape.hidden * dtype.itemsize
+    need = 4 * logits + 3 * head
+    if device == "cuda":
+        return need < torch.cuda.mem_get_info()[0]
+    return need < 0.8 * _meminfo_available()
+
+
+def _meminfo_available() -> int:
+    with open("/proc/meminfo") as meminfo:
+        return int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read(), re.M).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only the SmolLM2 shape")
+    parser.add_argument("--shapes", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on CPU, bf16 on CUDA)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 3, 1 for 8B)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dtype_name = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    if args.child:
+        result = run_case(args.child, SHAPES[args.shapes], dtype, args.device, args.repeats)
+        print(json.dumps(result))
+        return
+    shape_keys = (args.shapes or ("smollm2" if args.quick else ",".join(SHAPES))).split(",")
+    cases = [c for c in CASES if not c.startswith("cce") or (args.device == "cuda" and cce_available())]
+    print(f"device={args.device} dtype={dtype_name} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+    for key in shape_keys:
+        shape = SHAPES[key]
+        print(f"\n{shape.name}: T={shape.tokens} H={shape.hidden} V={shape.vocab}")
+        if not fits(shape, dtype, args.device):
+            print("  skipped: the materialised-logits baseline would not fit in memory")
+            continue
+        repeats = args.repeats or (1 if shape.vocab * shape.hidden > 10**8 else 3)
+        print(f"  {'case':34} {'time s':>8} {'× (a)':>6} {'peak MiB':>9} {'× (a)':>6}")
+        base: dict[str, float] | None = None
+        for case in cases:
+            result = spawn(case, key, dtype_name, args.device, repeats)
+            base = base or result
+            time_ratio, mem_ratio = result["time_s"] / base["time_s"], result["peak_bytes"] / base["peak_bytes"]
+            mib = result["peak_bytes"] / 2**20
+            print(f"  {CASES[case][0]:34} {result['time_s']:8.2f} {time_ratio:6.2f} {mib:9.0f} {mem_ratio:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""POSIX speed: ``evaluate_posix`` against the one-pair-at-a-time way (one generate per prompt, one forward per
+(prompt, response) pair, as the reference package does), on the same model and generated prompt sets.
+
+    python bench/posix.py [--sets 4] [--size 5] [--max-new-tokens 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+from wit_plugin.demo.model import prepare_default_model
+from wit_plugin.evaluation.posix import evaluate_posix, load_model, psi
+from wit_plugin.evaluation.prompts import PromptSet, render_prompt
+from wit_plugin.evaluation.scoring import SpecialIds, cut_at_eos
+from wit_plugin.evaluation.variants import CHAT, make_prompt_set
+
+INSTRUCTIONS = (
+    "Name the capital city of France and give one fact about it.",
+    "Explain in one sentence why the sky looks blue during the day.",
+    "Give three tips for getting a good night of sleep.",
+    "Translate the sentence 'The cat is sleeping' into Spanish.",
+    "What is the sum of twelve and thirty, written as a number?",
+    "Suggest a short, friendly name for a pet goldfish.",
+)
+
+
+def one_pair_at_a_time(model, tokenizer, sets: list[PromptSet], max_new_tokens: int) -> tuple[list[float], list]:
+    """The formula computed plainly: a generate call per prompt, a full forward per pair."""
+    special = SpecialIds.of(model, tokenizer)
+    psis, responses = [], []
+    for prompts in sets:
+        inputs = [render_prompt(tokenizer, prompt) for prompt in prompts]
+        outputs = []
+        for ids in inputs:
+            generated = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(special.eos),
+                pad_token_id=special.pad,
+            )
+            outputs.append(list(cut_at_eos(generated[0, len(ids) :].tolist(), special.eos)))
+        matrix = [[0.0] * len(inputs) for _ in inputs]
+        for i, x in enumerate(inputs):
+            for j, y in enumerate(outputs):
+                logits = model(torch.tensor([x + y])).logits[0, len(x) - 1 : len(x) + len(y) - 1]
+                matrix[i][j] = logits.log_softmax(-1).gather(-1, torch.tensor(y)[:, None]).sum().item()
+        psis.append(psi(matrix, [len(y) for y in outputs]))
+        responses.append(outputs)
+    return psis, responses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", type=int, default=4)
+    parser.add_argument("--size", type=int, default=5, help="prompts per set (N)")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model(prepare_default_model(), "cpu")
+    model.eval()
+    rng = random.Random(args.seed)
+    sets = [
+        make_prompt_set(text, rng, args.size, ("spelling", "template"), base_format=CHAT)
+        for text in INSTRUCTIONS[: args.sets]
+    ]
+    print(f"{len(sets)} sets x {args.size} prompts, max_new_tokens={args.max_new_tokens}, {torch.get_num_threads()} threads")
+
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))  # first-call set-up kept out of both timings
+        start = time.perf_counter()
+        fast = evaluate_posix(model, sets, tokenizer, max_new_tokens=args.max_new_tokens)
+        fast_s = time.perf_counter() - start
+        start = time.perf_counter()
+        slow_psis, slow_responses = one_pair_at_a_time(model, tokenizer, sets, args.max_new_tokens)
+        slow_s = time.perf_counter() - start
+
+    same = sum(
+        list(r.token_ids) == y for result, ys in zip(fast.sets, slow_responses) for r, y in zip(result.responses, ys)
+    )
+    difference = max(abs(a - b) for a, b in zip(fast.psis, slow_psis))
+    print(f"one pair at a time: {slow_s:7.2f} s")
+    print(f"evaluate_posix:     {fast_s:7.2f} s   ({slow_s / fast_s:.1f}x faster)")
+    print(f"identical greedy responses: {same}/{sum(len(s) for s in sets)}; max |psi difference|: {difference:.2e}")
+    print(f"POSIX: {fast.posix:.4f} (batched) vs {sum(slow_psis) / len(slow_psis):.4f} (one pair at a time)")
+
+
+if __name__ == "__main__":
+    main()
