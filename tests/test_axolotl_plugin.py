@@ -125,3 +125,15 @@ def test_superseded_and_unsupported_dataset_options(tokenizer, monkeypatch, capl
     assert "['roles_to_train'] are ignored" in caplog.text
     with pytest.raises(ValueError, match="\\['split_thinking'\\] are not supported"):
         chat_strategy.load(tokenizer, cfg, {"type": "chat_template", "split_thinking": True})
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "yaml_examples").glob("*.yml")), ids=lambda p: p.name)
+def test_yaml_examples_pass_the_plugins_checks(example, base_cfg):
+    cfg = yaml.safe_load(example.read_text())
+    assert "wit_plugin.WITPlugin" in cfg["plugins"]
+    check_config(DictDefault(cfg))
+    map_dataset_types(cfg)
+    assert all(d["type"].startswith(STRATEGIES) for d in cfg["datasets"])
+    if example.name.endswith("_cpu.yml"):  # fully validated by Axolotl on this machine too
+        cfg.update({k: base_cfg[k] for k in ("base_model", "output_dir", "dataset_prepared_path", "datasets")})
+        load_cfg(DictDefault(cfg))
