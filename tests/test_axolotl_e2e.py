@@ -14,7 +14,7 @@ import torch
 import yaml
 
 pytest.importorskip("axolotl")
-from wit_plugin.demo.data import write_dataset  # noqa: E402
+from wit_plugin.demo.data import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ROLE_KEYS = [f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")]
@@ -32,9 +32,9 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(REPO), "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled",
            "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
-    logs = [ast.literal_eval(m) for m in re.findall(r"^\{'loss'.*\}$", run.stdout + run.stderr, flags=re.M)]
+    logs = [ast.literal_eval(m) for m in re.findall(r"^\{'loss'.*\}$", run.stdout + run.stderr, flags=re.MULTILINE)]
     return logs, tmp_path / "out"
 
 

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 pytest.importorskip("axolotl")
-from axolotl.cli.config import load_cfg  # noqa: E402
-from axolotl.integrations.base import PluginManager  # noqa: E402
-from axolotl.utils.dict import DictDefault  # noqa: E402
+from axolotl.cli.config import load_cfg
+from axolotl.integrations.base import PluginManager
+from axolotl.utils.dict import DictDefault
 
-from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types  # noqa: E402
-from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy  # noqa: E402
-from wit_plugin.roles import Role, WeightError  # noqa: E402
+from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types
+from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
+from wit_plugin.roles import Role, WeightError
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = "wit_plugin.integrations.axolotl.strategies"

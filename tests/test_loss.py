@@ -101,9 +101,9 @@ def test_packed_equals_unpacked(model, tagged):
             roles = torch.tensor([[Role.PAD, *features["wit_roles"][1:]]], dtype=torch.int8)
             logits = model(input_ids=ids, use_cache=False).logits
             per_sample.append(weighted_token_loss(logits, ids, roles, weights, num_items_in_batch=1))
-        ids = torch.tensor([sum((f["input_ids"] for f in tagged), [])])
-        roles = torch.tensor([sum(([Role.PAD, *f["wit_roles"][1:]] for f in tagged), [])], dtype=torch.int8)
-        positions = torch.tensor([sum((list(range(len(f["input_ids"]))) for f in tagged), [])])
+        ids = torch.tensor([[t for f in tagged for t in f["input_ids"]]])
+        roles = torch.tensor([[r for f in tagged for r in [Role.PAD, *f["wit_roles"][1:]]]], dtype=torch.int8)
+        positions = torch.tensor([[p for f in tagged for p in range(len(f["input_ids"]))]])
         logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
         packed = weighted_token_loss(logits, ids, roles, weights, num_items_in_batch=1)
     torch.testing.assert_close(packed.loss, sum(r.loss for r in per_sample), rtol=2e-5, atol=1e-5)

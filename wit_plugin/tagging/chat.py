@@ -121,9 +121,9 @@ def _content_end(text: str, start: int, content: str, following: str, is_last: b
     """Where a content placed at ``start`` ends: exact, or as trimmed by the template, else up to the scaffold."""
     for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
         end = start + len(candidate)
-        if text.startswith(candidate, start) and text.startswith(following, end):
-            if not is_last or end + len(following) == len(text):
-                return end
+        fits = text.startswith(candidate, start) and text.startswith(following, end)
+        if fits and (not is_last or end + len(following) == len(text)):
+            return end
     end = len(text) - len(following) if is_last else text.find(following, start)
     if end < start or not text.startswith(following, end):
         raise TaggingError("the chat template renders this conversation differently from its scaffold")
