@@ -34,15 +34,17 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
            "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
-    logs = [ast.literal_eval(m) for m in re.findall(r"^\{'loss'.*\}$", run.stdout + run.stderr, flags=re.MULTILINE)]
+    output = run.stdout + run.stderr
+    logs = [ast.literal_eval(m) for m in re.findall(r"^\{'(?:eval_)?loss'.*\}$", output, flags=re.MULTILINE)]
     return logs, tmp_path / "out"
 
 
 def check_run(logs: list[dict], out: Path, model_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    assert len(logs) == 3
-    for entry in logs:
+    train_logs = [entry for entry in logs if "loss" in entry]
+    assert len(train_logs) == 3
+    for entry in train_logs:
         assert float(entry["loss"]) > 0
         assert all(key in entry for key in ROLE_KEYS), sorted(entry)
         assert int(entry["wit/tokens_response"]) > 0
@@ -56,8 +58,12 @@ def check_run(logs: list[dict], out: Path, model_path: Path) -> None:
 def test_axolotl_train_with_sample_packing(model_path, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
                 "-m", "axolotl.cli.train"]
-    logs, out = train(model_path, tmp_path, launcher, sample_packing=True)
+    logs, out = train(model_path, tmp_path, launcher, sample_packing=True, val_set_size=0.1, eval_strategy="steps",
+                      eval_steps=3)
     check_run(logs, out, model_path)
+    evaluation = [entry for entry in logs if "eval_loss" in entry]
+    assert evaluation and float(evaluation[0]["eval_wit/loss_response"]) > 0
+    assert int(evaluation[0]["eval_wit/tokens_response"]) > 0
 
 
 @pytest.mark.slow
