@@ -40,6 +40,12 @@ def test_prompt_completion_strings(tokenizer):
     assert tagged.roles[-1] == Role.EOT
 
 
+def test_a_completion_that_already_ends_with_eos_gets_no_second_one(tokenizer):
+    plain = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello"})
+    closed = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello<|im_end|>"})
+    assert closed.input_ids == plain.input_ids and closed.roles == plain.roles
+
+
 def test_conversational_prompt_completion_is_one_chat(tokenizer):
     row = {
         "prompt": [{"role": "user", "content": "Capital of Peru?"}],

@@ -61,10 +61,15 @@ class _SegmentWriter:
         return self.row
 
 
-def _eos_text(tokenizer: Any) -> str:
+def _add_response(writer: _SegmentWriter, tokenizer: Any, response: str) -> None:
+    """The response, closed by EOS (end of turn) unless the text already ends with it."""
     if not tokenizer.eos_token:
         raise TaggingError("the tokenizer has no eos_token to close the response with")
-    return tokenizer.eos_token
+    eos = tokenizer.eos_token
+    if response.endswith(eos):
+        response = response[: -len(eos)]
+    writer.add(response, Role.RESPONSE)
+    writer.add(eos)
 
 
 class ChatFormat(RowFormat):
@@ -126,8 +131,7 @@ class AlpacaFormat(RowFormat):
             writer.add("\n\n### Input:\n")
             writer.add(context, Role.INSTRUCTION)
         writer.add("\n\n### Response:\n")
-        writer.add(output, Role.RESPONSE)
-        writer.add(_eos_text(self.tokenizer))
+        _add_response(writer, self.tokenizer, output)
         return writer.finish()
 
 
@@ -149,8 +153,7 @@ class PromptCompletionFormat(RowFormat):
             return self._chat.renderer.render([*prompt, *completion])
         writer = _SegmentWriter()
         writer.add(self._field(row, "prompt"), Role.INSTRUCTION)
-        writer.add(self._field(row, "completion"), Role.RESPONSE)
-        writer.add(_eos_text(self.tokenizer))
+        _add_response(writer, self.tokenizer, self._field(row, "completion"))
         return writer.finish()
 
 
@@ -162,8 +165,7 @@ class TextFormat(RowFormat):
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         writer = _SegmentWriter()
-        writer.add(self._field(row, self.options.get("field") or "text"), Role.RESPONSE)
-        writer.add(_eos_text(self.tokenizer))
+        _add_response(writer, self.tokenizer, self._field(row, self.options.get("field") or "text"))
         return writer.finish()
 
 

@@ -8,7 +8,6 @@ that would compute the loss some other way, or decide on their own which tokens 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from trl import SFTConfig
 
@@ -19,10 +18,6 @@ class WITOptionError(ValueError):
     """A TRL option that would bypass or contradict the role weights."""
 
 
-def _help(text: str) -> dict[str, Any]:
-    return {"help": text}
-
-
 @dataclass
 class WITConfig(SFTConfig):
     """SFTConfig with the WIT role weights. Unset weights fall back to the preset (default ``wit``: λp=0.4, λr=0.6).
@@ -31,19 +26,21 @@ class WITConfig(SFTConfig):
     the weighted loss needs) and must stay so.
     """
 
-    wit_preset: str | None = field(default=None, metadata=_help(f"Role-weight preset: {', '.join(PRESETS)} (default wit)."))
+    wit_preset: str | None = field(
+        default=None, metadata={"help": f"Role-weight preset: {', '.join(PRESETS)} (default wit)."}
+    )
     wit_prompt_weight: float | None = field(
-        default=None, metadata=_help("λp: weight of template, system and instruction tokens (wit preset: 0.4).")
+        default=None, metadata={"help": "λp: weight of template, system and instruction tokens (wit preset: 0.4)."}
     )
     wit_response_weight: float | None = field(
-        default=None, metadata=_help("λr: weight of response and end-of-turn tokens (wit preset: 0.6).")
+        default=None, metadata={"help": "λr: weight of response and end-of-turn tokens (wit preset: 0.6)."}
     )
-    wit_template_weight: float | None = field(default=None, metadata=_help("Weight of chat-template tokens."))
-    wit_system_weight: float | None = field(default=None, metadata=_help("Weight of system-message tokens."))
-    wit_instruction_weight: float | None = field(default=None, metadata=_help("Weight of user/tool-message tokens."))
-    wit_eot_weight: float | None = field(default=None, metadata=_help("Weight of the token closing a response."))
+    wit_template_weight: float | None = field(default=None, metadata={"help": "Weight of chat-template tokens."})
+    wit_system_weight: float | None = field(default=None, metadata={"help": "Weight of system-message tokens."})
+    wit_instruction_weight: float | None = field(default=None, metadata={"help": "Weight of user/tool-message tokens."})
+    wit_eot_weight: float | None = field(default=None, metadata={"help": "Weight of the token closing a response."})
     loss_type: str | None = field(
-        default="nll", metadata=_help("Must be 'nll': WIT computes its weighted NLL from the model's logits.")
+        default="nll", metadata={"help": "Must be 'nll': WIT computes its weighted NLL from the model's logits."}
     )
 
     def __post_init__(self) -> None:

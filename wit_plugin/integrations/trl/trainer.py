@@ -21,7 +21,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
-from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY, RoleCollator
+from wit_plugin.collation import IGNORE_INDEX, RoleCollator
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
 from wit_plugin.trainer import WITTrainerMixin
@@ -78,28 +78,33 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
     def __init__(self, model: Any, args: WITConfig | None = None, **kwargs: Any) -> None:
         args = WITConfig() if args is None else args
         if not isinstance(args, WITConfig):
-            raise TypeError(f"WITSFTTrainer needs a WITConfig (SFTConfig plus the wit_* keys), got {type(args).__name__}")
+            raise TypeError(
+                f"WITSFTTrainer needs a WITConfig (SFTConfig plus the wit_* keys), got {type(args).__name__}"
+            )
         weights = check_options(args)  # again: the config may have been edited since it was built
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("compute_loss_func: WITSFTTrainer installs the weighted loss itself")
         if kwargs.get("formatting_func") is not None:
             raise ValueError("formatting_func: formatted text has no roles; pass the rows, or build a 'text' column")
-        if kwargs.get("train_dataset") is not None:
+        if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
             check_row(next(iter(kwargs["train_dataset"])))
         self.wit_weights = weights  # read by _prepare_dataset, which SFTTrainer.__init__ calls
         super().__init__(model, args=args, **kwargs)
         if self.aux_loss_enabled:
-            raise ValueError("router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0")
+            raise ValueError(
+                "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
+            )
         # TRL's padding-free collator flattens the batch into one row; the mixin only recognises transformers'.
         self.data_collator = RoleCollator(self.data_collator, weights, flattens=self.padding_free)
         self.setup_wit(weights)
 
     def _prepare_dataset(
-        self, dataset: AnyDataset, processing_class: Any, args: WITConfig, packing: bool, formatting_func: Any, dataset_name: str
+        self,
+        dataset: AnyDataset,
+        processing_class: Any,
+        args: WITConfig,
+        packing: bool,
+        formatting_func: Any,
+        dataset_name: str,
     ) -> AnyDataset:
         return prepare_dataset(dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if ROLES_KEY not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, ROLES_KEY]

@@ -1,0 +1,393 @@
+"""TRL adapter: WITConfig validation, role-carrying dataset preparation, and the loss against stock TRL and a
+hand computation, on the real SmolLM2-135M-Instruct (CPU; few short rows so the file stays fast)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, HfArgumentParser
+from trl import SFTConfig, SFTTrainer
+
+from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
+from wit_plugin.integrations.trl.data import prepare_dataset
+from wit_plugin.roles import WEIGHT_KEYS, Role, RoleWeights, WeightError
+from wit_plugin.tagging import RoleTagger
+from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
+
+PLAIN = [
+    {"prompt": "Question: What is 2 + 3?\nAnswer:", "completion": " 5"},
+    {"prompt": "Translate the word 'cat' into French.\n", "completion": "chat"},
+    {"prompt": "Name the colour of a clear daytime sky.\n", "completion": "Blue, most of the time."},
+]
+CHAT = [
+    {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What is 2 + 3?"},
+            {"role": "assistant", "content": "5"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "Translate the word cat, please."},
+            {"role": "assistant", "content": "chat"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Which colour is a clear daytime sky? One word."},
+            {"role": "assistant", "content": "Blue, most of the time."},
+            {"role": "user", "content": "And at night?"},
+            {"role": "assistant", "content": "Black."},
+        ]
+    },
+]
+WIT = {"wit_prompt_weight": 0.4, "wit_response_weight": 0.6}
+COMMON = {
+    "max_length": 128,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "seed": 0,
+}
+
+
+def wit_config(tmp_path: Path, **options: Any) -> WITConfig:
+    return WITConfig(output_dir=str(tmp_path), **{**COMMON, **options})
+
+
+def stock_config(tmp_path: Path, **options: Any) -> SFTConfig:
+    # loss_type="nll": TRL 1.9's default "chunked_nll" patches the model's forward (the shared fixture) and
+    # computes the same NLL without logits; "nll" gives the model's own loss, the reference to compare with.
+    return SFTConfig(output_dir=str(tmp_path), loss_type="nll", **{**COMMON, **options})
+
+
+def whole_batch(trainer: SFTTrainer) -> dict[str, Any]:
+    return trainer.data_collator(list(trainer.train_dataset))
+
+
+def trained_positions(labels: torch.Tensor) -> set[tuple[int, int]]:
+    """(row, position) of every token that is a loss target (position 0 is never one: nothing predicts it)."""
+    rows, positions = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
+    return {(int(r), int(p) + 1) for r, p in zip(rows, positions)}
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+def test_config_fields_are_the_weight_keys(tmp_path: Path) -> None:
+    wit_fields = {f.name for f in dataclasses.fields(WITConfig) if f.name.startswith("wit_")}
+    assert wit_fields == set(WEIGHT_KEYS)
+    options = {"wit_preset": "im", "wit_prompt_weight": 0.3, "wit_eot_weight": 2.0}
+    assert wit_config(tmp_path, **options).role_weights == RoleWeights.from_options(options)
+    assert wit_config(tmp_path).role_weights == RoleWeights.preset("wit")
+    assert wit_config(tmp_path).loss_type == "nll"
+    (parsed,) = HfArgumentParser(WITConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--wit_preset", "it", "--wit_instruction_weight", "0.25", "--bf16", "False"]
+    )
+    assert parsed.role_weights == RoleWeights(0.0, 0.0, 0.25, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wit_prompt_weight": -1.0}, "must be >= 0"),
+        ({"wit_response_weight": float("nan")}, "must be finite"),
+        ({"wit_preset": "sft"}, "unknown wit_preset"),
+        ({"wit_preset": "it", "wit_response_weight": 0.0}, "all wit role weights are zero"),
+    ],
+)
+def test_config_rejects_bad_weights(tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(WeightError, match=message):
+        wit_config(tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"loss_type": "dft"}, "loss_type"),
+        ({"use_liger_kernel": True}, "use_liger_kernel"),
+        ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
+        ({"assistant_only_loss": True}, "assistant_only_loss"),
+        ({"completion_only_loss": True, **WIT}, "completion_only_loss=True"),
+        ({"completion_only_loss": False, "wit_preset": "it"}, "completion_only_loss=False"),
+        ({"packing": True, "packing_strategy": "wrapped"}, "packing_strategy"),
+    ],
+)
+def test_config_rejects_conflicting_options(tmp_path: Path, options: dict[str, Any], option: str) -> None:
+    with pytest.raises(WITOptionError, match=option):
+        wit_config(tmp_path, **options)
+
+
+def test_config_accepts_consistent_masking_options(tmp_path: Path) -> None:
+    wit_config(tmp_path, completion_only_loss=True, wit_preset="it")
+    wit_config(tmp_path, completion_only_loss=False, wit_preset="cpt")
+
+
+def test_chunked_nll_is_refused_or_mapped(tmp_path: Path) -> None:
+    """TRL 1.9 computes ``chunked_nll`` without logits (refused); TRL >= 1.16 maps it to ``nll`` itself."""
+    try:
+        args = wit_config(tmp_path, loss_type="chunked_nll")
+    except WITOptionError as error:
+        assert "chunked_nll" in str(error)
+    else:
+        assert args.loss_type == "nll"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"compute_loss_func": lambda *a, **k: 0}, ValueError, "compute_loss_func"),
+        ({"formatting_func": lambda row: row["prompt"]}, ValueError, "formatting_func"),
+        ({"args": "sft"}, TypeError, "WITConfig"),
+        ({"train_dataset": Dataset.from_list([{**CHAT[0], "tools": "[]"}])}, ValueError, "'tools'"),
+        ({"train_dataset": Dataset.from_list([{"input_ids": [1, 2, 3]}])}, ValueError, ROLES_KEY),
+        ({"args": "edited"}, WITOptionError, "loss_type"),
+    ],
+)
+def test_trainer_rejects_bad_input(
+    tmp_path: Path, model: Any, tokenizer: Any, kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    kwargs = {"args": wit_config(tmp_path), "train_dataset": Dataset.from_list(PLAIN), **kwargs}
+    if kwargs["args"] == "sft":
+        kwargs["args"] = stock_config(tmp_path)
+    elif kwargs["args"] == "edited":  # a config changed after it was validated is checked again
+        kwargs["args"] = wit_config(tmp_path)
+        kwargs["args"].loss_type = "dft"
+    with pytest.raises(error, match=message):
+        WITSFTTrainer(model=model, processing_class=tokenizer, **kwargs)
+
+
+# --- dataset preparation -------------------------------------------------------------------------------------
+
+
+def test_truncation_keeps_roles_aligned(tmp_path: Path, tokenizer: Any) -> None:
+    tagged = RoleTagger(tokenizer).tag(CHAT[2])
+    for mode, cut in (("keep_start", slice(None, 20)), ("keep_end", slice(-20, None))):
+        args = wit_config(tmp_path, max_length=20, truncation_mode=mode, wit_preset="cpt")
+        row = prepare_dataset(Dataset.from_list(CHAT[2:]), tokenizer, args, args.role_weights, False, "t")[0]
+        assert row["input_ids"] == tagged.input_ids[cut]
+        assert row[ROLES_KEY] == tagged.roles[cut]
+
+
+def test_sharegpt_and_custom_text_rows_are_tagged(tmp_path: Path, tokenizer: Any) -> None:
+    """ShareGPT ``conversations`` go through TRL's own ChatML conversion; ``dataset_text_field`` names the text."""
+    args = wit_config(tmp_path)
+    sharegpt = [{"conversations": [{"from": m["role"], "value": m["content"]} for m in CHAT[0]["messages"]]}]
+    row = prepare_dataset(Dataset.from_list(sharegpt), tokenizer, args, args.role_weights, False, "t")[0]
+    tagged = RoleTagger(tokenizer).tag(CHAT[0])
+    assert (row["input_ids"], row[ROLES_KEY]) == (tagged.input_ids, tagged.roles)
+
+    args = wit_config(tmp_path, dataset_text_field="body")
+    row = prepare_dataset(Dataset.from_list([{"body": "Plain text."}]), tokenizer, args, args.role_weights, False, "t")[
+        0
+    ]
+    assert row["input_ids"] == tokenizer("Plain text.<|im_end|>").input_ids
+    assert row[ROLES_KEY] == [Role.RESPONSE] * (len(row["input_ids"]) - 1) + [Role.EOT]
+
+
+def test_packing_marks_every_sequence_start(tmp_path: Path, tokenizer: Any) -> None:
+    """bfd_split cuts a long sequence into fragments; each fragment's first token must never be a target."""
+    args = wit_config(tmp_path, max_length=24, packing=True, packing_strategy="bfd_split")
+    packed = prepare_dataset(Dataset.from_list(CHAT), tokenizer, args, args.role_weights, True, "t")
+    tokens = sum(len(RoleTagger(tokenizer).tag(row).input_ids) for row in CHAT)
+    assert sum(len(row["input_ids"]) for row in packed) == tokens  # nothing dropped
+    for row in packed:
+        assert len(row["input_ids"]) == len(row[ROLES_KEY]) == sum(row["seq_lengths"]) <= 24
+        starts = torch.tensor([0, *row["seq_lengths"][:-1]]).cumsum(0)
+        assert all(row[ROLES_KEY][start] == Role.PAD for start in starts.tolist())
+
+
+# --- the loss against stock TRL ------------------------------------------------------------------------------
+
+
+def test_it_preset_reproduces_stock_trl_on_plain_prompt_completion(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    dataset = Dataset.from_list(PLAIN)
+    stock = SFTTrainer(model=model, args=stock_config(tmp_path), train_dataset=dataset, processing_class=tokenizer)
+    ours = WITSFTTrainer(
+        model=model, args=wit_config(tmp_path, wit_preset="it"), train_dataset=dataset, processing_class=tokenizer
+    )
+    stock_batch, our_batch = whole_batch(stock), whole_batch(ours)
+    assert torch.equal(stock_batch["input_ids"], our_batch["input_ids"])
+    assert torch.equal(stock_batch["labels"], our_batch["labels"])  # completion + EOS, nothing else
+    count = int((our_batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    with torch.no_grad():
+        for num_items in (None, torch.tensor(3 * count)):  # evaluation, and a larger accumulated batch
+            expected = stock.compute_loss(model, dict(stock_batch), num_items_in_batch=num_items)
+            actual = ours.compute_loss(model, dict(our_batch), num_items_in_batch=num_items)
+            # TRL 1.9's "nll" is the model's own CE on the same logits (equal up to summation order); TRL 1.16's
+            # fused LM head recomputes the logits in tiles, which moves the 6th significant digit.
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=0)
+
+
+# SmolLM2's ChatML template with TRL's {% generation %} markers around each assistant turn, its end-of-turn token
+# and the newline after it (the usual span of training templates); it renders exactly like the original.
+MARKED_CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}"
+    "{{ message['content'] + '<|im_end|>\\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("mode", ["completion_only_loss", "assistant_only_loss"])
+def test_conversational_difference_is_only_template_newlines(
+    tmp_path: Path, model: Any, tokenizer: Any, mode: str
+) -> None:
+    """Stock TRL trains the ``\\n`` ChatML writes after ``<|im_end|>``: its completion mask covers everything after
+    the prompt (conversational prompt/completion), its assistant mask whatever the template marks. The roles call
+    that newline template (weight 0 under ``it``); every other trained token is the same."""
+    if mode == "completion_only_loss":  # single-turn: assistant turns inside a prompt are context to TRL
+        rows = [{"prompt": row["messages"][:-1], "completion": row["messages"][-1:]} for row in CHAT[:2]]
+        stock_options: dict[str, Any] = {}
+    else:
+        original, tokenizer = tokenizer, copy.deepcopy(tokenizer)
+        tokenizer.chat_template = MARKED_CHATML
+        for row in CHAT:
+            rendered = (t.apply_chat_template(row["messages"], tokenize=False) for t in (original, tokenizer))
+            assert next(rendered) == next(rendered)
+        rows, stock_options = CHAT, {"assistant_only_loss": True}
+    dataset = Dataset.from_list(rows)
+    stock = SFTTrainer(
+        model=model, args=stock_config(tmp_path, **stock_options), train_dataset=dataset, processing_class=tokenizer
+    )
+    ours = WITSFTTrainer(
+        model=model, args=wit_config(tmp_path, wit_preset="it"), train_dataset=dataset, processing_class=tokenizer
+    )
+    stock_batch, our_batch = whole_batch(stock), whole_batch(ours)
+    ids = our_batch["input_ids"]
+    assert torch.equal(stock_batch["input_ids"], ids)
+    stock_trained, our_trained = trained_positions(stock_batch["labels"]), trained_positions(our_batch["labels"])
+    assert our_trained < stock_trained
+    extra = stock_trained - our_trained
+    end_of_turn, newline = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer("\n").input_ids
+    assert len(extra) == int((ids == end_of_turn).logical_and(our_batch[ROLES_KEY] == Role.EOT).sum())
+    for row, position in extra:  # one per trained turn: the newline right after its end-of-turn token
+        assert [int(ids[row, position])] == newline and int(ids[row, position - 1]) == end_of_turn
+        assert our_batch[ROLES_KEY][row, position] == Role.TEMPLATE
+
+
+# --- the loss against a hand computation ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hand_terms(model: Any, tokenizer: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per CHAT row, float64 CE of every target (each row run alone, unpadded) and the target's role."""
+    terms = []
+    tagger = RoleTagger(tokenizer)
+    for row in CHAT:
+        tagged = tagger.tag(row)
+        ids = torch.tensor(tagged.input_ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids[None]).logits[0].double()
+        log_probs = logits - logits.logsumexp(-1, keepdim=True)  # log_softmax, by hand
+        ce = -log_probs[:-1].gather(-1, ids[1:, None])[:, 0]
+        terms.append((ce, torch.tensor(tagged.roles[1:])))
+    return terms
+
+
+def hand_loss(terms: list[tuple[torch.Tensor, torch.Tensor]], weights: RoleWeights) -> torch.Tensor:
+    """Σ w(role)·CE / #(targets with w > 0), over every row."""
+    table = weights.table().double()
+    total = sum((table[roles] * ce).sum() for ce, roles in terms)
+    count = sum((table[roles] > 0).sum() for _, roles in terms)
+    return total / count
+
+
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [
+        ("padded", {}),
+        ("bfd packing", {"packing": True, "max_length": 64}),
+        ("padding-free", {"padding_free": True, "max_length": None}),
+    ],
+)
+def test_wit_loss_equals_hand_computation(
+    tmp_path: Path, model: Any, tokenizer: Any, hand_terms: list, layout: str, options: dict[str, Any]
+) -> None:
+    args = wit_config(tmp_path, **WIT, **options)
+    trainer = WITSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer)
+    batch = whole_batch(trainer)
+    if layout == "padded":
+        assert (batch["attention_mask"] == 0).any()
+    else:  # every sequence in one row, told apart by position_ids only
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        assert int((batch["position_ids"] == 0).sum()) == len(CHAT)
+        assert (batch[ROLES_KEY][batch["position_ids"] == 0] == Role.PAD).all()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+    expected = hand_loss(hand_terms, args.role_weights)
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=0)
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def fresh_model(model_path: Path) -> Any:
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path: Path, model_path: Path, tokenizer: Any) -> None:
+    """One SGD step over two rows of very different lengths: 2 micro-batches of 1 == 1 batch of 2, because the
+    denominator counts the weighted tokens of the whole accumulated batch."""
+    rows = Dataset.from_list([CHAT[0], CHAT[2]])
+    updated = []
+    for batch_size, accumulation in ((2, 1), (1, 2)):
+        model = fresh_model(model_path)
+        args = wit_config(
+            tmp_path / f"ga{accumulation}",
+            **WIT,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+        )
+        WITSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer).train()
+        updated.append(dict(model.named_parameters()))
+    initial = dict(fresh_model(model_path).named_parameters())
+    for name, start in initial.items():
+        one_batch, accumulated = (params[name].detach() - start.detach() for params in updated)
+        assert one_batch.abs().max() > 0, name
+        relative_error = float((accumulated - one_batch).norm() / one_batch.norm())
+        assert relative_error < 1e-4, (name, relative_error)  # fp32 round-off in the update, nothing more
+
+
+def test_train_logs_roles_saves_and_reloads(tmp_path: Path, model_path: Path, tokenizer: Any) -> None:
+    model = fresh_model(model_path)
+    args = wit_config(tmp_path, **WIT, max_steps=2, logging_steps=1, per_device_train_batch_size=2)
+    trainer = WITSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(CHAT),
+        eval_dataset=Dataset.from_list(PLAIN),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        for key in ("wit/loss_response", "wit/loss_instruction", "wit/loss_system", "entropy", "mean_token_accuracy"):
+            assert torch.isfinite(torch.tensor(entry[key])), key
+        assert entry["wit/tokens_response"] > 0 and entry["num_tokens"] > 0
+    assert steps[1]["num_tokens"] > steps[0]["num_tokens"]  # cumulative, as in TRL
+    metrics = trainer.evaluate()
+    assert "eval_wit/loss_response" in metrics and "eval_mean_token_accuracy" in metrics
+    trainer.save_model(str(tmp_path))
+    reloaded = fresh_model(tmp_path)
+    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight.detach(), rtol=0, atol=0)
