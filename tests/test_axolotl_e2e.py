@@ -25,8 +25,8 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
     cfg.update(
         base_model=str(model_path), output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
         sequence_len=128, micro_batch_size=2, gradient_accumulation_steps=1, max_steps=3, logging_steps=1,
-        **overrides,
     )
+    cfg.update(overrides)
     cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=48, seed=1))
     config = tmp_path / "cfg.yml"
     config.write_text(yaml.safe_dump(cfg))
@@ -71,3 +71,15 @@ def test_axolotl_train_without_sample_packing(model_path, tmp_path):
     logs, out = train(model_path, tmp_path, ["axolotl", "train"], sample_packing=False, wit_preset="im",
                       wit_prompt_weight=None, wit_response_weight=None)
     check_run(logs, out, model_path)
+
+
+@pytest.mark.slow
+def test_chunked_loss_step_equals_eager_step_through_axolotl(model_path, tmp_path):
+    steps = {}
+    for impl in ("eager", "chunked"):
+        logs, _ = train(model_path, tmp_path / impl, ["axolotl", "train"], wit_loss_impl=impl, max_steps=1,
+                        sample_packing=True, seed=7, dataset_prepared_path=str(tmp_path / "prepared"))
+        steps[impl] = next(entry for entry in logs if "loss" in entry)
+    for key in ("loss", "grad_norm", "wit/loss_instruction", "wit/loss_response"):  # printed to 4 digits
+        assert float(steps["chunked"][key]) == pytest.approx(float(steps["eager"][key]), rel=1e-3), key
+    assert steps["chunked"]["wit/tokens_template"] == steps["eager"]["wit/tokens_template"]

@@ -32,6 +32,14 @@ def base_cfg(model_path, tmp_path):
     return cfg
 
 
+def test_plugin_keys_are_the_shared_option_keys():
+    from wit_plugin.integrations.axolotl.args import WIT_KEYS
+    from wit_plugin.roles import WEIGHT_KEYS
+    from wit_plugin.trainer import TRAINING_KEYS
+
+    assert {*WEIGHT_KEYS, *TRAINING_KEYS} == WIT_KEYS
+
+
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
     assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
@@ -46,6 +54,7 @@ def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
         ({"wit_response_weight": float("nan")}, WeightError, "must be finite"),
         ({"wit_prompt_weight": 0, "wit_response_weight": 0}, WeightError, "all wit role weights are zero"),
         ({"wit_preset": "dpo"}, WeightError, "unknown wit_preset"),
+        ({"wit_loss_impl": "liger"}, ValueError, "wit_loss_impl"),
     ],
 )
 def test_bad_wit_keys_are_errors(base_cfg, override, error, message):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from wit_plugin.loss import linear_ce
 from wit_plugin.loss.linear_ce import (
+    MAX_CHUNK_ROWS,
     auto_chunk_rows,
     fused_weighted_cross_entropy,
     resolve_loss_impl,
@@ -114,7 +119,9 @@ def test_matches_eager_path_and_its_role_stats(include_zero_weight: bool) -> Non
     torch.testing.assert_close(result.loss, eager.loss, rtol=1e-5, atol=0)
     computed = TABLE > 0 if not include_zero_weight else torch.arange(len(TABLE)) != Role.PAD
     assert (result.stats.tokens == torch.where(computed, eager.stats.tokens, 0)).all()
-    torch.testing.assert_close(result.stats.loss_sum, torch.where(computed, eager.stats.loss_sum, 0.0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        result.stats.loss_sum, torch.where(computed, eager.stats.loss_sum, 0.0), rtol=1e-5, atol=1e-4
+    )
     assert result.stats.tokens[Role.INSTRUCTION] == (eager.stats.tokens[Role.INSTRUCTION] if include_zero_weight else 0)
 
 
@@ -123,6 +130,17 @@ def test_trainer_normaliser_is_used_as_given() -> None:
     eager = weighted_token_loss(batch["hidden"] @ batch["weight"].T, batch["input_ids"], batch["roles"], TABLE, 500)
     result, *_ = fused(batch, num_items_in_batch=torch.tensor(500))
     torch.testing.assert_close(result.loss, eager.loss, rtol=1e-5, atol=0)
+
+
+def test_pad_targets_are_never_scored_whatever_the_table_says() -> None:
+    batch = make_batch(12)
+    expected, *_ = fused(batch)
+    h, w = batch["hidden"], batch["weight"]
+    table = TABLE.clone()
+    table[Role.PAD] = 5.0
+    result = weighted_linear_cross_entropy(h, w, batch["input_ids"], batch["roles"], table)
+    torch.testing.assert_close(result.loss, expected.loss)
+    assert result.stats.tokens[Role.PAD] == 0
 
 
 @pytest.mark.parametrize("roles_fill", [Role.PAD, Role.INSTRUCTION])
@@ -155,7 +173,7 @@ def test_autocast_runs_the_head_in_the_autocast_dtype() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = weighted_linear_cross_entropy(h, w, batch["input_ids"], batch["roles"], TABLE)
     result.loss.backward()
-    loss, grad_h, grad_w, _ = reference(batch, weighted_count(batch))
+    loss, _, grad_w, _ = reference(batch, weighted_count(batch))
     assert h.grad.dtype == w.grad.dtype == torch.float32
     assert_rel_close(result.loss, loss, 2e-2)
     assert_rel_close(w.grad, grad_w, 3e-2)
@@ -173,7 +191,7 @@ def test_gradient_accumulation_with_a_global_normaliser_sums_to_one_batch() -> N
         h = part["hidden"].clone().requires_grad_()
         weighted_linear_cross_entropy(h, w, part["input_ids"], part["roles"], TABLE, n, chunk_rows=13).loss.backward()
         hiddens.append(h.grad)
-    result, grad_h, grad_w, _ = fused(whole, num_items_in_batch=n, chunk_rows=13)
+    _, grad_h, grad_w, _ = fused(whole, num_items_in_batch=n, chunk_rows=13)
     assert_rel_close(w.grad, grad_w, 1e-5)
     assert_rel_close(torch.cat(hiddens), grad_h, 1e-5)
 
@@ -203,6 +221,32 @@ def test_no_grad_evaluation_builds_no_graph() -> None:
     torch.testing.assert_close(result.loss, eager.loss, rtol=1e-5, atol=0)
 
 
+def test_cce_path_weights_cce_per_token_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CCE needs CUDA: a stand-in with its signature checks what the wrapper asks of it and does with it."""
+    calls: list[dict[str, object]] = []
+
+    def linear_cross_entropy(
+        e: torch.Tensor,
+        c: torch.Tensor,
+        targets: torch.Tensor,
+        softcap: float | None = None,
+        reduction: str = "mean",
+        **kwargs: object,
+    ) -> torch.Tensor:
+        calls.append({"reduction": reduction, "softcap": softcap, **kwargs})
+        return torch.nn.functional.cross_entropy(e @ c.T, targets, reduction=reduction)
+
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", SimpleNamespace(linear_cross_entropy=linear_cross_entropy))
+    monkeypatch.setattr(linear_ce, "resolve_loss_impl", lambda name, device: "cce")
+    batch = make_batch(13)
+    loss, grad_h, grad_w, _ = reference(batch, weighted_count(batch))
+    result, got_h, got_w, _ = fused(batch, impl="cce")
+    assert calls == [{"reduction": "none", "softcap": None}]
+    assert_rel_close(result.loss, loss, 1e-5)
+    assert_rel_close(got_h, grad_h, 1e-5)
+    assert_rel_close(got_w, grad_w, 1e-5)
+
+
 def test_resolve_loss_impl() -> None:
     assert resolve_loss_impl("auto", "cpu") == "chunked"
     assert resolve_loss_impl("chunked", torch.device("cpu")) == "chunked"
@@ -213,6 +257,7 @@ def test_resolve_loss_impl() -> None:
 
 
 def test_auto_chunk_rows_bounds_the_chunk_memory() -> None:
-    rows = auto_chunk_rows(128_256, torch.bfloat16, chunk_bytes=64 * 2**20)
-    assert rows * 128_256 * (4 + 2) <= 64 * 2**20 < (rows + 1) * 128_256 * (4 + 2)
-    assert auto_chunk_rows(10**9, torch.float32) == 1
+    assert auto_chunk_rows(49_152) == MAX_CHUNK_ROWS  # small vocabulary: enough rows for efficient matmuls
+    rows = auto_chunk_rows(128_256, chunk_bytes=64 * 2**20)
+    assert rows * 128_256 * 4 <= 64 * 2**20 < (rows + 1) * 128_256 * 4
+    assert auto_chunk_rows(10**9) == 1

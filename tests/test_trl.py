@@ -17,6 +17,7 @@ from trl import SFTConfig, SFTTrainer
 from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
 from wit_plugin.integrations.trl.data import prepare_dataset
 from wit_plugin.roles import WEIGHT_KEYS, Role, RoleWeights, WeightError
+from wit_plugin.trainer import TRAINING_KEYS
 from wit_plugin.tagging import RoleTagger
 from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
 
@@ -87,7 +88,7 @@ def trained_positions(labels: torch.Tensor) -> set[tuple[int, int]]:
 
 def test_config_fields_are_the_weight_keys(tmp_path: Path) -> None:
     wit_fields = {f.name for f in dataclasses.fields(WITConfig) if f.name.startswith("wit_")}
-    assert wit_fields == set(WEIGHT_KEYS)
+    assert wit_fields == {*WEIGHT_KEYS, *TRAINING_KEYS}
     options = {"wit_preset": "im", "wit_prompt_weight": 0.3, "wit_eot_weight": 2.0}
     assert wit_config(tmp_path, **options).role_weights == RoleWeights.from_options(options)
     assert wit_config(tmp_path).role_weights == RoleWeights.preset("wit")

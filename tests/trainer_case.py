@@ -30,7 +30,7 @@ class WITTrainer(WITTrainerMixin, Trainer):
     pass
 
 
-def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int) -> dict:
+def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int, loss_impl: str = "eager") -> dict:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -45,14 +45,15 @@ def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int) 
     )
     trainer = WITTrainer(model=model, args=args, train_dataset=dataset,
                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
-    trainer.setup_wit(RoleWeights.preset("wit"))
+    trainer.setup_wit(RoleWeights.preset("wit"), loss_impl=loss_impl)
     trainer.train()
     updates = {name: (before[name] - p.detach()).tolist() for name, p in model.named_parameters() if name in WATCHED}
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     return {"loss": logged["loss"], "updates": updates, "log": logged}
 
 
-if __name__ == "__main__":  # torchrun --nproc_per_node 2 tests/trainer_case.py MODEL OUT_JSON
-    result = one_step(sys.argv[1], str(Path(sys.argv[2]).parent / "ddp_run"), batch_size=1, accumulation=1)
+if __name__ == "__main__":  # torchrun --nproc_per_node 2 tests/trainer_case.py MODEL OUT_JSON LOSS_IMPL
+    out_dir = str(Path(sys.argv[2]).parent / "ddp_run")
+    result = one_step(sys.argv[1], out_dir, batch_size=1, accumulation=1, loss_impl=sys.argv[3])
     if torch.distributed.get_rank() == 0:
         Path(sys.argv[2]).write_text(json.dumps(result))

@@ -16,11 +16,23 @@ import torch
 from transformers import DataCollatorWithFlattening
 
 from wit_plugin.collation import ROLES_KEY, RoleCollator
+from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput, LMHead
+from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
 from wit_plugin.roles import RoleWeights
 
 LOG = logging.getLogger(__name__)
+
+# ``eager``: CE from the model's logits. The others never materialise the logits in training (see
+# wit_plugin.loss.linear_ce): ``auto`` picks ``cce`` on CUDA with cut-cross-entropy installed, else ``chunked``,
+# and falls back to ``eager`` (with a warning) for architectures the hidden-states forward does not cover.
+LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "cce", "eager")
+# ``all``: per-role metrics for every role, zero-weight ones included (the fused loss then computes their CE
+# forward-only, for logging); ``weighted``: only roles that are trained, at no extra cost.
+ROLE_METRICS: tuple[str, ...] = ("all", "weighted")
+# The integrations' keys for the two choices above (beside roles.WEIGHT_KEYS for the weights).
+TRAINING_KEYS: tuple[str, ...] = ("wit_loss_impl", "wit_role_metrics")
 
 
 class WITTrainerMixin:
@@ -28,11 +40,17 @@ class WITTrainerMixin:
 
     wit_weights: RoleWeights
 
-    def setup_wit(self, weights: RoleWeights) -> None:
+    def setup_wit(self, weights: RoleWeights, loss_impl: str = "eager", role_metrics: str = "all") -> None:
+        """Install the weighted loss; call before training starts (the model must not be wrapped yet)."""
+        if role_metrics not in ROLE_METRICS:
+            raise ValueError(f"unknown wit_role_metrics {role_metrics!r}; choose one of {', '.join(ROLE_METRICS)}")
         self.wit_weights = weights
         self._wit_table = weights.table()
         self._wit_metrics = {"train": RoleMetrics(), "eval": RoleMetrics()}
         self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._wit_head: LMHead | None = None
+        self._wit_all_roles = role_metrics == "all"
+        self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
         self.compute_loss_func = self._wit_loss
         args = self.args  # type: ignore[attr-defined]
         if not args.average_tokens_across_devices:
@@ -43,7 +61,23 @@ class WITTrainerMixin:
             if collator is not None and not isinstance(collator, RoleCollator):
                 flattens = isinstance(collator, DataCollatorWithFlattening)  # padding-free: one row
                 setattr(self, name, RoleCollator(collator, weights, flattens=flattens))
-        LOG.info("wit: role weights %s", weights.describe())
+        LOG.info("wit: role weights %s; loss %s", weights.describe(), self._wit_impl)
+
+    def _install_loss_impl(self, name: str) -> tuple[str, HiddenStatesForward | None]:
+        """The loss implementation to run, and the hidden-states forward it needs (None for eager)."""
+        if name not in LOSS_IMPLS:
+            raise ValueError(f"unknown wit_loss_impl {name!r}; choose one of {', '.join(LOSS_IMPLS)}")
+        if name == "eager":
+            return name, None
+        model = self.model  # type: ignore[attr-defined]
+        impl = resolve_loss_impl(name, next(model.parameters()).device)
+        try:
+            return impl, HiddenStatesForward(model)
+        except ValueError as error:
+            if name != "auto":
+                raise
+            LOG.warning("wit: falling back to the eager loss (materialised logits): %s", error)
+            return "eager", None
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep ``wit_roles`` when the trainer drops dataset columns the model's forward does not take."""
@@ -62,16 +96,30 @@ class WITTrainerMixin:
         self._wit_batch = (inputs["input_ids"], roles)
         if "position_ids" in inputs:
             inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
-        return super().compute_loss(  # type: ignore[misc]
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        if self._wit_forward is None or not model.training:  # evaluation keeps logits for prediction_step
+            return super().compute_loss(  # type: ignore[misc]
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        with self._wit_forward.enabled() as self._wit_head:
+            return super().compute_loss(  # type: ignore[misc]
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
     def _wit_loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         assert self._wit_batch is not None, "compute_loss stores the batch before the model runs"
         input_ids, roles = self._wit_batch
         self._wit_batch = None
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
+        if isinstance(outputs, HiddenStatesOutput):
+            head, self._wit_head = self._wit_head, None
+            assert head is not None, "the hidden-states forward runs inside compute_loss, which sets the head"
+            result = weighted_linear_cross_entropy(
+                outputs.last_hidden_state, head.weight, input_ids, roles, self._wit_table, num_items_in_batch,
+                lm_head_bias=head.bias, softcap=head.softcap, impl=self._wit_impl,
+                include_zero_weight=self._wit_all_roles,
+            )
+        else:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
         model = self.model  # type: ignore[attr-defined]
         self._wit_metrics["train" if model.training else "eval"].add(result.stats)
         return result.loss

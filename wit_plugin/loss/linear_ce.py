@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.loss.weighted import WeightedLoss, normaliser, role_stats, shift_targets
 from wit_plugin.roles import Role
 
-IGNORE_INDEX = -100
 LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "cce")
-# Budget for one chunk's fp32 logits (plus its low-precision copy): large enough for efficient matmuls,
-# small enough that the chunk, not the logits, bounds the loss's memory. Tuned with bench/loss.py.
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+# Every chunk streams the whole head (and its gradient) through memory, so a chunk needs a few hundred rows
+# for its matmuls to stay compute-bound; past ~512 rows it only costs memory (bench/loss.py on CPU: a
+# Llama-3 head needs ~500 rows to match materialised logits in speed, SmolLM2's is flat from 256 rows).
+# The byte budget caps the chunk's fp32 logits for large vocabularies (a bf16 copy adds half again).
+MAX_CHUNK_ROWS = 512
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def cce_available() -> bool:
@@ -54,10 +57,9 @@ def resolve_loss_impl(name: str, device: torch.device | str) -> str:
     return name
 
 
-def auto_chunk_rows(vocab_size: int, dtype: torch.dtype, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows per chunk so that one chunk's logits buffers fit in ``chunk_bytes``."""
-    row_bytes = vocab_size * (4 + (dtype.itemsize if dtype != torch.float32 else 0))
-    return max(1, chunk_bytes // row_bytes)
+def auto_chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk: :data:`MAX_CHUNK_ROWS`, fewer if their fp32 logits would exceed ``chunk_bytes``."""
+    return max(1, min(MAX_CHUNK_ROWS, chunk_bytes // (4 * vocab_size)))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,8 +72,10 @@ class _Grads:
     """Gradient buffers filled chunk by chunk; ``None`` where no gradient is wanted."""
 
     hidden: torch.Tensor | None
-    weight: torch.Tensor | None  # fp32 (or fp64) accumulator, cast to the weight's dtype when complete
-    bias: torch.Tensor | None  # likewise
+    # In the weight's dtype, as Liger and CCE accumulate by default: one rounding per chunk. An fp32
+    # accumulator would cost a [V, H] temporary and an extra pass over it per chunk on CPU.
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None  # fp32 (or fp64) accumulator, cast to the bias's dtype when complete
 
 
 def _chunked_ce(
@@ -128,10 +132,7 @@ def _chunked_ce(
         if grads.hidden is not None:
             torch.mm(grad, weight, out=grads.hidden[start : start + m])
         if grads.weight is not None:
-            if upcast:  # accumulate low-precision products in fp32 so chunking adds no rounding
-                grads.weight.add_(torch.mm(grad.T, h))
-            else:
-                grads.weight.addmm_(grad.T, h)
+            grads.weight.addmm_(grad.T, h)
     return token_ce
 
 
@@ -151,15 +152,12 @@ class _FusedWeightedCE(torch.autograd.Function):
         grad_enabled: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         needs = [grad_enabled and need for need in ctx.needs_input_grad[:3]]  # type: ignore[attr-defined]
-        compute = _compute_dtype(weight.dtype)
         grads = _Grads(
             hidden=torch.empty_like(hidden) if needs[0] else None,
-            weight=weight.new_zeros(weight.shape, dtype=compute) if needs[1] else None,
-            bias=weight.new_zeros(weight.shape[0], dtype=compute) if needs[2] else None,
+            weight=torch.zeros_like(weight) if needs[1] else None,
+            bias=weight.new_zeros(weight.shape[0], dtype=_compute_dtype(weight.dtype)) if needs[2] else None,
         )
         token_ce = _chunked_ce(hidden, weight, bias, targets, scale, softcap, chunk_rows, grads)
-        if grads.weight is not None:
-            grads.weight = grads.weight.to(weight.dtype)
         if grads.bias is not None and bias is not None:
             grads.bias = grads.bias.to(bias.dtype)
         ctx.grads = grads  # type: ignore[attr-defined]
@@ -173,7 +171,9 @@ class _FusedWeightedCE(torch.autograd.Function):
         if grads is None:
             raise RuntimeError("the fused weighted CE can be backpropagated once (its gradients are scaled in place)")
         ctx.grads = None  # type: ignore[attr-defined]
-        scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in (grads.hidden, grads.weight, grads.bias)]
+        scaled = [
+            None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in (grads.hidden, grads.weight, grads.bias)
+        ]
         return (*scaled, None, None, None, None, None)
 
 
@@ -212,7 +212,7 @@ _LOSSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {"chunked
 
 @dataclass
 class LinearCEResult:
-    """``loss`` = Σ w·CE / N; ``token_loss[i]`` is the fp32 CE of input row ``rows[i]`` (detached)."""
+    """``loss`` = Σ w·CE / N; ``token_loss[i]`` is the CE (fp32 at least) of input row ``rows[i]``, detached."""
 
     loss: torch.Tensor
     rows: torch.Tensor
@@ -248,10 +248,12 @@ def fused_weighted_cross_entropy(
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden states are {hidden.dtype} but the LM head weight is {weight.dtype}")
     name = resolve_loss_impl(impl, hidden.device)
-    chunk = chunk_rows or auto_chunk_rows(weight.shape[0], hidden.dtype)
+    chunk = chunk_rows or auto_chunk_rows(weight.shape[0])
     valid = targets != IGNORE_INDEX
     weighted = valid & (token_weights > 0)
     rows = weighted.nonzero().squeeze(1)
+    if rows.numel() == 0:  # nothing to train: the chunked path gives 0 and zero gradients without a kernel
+        name = "chunked"
     dtype = _compute_dtype(hidden.dtype)
     scale = token_weights[rows].to(dtype) / torch.as_tensor(num_items, device=hidden.device).to(dtype)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -260,7 +262,9 @@ def fused_weighted_cross_entropy(
             zero_rows = (valid & ~weighted).nonzero().squeeze(1)
             zero_scale = scale.new_zeros(zero_rows.shape[0])
             with torch.no_grad():
-                _, zero_loss = _LOSSES[name](hidden[zero_rows], weight, bias, targets[zero_rows], zero_scale, softcap, chunk)
+                _, zero_loss = _LOSSES[name](
+                    hidden[zero_rows], weight, bias, targets[zero_rows], zero_scale, softcap, chunk
+                )
             rows, token_loss = torch.cat([rows, zero_rows]), torch.cat([token_loss, zero_loss])
     return LinearCEResult(loss, rows, token_loss)
 

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from wit_plugin.roles import RoleWeights
+from wit_plugin.roles import WEIGHT_KEYS, RoleWeights
+from wit_plugin.trainer import LOSS_IMPLS, ROLE_METRICS
 
 NonNegative = Field(default=None, ge=0, allow_inf_nan=False)
 
@@ -21,10 +22,13 @@ class WITArgs(BaseModel):
     wit_system_weight: float | None = NonNegative
     wit_instruction_weight: float | None = NonNegative
     wit_eot_weight: float | None = NonNegative
+    # auto: fused linear CE (chunked on CPU, cut-cross-entropy on CUDA when installed), eager as the fallback
+    wit_loss_impl: Literal[LOSS_IMPLS] = "auto"  # type: ignore[valid-type]
+    wit_role_metrics: Literal[ROLE_METRICS] = "all"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _weights_resolve(self) -> WITArgs:
-        RoleWeights.from_options(self.model_dump())  # not all zero, finite, >= 0
+        RoleWeights.from_options(self.model_dump(include=set(WEIGHT_KEYS)))  # not all zero, finite, >= 0
         return self
 
 

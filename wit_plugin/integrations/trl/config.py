@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from wit_plugin.roles import PRESETS, WEIGHT_KEYS, RoleWeights
+from wit_plugin.trainer import LOSS_IMPLS, ROLE_METRICS
 
 
 class WITOptionError(ValueError):
@@ -39,6 +40,11 @@ class WITConfig(SFTConfig):
     wit_system_weight: float | None = field(default=None, metadata={"help": "Weight of system-message tokens."})
     wit_instruction_weight: float | None = field(default=None, metadata={"help": "Weight of user/tool-message tokens."})
     wit_eot_weight: float | None = field(default=None, metadata={"help": "Weight of the token closing a response."})
+    wit_loss_impl: str = field(
+        default="eager",
+        metadata={"help": f"{', '.join(LOSS_IMPLS)}. Fused ones save memory but log no entropy/mean_token_accuracy."},
+    )
+    wit_role_metrics: str = field(default="all", metadata={"help": f"Per-role metrics: {', '.join(ROLE_METRICS)}."})
     loss_type: str | None = field(
         default="nll", metadata={"help": "Must be 'nll': WIT computes its weighted NLL from the model's logits."}
     )
@@ -73,6 +79,10 @@ def check_options(args: WITConfig) -> RoleWeights:
             f"completion_only_loss=False trains every token but the weights are {weights.describe()}; "
             "use wit_preset='cpt' or leave completion_only_loss unset"
         )
+    if args.wit_loss_impl not in LOSS_IMPLS:
+        problems.append(f"wit_loss_impl={args.wit_loss_impl!r}: choose one of {', '.join(LOSS_IMPLS)}")
+    if args.wit_role_metrics not in ROLE_METRICS:
+        problems.append(f"wit_role_metrics={args.wit_role_metrics!r}: choose one of {', '.join(ROLE_METRICS)}")
     packs = args.packing or args.eval_packing
     if packs and args.packing_strategy == "wrapped":
         problems.append("packing_strategy='wrapped' cuts sequences without boundaries; use 'bfd' or 'bfd_split'")

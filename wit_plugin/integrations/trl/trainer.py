@@ -39,7 +39,8 @@ class LogitsSFTTrainer(SFTTrainer):
         loss, outputs = Trainer.compute_loss(
             self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
-        self._record_metrics(inputs, outputs.logits, labels)
+        if getattr(outputs, "logits", None) is not None:  # a fused loss (wit_loss_impl) builds no logits
+            self._record_metrics(inputs, outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
@@ -96,7 +97,7 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             )
         # TRL's padding-free collator flattens the batch into one row; the mixin only recognises transformers'.
         self.data_collator = RoleCollator(self.data_collator, weights, flattens=self.padding_free)
-        self.setup_wit(weights)
+        self.setup_wit(weights, loss_impl=args.wit_loss_impl, role_metrics=args.wit_role_metrics)
 
     def _prepare_dataset(
         self,

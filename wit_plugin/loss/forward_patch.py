@@ -1,0 +1,149 @@
+"""Let a Hugging Face causal LM return its final hidden states instead of logits, for the fused loss.
+
+The fused loss (:mod:`wit_plugin.loss.linear_ce`) needs the decoder's last hidden state and the LM head's
+weight, never the logits. :class:`HiddenStatesForward` is installed once on the model's instance ``forward``;
+while :meth:`~HiddenStatesForward.enabled`, that forward calls the decoder (``self.model``) and skips the
+head. It is installed on the instance, not bypassed by the caller, so whatever calls the model the usual way
+(DDP, PEFT's wrappers, Accelerate's autocast wrapper, which rebinds the instance forward it finds) still runs
+it. Install it before those wrappers are applied (e.g. before ``accelerator.prepare``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MethodType
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import ModelOutput
+
+# Causal LMs whose forward is exactly ``logits = lm_head(model(...).last_hidden_state)`` (+ Gemma's softcap),
+# checked against transformers 5.16.1. MoE models are not here: their forward also adds a router loss.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
+
+
+@dataclass
+class HiddenStatesOutput(ModelOutput):
+    """What the patched forward returns: the causal LM's output with ``last_hidden_state`` for logits."""
+
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: Any = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class LMHead:
+    """What the fused loss needs to compute the logits itself: logits = softcap·tanh((h·Wᵀ + b) / softcap)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+
+
+def find_causal_lm(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` module inside PEFT and (Distributed)DataParallel wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def _plain_lm_head(causal_lm: nn.Module) -> nn.Linear:
+    head = getattr(causal_lm, "lm_head", None)
+    if type(head) is not nn.Linear:  # subclasses (LoRA, quantised, modules_to_save) differ
+        raise ValueError(
+            f"the LM head is a {type(head).__name__}, not a plain nn.Linear: the fused loss reads lm_head.weight "
+            "directly and would skip an adapter, a trainable copy or a quantisation; do not adapt lm_head "
+            "(LoRA target_modules / modules_to_save), or use the eager loss"
+        )
+    if head.weight.dim() != 2 or head.weight.numel() == 0:
+        raise ValueError("the LM head weight is sharded (ZeRO-3 / FSDP): the fused loss needs the full weight")
+    return head
+
+
+class HiddenStatesForward:
+    """Installed on a causal LM's instance ``forward``; inside :meth:`enabled` it returns hidden states."""
+
+    def __init__(self, model: nn.Module) -> None:
+        causal_lm = find_causal_lm(model)
+        model_type = getattr(getattr(causal_lm, "config", None), "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"the fused loss supports causal LMs of type {', '.join(sorted(SUPPORTED_MODEL_TYPES))}; "
+                f"got {type(causal_lm).__name__} (model_type {model_type!r}): use the eager loss"
+            )
+        _plain_lm_head(causal_lm)
+        self.causal_lm = causal_lm
+        self.active = False
+        self._original = causal_lm.forward
+        self._instance_forward = causal_lm.__dict__.get("forward")  # e.g. a wrapper installed before us
+        patch = self
+
+        def forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if patch.active:
+                return _hidden_states_forward(module, *args, **kwargs)
+            return patch._original(*args, **kwargs)
+
+        causal_lm.forward = MethodType(forward, causal_lm)
+
+    def head(self) -> LMHead:
+        """The head's current parameters (read on every call: ``.to()`` or resizing may replace them)."""
+        linear = _plain_lm_head(self.causal_lm)
+        softcap = getattr(self.causal_lm.config, "final_logit_softcapping", None)
+        return LMHead(linear.weight, linear.bias, softcap)
+
+    @contextmanager
+    def enabled(self) -> Iterator[LMHead]:
+        """Within the block the model returns :class:`HiddenStatesOutput`; yields the head to apply."""
+        self.active = True
+        try:
+            yield self.head()
+        finally:
+            self.active = False
+
+    def remove(self) -> None:
+        """Restore the forward found at installation."""
+        if self._instance_forward is None:
+            del self.causal_lm.forward
+        else:
+            self.causal_lm.forward = self._instance_forward
+
+
+def _hidden_states_forward(
+    module: nn.Module,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+    inputs_embeds: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    use_cache: bool | None = None,
+    logits_to_keep: int | torch.Tensor = 0,
+    **kwargs: Any,
+) -> HiddenStatesOutput:
+    """The supported ``*ForCausalLM.forward`` up to, not including, the LM head."""
+    if labels is not None:
+        raise ValueError("the hidden-states forward computes no loss: give the labels to the fused loss instead")
+    outputs = module.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        inputs_embeds=inputs_embeds,
+        use_cache=use_cache,
+        **kwargs,
+    )
+    keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return HiddenStatesOutput(
+        last_hidden_state=outputs.last_hidden_state[:, keep, :],
+        past_key_values=outputs.past_key_values,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+    )
