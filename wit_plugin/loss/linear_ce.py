@@ -16,12 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from wit_plugin.collation import IGNORE_INDEX
-from wit_plugin.loss.weighted import WeightedLoss, normaliser, role_stats, shift_targets
-from wit_plugin.roles import Role
+from wit_plugin.loss.weighted import WeightedLoss, flat_targets, normaliser, role_stats
 
 LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "cce")
 # Every chunk streams the whole head (and its gradient) through memory, so a chunk needs a few hundred rows
@@ -289,20 +287,13 @@ def weighted_linear_cross_entropy(
     only roles with weight > 0 (zero-weight roles show 0 tokens), with ``include_zero_weight`` every scored
     token, exactly as the eager path reports them.
     """
-    targets, target_roles = shift_targets(input_ids, roles)
-    # Position t's target is token t+1; the last position has none. Padding targets to T keeps the
-    # hidden states a free [B·T, H] view instead of a copy of hidden_states[:, :-1].
-    targets = F.pad(targets, (0, 1), value=IGNORE_INDEX).reshape(-1)
-    target_roles = F.pad(target_roles, (0, 1), value=int(Role.PAD)).reshape(-1)
-    pad = target_roles == Role.PAD
-    targets = targets.masked_fill(pad, IGNORE_INDEX)
-    token_weights = weight_table.to(hidden_states.device)[target_roles].masked_fill(pad, 0.0)
-    n = normaliser(token_weights, num_items_in_batch)
+    targets = flat_targets(input_ids, roles, weight_table)
+    n = normaliser(targets.weights, num_items_in_batch)
     result = fused_weighted_cross_entropy(
         hidden_states.reshape(-1, hidden_states.shape[-1]),
         lm_head_weight,
-        targets,
-        token_weights,
+        targets.tokens,
+        targets.weights,
         n,
         bias=lm_head_bias,
         softcap=softcap,
@@ -310,4 +301,4 @@ def weighted_linear_cross_entropy(
         chunk_rows=chunk_rows,
         include_zero_weight=include_zero_weight,
     )
-    return WeightedLoss(result.loss, role_stats(result.token_loss, target_roles[result.rows]))
+    return WeightedLoss(result.loss, role_stats(result.token_loss, targets.roles[result.rows]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.roles import Role
 
 NUM_ROLE_CODES = len(Role)
@@ -31,9 +32,25 @@ class WeightedLoss:
     stats: RoleStats
 
 
-def shift_targets(input_ids: torch.Tensor, roles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position t predicts token t+1: targets and their roles, aligned with logits[:, :-1]."""
-    return input_ids[:, 1:], roles[:, 1:].long()
+@dataclass
+class Targets:
+    """What position t of the flattened ``[B·T]`` batch predicts: token t+1 and its role.
+
+    Padding the shifted targets back to T (the last position predicts nothing) keeps logits and hidden
+    states as free ``[B·T, ·]`` views instead of copies of ``[:, :-1]``.
+    """
+
+    tokens: torch.Tensor  # [B·T], IGNORE_INDEX where nothing is scored
+    roles: torch.Tensor  # [B·T], Role.PAD where nothing is scored
+    weights: torch.Tensor  # [B·T] float32, 0 where nothing is scored
+
+
+def flat_targets(input_ids: torch.Tensor, roles: torch.Tensor, weight_table: torch.Tensor) -> Targets:
+    target_roles = F.pad(roles[:, 1:].long(), (0, 1), value=int(Role.PAD)).reshape(-1)
+    unscored = target_roles == Role.PAD
+    tokens = F.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).masked_fill(unscored, IGNORE_INDEX)
+    weights = weight_table.to(input_ids.device)[target_roles].masked_fill(unscored, 0.0)
+    return Targets(tokens, target_roles, weights)
 
 
 def normaliser(weights: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
@@ -65,11 +82,10 @@ def weighted_token_loss(
 
     Tokens with role ``PAD`` (padding, packed-sequence starts) are never scored. CE runs in fp32.
     """
-    targets, target_roles = shift_targets(input_ids, roles)
-    scored = target_roles != Role.PAD
-    scored_logits = logits[:, :-1][scored].float()
-    scored_roles = target_roles[scored]
-    token_loss = F.cross_entropy(scored_logits, targets[scored], reduction="none")
-    token_weights = weight_table.to(token_loss.device)[scored_roles]
-    loss = (token_weights * token_loss).sum() / normaliser(token_weights, num_items_in_batch)
-    return WeightedLoss(loss, role_stats(token_loss, scored_roles))
+    targets = flat_targets(input_ids, roles, weight_table)
+    token_loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.tokens, reduction="none", ignore_index=IGNORE_INDEX
+    )
+    loss = (targets.weights * token_loss).sum() / normaliser(targets.weights, num_items_in_batch)
+    scored = targets.roles != Role.PAD
+    return WeightedLoss(loss, role_stats(token_loss[scored], targets.roles[scored]))
