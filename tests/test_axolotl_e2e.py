@@ -35,6 +35,7 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
     run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     output = run.stdout + run.stderr
+    (tmp_path / "train.log").write_text(output)
     logs = [ast.literal_eval(m) for m in re.findall(r"^\{'(?:eval_)?loss'.*\}$", output, flags=re.MULTILINE)]
     return logs, tmp_path / "out"
 
@@ -68,9 +69,13 @@ def test_axolotl_train_with_sample_packing(model_path, tmp_path):
 
 @pytest.mark.slow
 def test_axolotl_train_without_sample_packing(model_path, tmp_path):
+    prompts = tmp_path / "posix_sets.jsonl"
+    prompts.write_text('{"prompts": ["What is the capital of France?", "Whats the capitol of France?"]}\n')
     logs, out = train(model_path, tmp_path, ["axolotl", "train"], sample_packing=False, wit_preset="im",
-                      wit_prompt_weight=None, wit_response_weight=None)
+                      wit_prompt_weight=None, wit_response_weight=None, wit_posix_prompts=str(prompts),
+                      wit_posix_steps=3, wit_posix_max_new_tokens=8)
     check_run(logs, out, model_path)
+    assert float(logs[-1]["posix"]) >= 0  # computed at step 3, merged into that step's log line
 
 
 @pytest.mark.slow

@@ -33,11 +33,12 @@ def base_cfg(model_path, tmp_path):
 
 
 def test_plugin_keys_are_the_shared_option_keys():
+    from wit_plugin.evaluation.callback import POSIX_KEYS
     from wit_plugin.integrations.axolotl.args import WIT_KEYS
     from wit_plugin.roles import WEIGHT_KEYS
     from wit_plugin.trainer import TRAINING_KEYS
 
-    assert {*WEIGHT_KEYS, *TRAINING_KEYS} == WIT_KEYS
+    assert {*WEIGHT_KEYS, *TRAINING_KEYS, *POSIX_KEYS} == WIT_KEYS
 
 
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
@@ -146,3 +147,16 @@ def test_yaml_examples_pass_the_plugins_checks(example, base_cfg):
     if example.name.endswith("_cpu.yml"):  # fully validated by Axolotl on this machine too
         cfg.update({k: base_cfg[k] for k in ("base_model", "output_dir", "dataset_prepared_path", "datasets")})
         load_cfg(DictDefault(cfg))
+
+
+def test_posix_callback_is_added_when_prompts_are_configured(tmp_path):
+    from wit_plugin.evaluation.callback import POSIXCallback
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    prompts = tmp_path / "sets.jsonl"
+    prompts.write_text('{"prompts": ["Name a colour.", "Name a colour please."]}\n')
+    assert WITPlugin().add_callbacks_post_trainer(DictDefault({}), trainer=None) == []
+    (callback,) = WITPlugin().add_callbacks_post_trainer(
+        DictDefault({"wit_posix_prompts": str(prompts), "wit_posix_steps": 5}), trainer=None
+    )
+    assert isinstance(callback, POSIXCallback) and callback.every_n_steps == 5 and len(callback.prompt_sets) == 1

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from wit_plugin import __version__
-from wit_plugin.cli import inspect, prepare
+from wit_plugin.cli import inspect, posix, prepare
 
-SUBCOMMANDS = (prepare, inspect)
+SUBCOMMANDS = (prepare, inspect, posix)
 
 
 def build_parser() -> argparse.ArgumentParser:

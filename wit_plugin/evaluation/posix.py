@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wit_plugin.evaluation.prompts import Prompt, render_prompt, validate_prompt_sets
-from wit_plugin.evaluation.scoring import SpecialIds, count_chunks, generate_greedy, score_pairs
+from wit_plugin.evaluation.scoring import SpecialIds, Tokens, greedy, prefill, score
 
 Progress = Callable[[int, int], None]
 
@@ -77,7 +77,7 @@ class POSIXResult:
         return path
 
 
-def psi(logprobs: np.ndarray, lengths: Sequence[int]) -> float:
+def psi(logprobs: np.ndarray | Sequence[Sequence[float]], lengths: Sequence[int]) -> float:
     """The per-set sensitivity from the N x N matrix (row = prompt, column = response) and response lengths."""
     matrix = np.asarray(logprobs, dtype=np.float64)
     n = matrix.shape[0]
@@ -113,45 +113,70 @@ def evaluate_posix(
     prompt_sets: Sequence[Sequence[Prompt]],
     tokenizer: Any = None,
     max_new_tokens: int = 32,
-    batch_size: int = 16,
+    batch_size: int = 32,
     progress: Progress | None = None,
 ) -> POSIXResult:
     """POSIX of ``model`` (a loaded causal LM, or a path to load) on ``prompt_sets``.
 
-    ``batch_size`` bounds both the prompts generated together and the (prompt, response) pairs scored
-    together. ``progress(done, total)`` is called after each batch. Identical prompts or responses are
-    generated and scored once.
+    Whole sets are processed in groups of about ``batch_size`` prompts (generated together), and the
+    (prompt, response) pairs of a group are scored ``batch_size`` at a time. ``progress(done, total)``
+    counts finished sets. Identical prompts, and identical responses under one prompt, are computed once.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     sets = validate_prompt_sets(prompt_sets)
     if isinstance(model, (str, PathLike)):
-        model, tokenizer = load_model(model)
+        model, loaded = load_model(model)
+        tokenizer = tokenizer or loaded
     if tokenizer is None:
         raise ValueError("pass the tokenizer along with a loaded model")
     special = SpecialIds.of(model, tokenizer)
     rendered = [[tuple(render_prompt(tokenizer, prompt)) for prompt in prompts] for prompts in sets]
-    distinct = list(dict.fromkeys(ids for prompts in rendered for ids in prompts))
-    # The scoring share of the total is an upper bound until identical responses are known.
-    total = count_chunks(len(distinct), batch_size) + count_chunks(sum(len(p) ** 2 for p in rendered), batch_size)
-    done = 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
+    results: list[SetResult] = []
     with eval_mode(model), torch.no_grad():
-        generated = dict(zip(distinct, generate_greedy(model, distinct, special, max_new_tokens, batch_size, step)))
-        pairs = list({(x, generated[y]) for prompts in rendered for x in prompts for y in prompts})
-        total = done + count_chunks(len(pairs), batch_size)
-        scores = score_pairs(model, pairs, special.pad, batch_size, step)
-
-    results = []
-    for prompts, ids in zip(sets, rendered):
-        outputs = [generated[x] for x in ids]
-        matrix = np.array([[scores[(x, y)] for y in outputs] for x in ids], dtype=np.float64)
-        responses = [Response(tokenizer.decode(y, skip_special_tokens=True, clean_up_tokenization_spaces=False), y) for y in outputs]
-        results.append(SetResult(prompts, responses, matrix, psi(matrix, [len(y) for y in outputs])))
+        for indices in _groups([len(prompts) for prompts in rendered], batch_size):
+            outcomes = _evaluate_group(model, [rendered[k] for k in indices], special, max_new_tokens, batch_size)
+            for k, (matrix, outputs) in zip(indices, outcomes):
+                responses = [Response(_decode(tokenizer, y), y) for y in outputs]
+                results.append(SetResult(sets[k], responses, matrix, psi(matrix, [len(y) for y in outputs])))
+            if progress is not None:
+                progress(len(results), len(sets))
     return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens)
+
+
+def _decode(tokenizer: Any, tokens: Tokens) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _groups(sizes: list[int], limit: int) -> Iterator[list[int]]:
+    """Indices of consecutive sets with at most ``limit`` prompts in all (a larger set is a group of its own)."""
+    group: list[int] = []
+    for index, size in enumerate(sizes):
+        if group and sum(sizes[k] for k in group) + size > limit:
+            yield group
+            group = []
+        group.append(index)
+    if group:
+        yield group
+
+
+def _evaluate_group(
+    model: Any, group: list[list[Tokens]], special: SpecialIds, max_new_tokens: int, batch_size: int
+) -> list[tuple[np.ndarray, list[Tokens]]]:
+    """Log-prob matrices and responses of a group of sets: one prefill, greedy decoding (the diagonal), then
+    the remaining pairs scored on the same prefill."""
+    distinct = list(dict.fromkeys(x for members in group for x in members))
+    row = {x: index for index, x in enumerate(distinct)}
+    start = prefill(model, distinct, special.pad)
+    generated = greedy(model, start, special, max_new_tokens)
+    response = {x: generated[row[x]][0] for x in distinct}
+    logprobs = {(index, y): value for index, (y, value) in enumerate(generated)}
+    needed = dict.fromkeys((row[x], response[other]) for members in group for x in members for other in members)
+    pending = [pair for pair in needed if pair not in logprobs]
+    logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
+    results = []
+    for members in group:
+        outputs = [response[x] for x in members]
+        matrix = np.array([[logprobs[(row[x], y)] for y in outputs] for x in members], dtype=np.float64)
+        results.append((matrix, outputs))
+    return results

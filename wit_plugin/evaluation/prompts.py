@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 Messages = list[dict[str, str]]
-Prompt = Union[str, Messages]
+Prompt = str | Messages
 PromptSet = list[Prompt]
 
 
@@ -25,6 +25,10 @@ def prompt_text(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(message["content"] for message in prompt)
 
 
+def _is_message(message: Any) -> bool:
+    return isinstance(message, Mapping) and all(isinstance(message.get(key), str) for key in ("role", "content"))
+
+
 def _check_prompt(prompt: Any, where: str) -> None:
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -33,9 +37,7 @@ def _check_prompt(prompt: Any, where: str) -> None:
     if not isinstance(prompt, list) or not prompt:
         raise ValueError(f"{where} must be a non-empty string or a non-empty list of chat messages, got {prompt!r}")
     for message in prompt:
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(
-            message.get("content"), str
-        ):
+        if not _is_message(message):
             raise ValueError(f"{where} has a chat message without string 'role' and 'content': {message!r}")
     if not any(message["content"].strip() for message in prompt):
         raise ValueError(f"{where} is an empty prompt (all message contents are blank)")
@@ -81,7 +83,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object per line")
+                raise ValueError(f"{path}:{number}: expected a JSON object per line")  # noqa: TRY004 - bad file content
             yield row
 
 

@@ -1,22 +1,23 @@
-"""Batched greedy generation and batched log P(response | prompt) for many (prompt, response) pairs.
+"""The forward passes behind POSIX: one prefill per group of prompts, greedy decoding from it, and scoring of
+other prompts' responses on top of the same prefill.
 
-Scoring shares each prompt's forward pass: the prompts of a chunk run once (left padded, KV cache kept),
-the cache rows are gathered per pair, and the responses run on top (right padded, explicit positions).
-A pair therefore costs its response tokens only, and pads never reach the sum: they are masked as keys
-and their positions are dropped before summing.
+Every prompt runs through the model once (left padded, KV cache kept). Greedy decoding continues from a
+copy of that cache, dropping rows as they reach EOS, and records log P(y_i | x_i) as it goes; scoring a
+response y under another prompt x gathers x's cache row and runs y's tokens only (right padded, explicit
+positions). Pads are masked as keys and dropped before summing, so they are never scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
 Tokens = tuple[int, ...]
-Step = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -40,32 +41,42 @@ class SpecialIds:
         return cls(frozenset(ids), pad)
 
 
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
+@dataclass
+class Prefill:
+    """A group of prompts after one forward pass: their KV cache and next-token logits, reused by every
+    response scored under them."""
+
+    cache: Any
+    mask: torch.Tensor  # [prompts, width], left padded
+    lengths: torch.Tensor  # [prompts]
+    last_logits: torch.Tensor  # [prompts, vocab]
+
+    def rows(self, rows: torch.Tensor) -> Any:
+        """A copy of the cache holding ``rows`` (repeats allowed), leaving this one intact for later use."""
+        cache = copy.deepcopy(self.cache)
+        cache.reorder_cache(rows)
+        return cache
 
 
-def _left_pad(rows: Sequence[Tokens], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(rows: Sequence[Tokens], pad: int, device: torch.device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
-        ids[index, width - len(row) :] = torch.tensor(row)
-        mask[index, width - len(row) :] = 1
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
     return ids.to(device), mask.to(device)
 
 
-def _right_pad(rows: Sequence[Tokens], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, : len(row)] = torch.tensor(row)
-        mask[index, : len(row)] = 1
-    return ids.to(device), mask.to(device)
+def _log_softmax_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[target] in at least float32, without materialising the full log-softmax."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def cut_at_eos(tokens: Sequence[int], eos: frozenset[int]) -> Tokens:
-    """The response proper: up to and including the first EOS; what a batch appended after it is not the model's."""
+    """The response proper: up to and including the first EOS."""
     for index, token in enumerate(tokens):
         if token in eos:
             return tuple(tokens[: index + 1])
@@ -73,92 +84,97 @@ def cut_at_eos(tokens: Sequence[int], eos: frozenset[int]) -> Tokens:
 
 
 @torch.no_grad()
-def generate_greedy(
-    model: Any,
-    prompts: Sequence[Tokens],
-    special: SpecialIds,
-    max_new_tokens: int,
-    batch_size: int,
-    step: Step | None = None,
-) -> list[Tokens]:
-    """Greedy responses, batched with left padding (prompts sorted by length to waste little on pads)."""
-    config = GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(special.eos) or None,
-        pad_token_id=special.pad,
-        use_cache=True,
-    )
-    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
-    responses: list[Tokens] = [()] * len(prompts)
-    for indices in _chunks(order, batch_size):
-        ids, mask = _left_pad([prompts[index] for index in indices], special.pad, model.device)
-        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        for index, row in zip(indices, output[:, ids.shape[1] :].tolist()):
-            responses[index] = cut_at_eos(row, special.eos)
-        if step is not None:
-            step()
-    return responses
-
-
-def _response_logprobs(
-    first_logits: torch.Tensor, rest_logits: torch.Tensor | None, targets: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Sum over real tokens of log_softmax(logits)[target], in float32 at least, pads contributing nothing."""
-    logits = first_logits[:, None, :] if rest_logits is None else torch.cat([first_logits[:, None, :], rest_logits], 1)
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    picked = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (picked * mask).sum(-1, dtype=torch.float64)
+def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
+    """One left-padded forward over ``prompts``; positions count real tokens only, so padding changes nothing."""
+    ids, mask = _pad(prompts, pad, model.device, left=True)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Only the last position's logits are needed: skip the LM head elsewhere where the model allows it.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+    return Prefill(out.past_key_values, mask, mask.sum(-1), out.logits[:, -1, :])
 
 
 @torch.no_grad()
-def _score_chunk(model: Any, pairs: Sequence[tuple[Tokens, Tokens]], pad: int) -> list[float]:
-    prompts = list(dict.fromkeys(prompt for prompt, _ in pairs))
-    row_of = {prompt: row for row, prompt in enumerate(prompts)}
-    rows = torch.tensor([row_of[prompt] for prompt, _ in pairs], device=model.device)
-
-    prompt_ids, prompt_mask = _left_pad(prompts, pad, model.device)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
-    first_logits = out.logits[:, -1, :].index_select(0, rows)
-
-    targets, target_mask = _right_pad([response for _, response in pairs], pad, model.device)
-    rest_logits = None
-    if targets.shape[1] > 1:
-        cache = out.past_key_values
-        cache.reorder_cache(rows)
-        inputs, input_mask = targets[:, :-1], target_mask[:, :-1]
-        starts = prompt_mask.sum(-1).index_select(0, rows)
-        rest_logits = model(
-            input_ids=inputs,
-            attention_mask=torch.cat([prompt_mask.index_select(0, rows), input_mask], dim=1),
-            position_ids=starts[:, None] + torch.arange(inputs.shape[1], device=model.device),
+def greedy(model: Any, start: Prefill, special: SpecialIds, max_new_tokens: int) -> list[tuple[Tokens, float]]:
+    """Greedy responses for every prompt of ``start`` with log P(response | prompt): the matrix diagonal."""
+    count = start.mask.shape[0]
+    device = start.mask.device
+    eos = torch.tensor(sorted(special.eos), dtype=torch.long, device=device)
+    tokens = torch.full((count, max_new_tokens), special.pad, dtype=torch.long, device=device)
+    logprob = torch.zeros(count, dtype=torch.float64, device=device)
+    active = torch.arange(count, device=device)
+    cache, mask, positions, logits = copy.deepcopy(start.cache), start.mask, start.lengths, start.last_logits
+    for step in range(max_new_tokens):
+        chosen = logits.argmax(-1)
+        tokens[active, step] = chosen
+        logprob[active] += _log_softmax_at(logits, chosen).double()
+        running = ~torch.isin(chosen, eos)
+        if step + 1 == max_new_tokens or not running.any():
+            break
+        if not running.all():
+            keep = running.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, chosen, mask, positions = active[keep], chosen[keep], mask[keep], positions[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(
+            input_ids=chosen[:, None],
+            attention_mask=mask,
+            position_ids=positions[:, None] + step,
             past_key_values=cache,
             use_cache=True,
-        ).logits
-    return _response_logprobs(first_logits, rest_logits, targets, target_mask).tolist()
+        ).logits[:, -1, :]
+    responses = [cut_at_eos(row, special.eos) for row in tokens.tolist()]
+    return list(zip(responses, logprob.tolist()))
 
 
-def score_pairs(
-    model: Any,
-    pairs: Sequence[tuple[Tokens, Tokens]],
-    pad: int,
-    batch_size: int,
-    step: Step | None = None,
-) -> dict[tuple[Tokens, Tokens], float]:
-    """log P(response | prompt) summed over the response tokens, for each distinct pair.
+def partition(lengths: Sequence[int], max_rows: int, overhead: int = 32) -> list[int]:
+    """Chunk boundaries for ascending ``lengths`` that minimise padded tokens plus ``overhead`` per forward.
 
-    Pairs are ordered by prompt, then by response length, so a chunk holds few prompts and little padding.
+    A chunk of responses runs ``rows x (longest - 1)`` input tokens (the first token's logits come from
+    the prefill), so one long response among short ones is expensive; a dynamic programme over the sorted
+    lengths finds the cheapest split with at most ``max_rows`` per chunk. Returns the chunk end indices.
     """
-    unique = sorted(set(pairs), key=lambda pair: (len(pair[0]), pair[0], len(pair[1]), pair[1]))
-    scores: dict[tuple[Tokens, Tokens], float] = {}
-    for chunk in _chunks(unique, batch_size):
-        scores.update(zip(chunk, _score_chunk(model, chunk, pad)))
-        if step is not None:
-            step()
+    best = [0] + [0] * len(lengths)
+    end_of = [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        options = []
+        for begin in range(max(0, end - max_rows), end):
+            tokens = (end - begin) * (lengths[end - 1] - 1)
+            options.append((best[begin] + tokens + (overhead if tokens else 0), begin))
+        best[end], end_of[end] = min(options)
+    ends, end = [], len(lengths)
+    while end:
+        ends.append(end)
+        end = end_of[end]
+    return ends[::-1]
+
+
+@torch.no_grad()
+def score(model: Any, start: Prefill, pairs: Sequence[tuple[int, Tokens]], pad: int, batch_size: int) -> list[float]:
+    """log P(response | prompt) summed over the response tokens, for (prompt row of ``start``, response) pairs.
+
+    The prompts are not re-run: each chunk gathers its rows of the prefill cache and runs responses only.
+    """
+    scores = [0.0] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda index: len(pairs[index][1]))
+    begin = 0
+    for end in partition([len(pairs[index][1]) for index in order], batch_size):
+        chunk, begin = order[begin:end], end
+        rows = torch.tensor([pairs[index][0] for index in chunk], device=start.mask.device)
+        targets, target_mask = _pad([pairs[index][1] for index in chunk], pad, start.mask.device, left=False)
+        logits = start.last_logits.index_select(0, rows)[:, None, :]
+        if targets.shape[1] > 1:
+            inputs = targets[:, :-1]
+            positions = start.lengths.index_select(0, rows)[:, None] + torch.arange(inputs.shape[1], device=rows.device)
+            rest = model(
+                input_ids=inputs,
+                attention_mask=torch.cat([start.mask.index_select(0, rows), target_mask[:, :-1]], dim=1),
+                position_ids=positions,
+                past_key_values=start.rows(rows),
+                use_cache=True,
+            ).logits
+            logits = torch.cat([logits, rest], dim=1)
+        sums = (_log_softmax_at(logits, targets) * target_mask).sum(-1, dtype=torch.float64)
+        for index, value in zip(chunk, sums.tolist()):
+            scores[index] = value
     return scores
-
-
-def count_chunks(items: int, batch_size: int) -> int:
-    return -(-items // batch_size)

@@ -10,6 +10,7 @@ it. Install it before those wrappers are applied (e.g. before ``accelerator.prep
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ class HiddenStatesForward:
                 return _hidden_states_forward(module, *args, **kwargs)
             return patch._original(*args, **kwargs)
 
+        # Trainers read the forward's signature to decide which dataset columns to keep: keep it the model's.
+        forward.__signature__ = inspect.signature(type(causal_lm).forward)  # type: ignore[attr-defined]
         causal_lm.forward = MethodType(forward, causal_lm)
 
     def head(self) -> LMHead:

@@ -25,6 +25,10 @@ class WITArgs(BaseModel):
     # auto: fused linear CE (chunked on CPU, cut-cross-entropy on CUDA when installed), eager as the fallback
     wit_loss_impl: Literal[LOSS_IMPLS] = "auto"  # type: ignore[valid-type]
     wit_role_metrics: Literal[ROLE_METRICS] = "all"  # type: ignore[valid-type]
+    # POSIX prompt sensitivity on held-out prompt sets (JSONL, {"prompts": [...]} per line) every N steps
+    wit_posix_prompts: str | None = None
+    wit_posix_steps: int | None = Field(default=None, ge=1)
+    wit_posix_max_new_tokens: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _weights_resolve(self) -> WITArgs:

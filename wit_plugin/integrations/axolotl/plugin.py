@@ -97,6 +97,12 @@ class WITPlugin(BasePlugin):
 
         return AxolotlWITTrainer
 
+    def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
+        from wit_plugin.evaluation.callback import posix_callback_from_options
+
+        callback = posix_callback_from_options(cfg)
+        return [callback] if callback is not None else []
+
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         trainer.setup_wit(
             RoleWeights.from_options(cfg), loss_impl=cfg.wit_loss_impl or "auto", role_metrics=cfg.wit_role_metrics or "all"

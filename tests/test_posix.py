@@ -1,0 +1,341 @@
+"""POSIX on the real SmolLM2-135M-Instruct: exactness against a one-pair-at-a-time float64 computation, the
+formula's edge cases, variant generators, the CLI and the trainer callback."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from wit_plugin.evaluation.callback import POSIXCallback, posix_callback_from_options
+from wit_plugin.evaluation.posix import evaluate_posix, psi
+from wit_plugin.evaluation.prompts import prompt_text, render_prompt, write_prompt_sets
+from wit_plugin.evaluation.scoring import SpecialIds, prefill, score
+from wit_plugin.evaluation.variants import (
+    CHAT,
+    TEMPLATES,
+    load_prompt_sets,
+    make_prompt_set,
+    misspell,
+)
+
+CAPITAL = "What is the capital of France? Answer in one short sentence."
+SKY = "Explain why the sky is blue."
+MIXED_SET = [
+    [{"role": "user", "content": CAPITAL}],
+    [{"role": "user", "content": "Wht is the capital of Frnace? Answer in one short sentence."}],
+    f"Q: {CAPITAL}\nA:",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small forwards on a shared 2-core machine: a second OpenMP thread mostly waits for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smol_path() -> Path:
+    from wit_plugin.demo.model import prepare_default_model
+
+    return prepare_default_model()
+
+
+@pytest.fixture(scope="module")
+def smol(smol_path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(smol_path)
+
+
+def reference_logprob(model, x: list[int], y: list[int]) -> float:
+    """log P(y | x) from one unpadded forward of x + y, log-softmax in float64."""
+    with torch.no_grad():
+        logits = model(torch.tensor([x + y])).logits[0, len(x) - 1 : len(x) + len(y) - 1].double()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(y)[:, None]).sum().item()
+
+
+def reference_psi(matrix, lengths) -> float:
+    n = len(lengths)
+    total = sum(abs(matrix[i][j] - matrix[j][j]) / lengths[j] for i in range(n) for j in range(n))
+    return total / (n * (n - 1))
+
+
+@pytest.fixture(scope="module")
+def mixed_result(smol):
+    model, tokenizer = smol
+    sets = [MIXED_SET, [SKY, [{"role": "user", "content": SKY}]]]
+    return evaluate_posix(model, sets, tokenizer, max_new_tokens=10, batch_size=4)
+
+
+def test_matches_one_pair_at_a_time_float64(smol, mixed_result):
+    model, tokenizer = smol
+    for result in mixed_result.sets:
+        inputs = [render_prompt(tokenizer, prompt) for prompt in result.prompts]
+        outputs = [list(response.token_ids) for response in result.responses]
+        expected = [[reference_logprob(model, x, y) for y in outputs] for x in inputs]
+        assert result.logprobs.shape == (len(inputs), len(inputs))
+        assert result.logprobs == pytest.approx(torch.tensor(expected).numpy(), abs=1e-4)
+        assert result.psi == pytest.approx(reference_psi(expected, [len(y) for y in outputs]), abs=1e-4)
+    assert mixed_result.posix == pytest.approx(sum(mixed_result.psis) / 2)
+    assert all(value > 0 for value in mixed_result.psis)  # these variants do change the model's likelihoods
+
+
+def test_responses_are_unbatched_greedy_continuations(smol, mixed_result):
+    model, tokenizer = smol
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for result in mixed_result.sets:
+        for prompt, response in zip(result.prompts, result.responses):
+            ids = render_prompt(tokenizer, prompt)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=eos)
+            alone = out[0, len(ids) :].tolist()
+            expected = alone[: alone.index(eos) + 1] if eos in alone else alone
+            assert list(response.token_ids) == expected
+            assert eos not in response.token_ids[:-1]  # nothing after the first EOS is part of a response
+
+
+def test_chat_prompts_use_the_template_and_raw_prompts_do_not(smol, mixed_result):
+    _, tokenizer = smol
+    chat, raw = render_prompt(tokenizer, MIXED_SET[0]), render_prompt(tokenizer, MIXED_SET[2])
+    assert tokenizer.decode(chat).startswith("<|im_start|>system")
+    assert tokenizer.decode(chat).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(raw) == MIXED_SET[2]
+    assert prompt_text(mixed_result.sets[0].prompts[0]) == CAPITAL
+
+
+def test_identical_prompts_give_zero(smol):
+    model, tokenizer = smol
+    chat = [{"role": "user", "content": SKY}]
+    result = evaluate_posix(model, [[chat, chat, copy.deepcopy(chat)], [SKY, SKY]], tokenizer, max_new_tokens=6)
+    assert result.psis == [0.0, 0.0]
+    assert result.posix == 0.0
+    assert len({r.token_ids for r in result.sets[0].responses}) == 1
+
+
+def test_psi_is_nonnegative_and_order_free(smol, mixed_result):
+    model, tokenizer = smol
+    reordered = evaluate_posix(model, [[MIXED_SET[2], MIXED_SET[0], MIXED_SET[1]]], tokenizer, max_new_tokens=10)
+    original = mixed_result.sets[0]
+    order = [2, 0, 1]
+    assert reordered.sets[0].psi == pytest.approx(original.psi, abs=1e-4)
+    assert reordered.sets[0].logprobs == pytest.approx(original.logprobs[order][:, order], abs=1e-4)
+    assert reordered.sets[0].psi >= 0 and all(value >= 0 for value in mixed_result.psis)
+
+
+def test_psi_formula_by_hand():
+    # |-3 - (-2)| / 2 + |-6 - (-4)| / 4 = 0.5 + 0.5, over N (N - 1) = 2
+    assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="N x N"):
+        psi([[0.0, 1.0]], [1, 1])
+
+
+def test_early_eos_uses_the_response_length(smol):
+    model, tokenizer = smol
+    prompts = [[{"role": "user", "content": CAPITAL}], [{"role": "user", "content": CAPITAL.lower()}]]
+    result = evaluate_posix(model, [prompts], tokenizer, max_new_tokens=24).sets[0]
+    lengths = [len(r.token_ids) for r in result.responses]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert all(r.token_ids[-1] == eos for r in result.responses) and max(lengths) < 24
+    assert result.psi == pytest.approx(reference_psi(result.logprobs, lengths), rel=1e-9)
+    assert result.psi != pytest.approx(reference_psi(result.logprobs, [24, 24]), rel=1e-3)
+
+    truncated = evaluate_posix(model, [prompts], tokenizer, max_new_tokens=3).sets[0]
+    assert [len(r.token_ids) for r in truncated.responses] == [3, 3]
+    assert all(eos not in r.token_ids for r in truncated.responses)
+    assert truncated.psi == pytest.approx(reference_psi(truncated.logprobs, [3, 3]), rel=1e-9)
+
+
+def test_padding_in_a_batch_is_never_scored(smol):
+    model, tokenizer = smol
+    special = SpecialIds.of(model, tokenizer)
+    prompts = [tuple(render_prompt(tokenizer, CAPITAL)), tuple(render_prompt(tokenizer, MIXED_SET[0]))]
+    short, long = (
+        tuple(tokenizer("Paris.")["input_ids"]),
+        tuple(tokenizer(" The capital is Paris, France.")["input_ids"]),
+    )
+    pairs = [(0, short), (1, long), (1, short), (0, long)]
+    start = prefill(model, prompts, special.pad)
+    together = score(model, start, pairs, special.pad, batch_size=4)
+    alone = [score(model, prefill(model, [prompts[row]], special.pad), [(0, y)], special.pad, 1)[0] for row, y in pairs]
+    expected = [reference_logprob(model, list(prompts[row]), list(y)) for row, y in pairs]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert together == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ([[CAPITAL]], "fewer than 2 prompts"),
+        ([], "at least one prompt set"),
+        ([[CAPITAL, "   "]], "empty prompt"),
+        ([[CAPITAL, [{"role": "user", "content": ""}]]], "empty prompt"),
+        ([[CAPITAL, []]], "non-empty"),
+    ],
+)
+def test_bad_prompt_sets_are_rejected(smol, sets, message):
+    model, tokenizer = smol
+    with pytest.raises(ValueError, match=message):
+        evaluate_posix(model, sets, tokenizer, max_new_tokens=2)
+
+
+def test_chat_prompts_need_a_chat_template(smol):
+    model, tokenizer = smol
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        evaluate_posix(model, [[CAPITAL, [{"role": "user", "content": CAPITAL}]]], plain, max_new_tokens=2)
+
+
+def test_misspell_is_seeded_and_keeps_the_text_readable():
+    text = "Please summarise the following paragraph about renewable energy in three sentences."
+    first, again = misspell(text, random.Random(7), 0.05), misspell(text, random.Random(7), 0.05)
+    assert first == again != text
+    assert misspell(text, random.Random(8), 0.05) != first
+    assert difflib.SequenceMatcher(None, text, first).ratio() > 0.9
+    words, changed = text.split(), first.split()
+    edits = round(0.05 * sum(c.isalpha() for c in text))  # the rate sets the number of typos
+    assert len(changed) == len(words) and sum(a != b for a, b in zip(words, changed)) <= edits < len(words) / 2
+    assert all(b[0] == a[0] for a, b in zip(words, changed))  # first letters stay
+    light = difflib.SequenceMatcher(None, text, misspell(text, random.Random(7), 0.02)).ratio()
+    heavy = difflib.SequenceMatcher(None, text, misspell(text, random.Random(7), 0.2)).ratio()
+    assert heavy < light
+
+
+def test_prompt_sets_mix_variant_kinds_deterministically():
+    paraphrases = ["Why does the sky look blue?", "What makes the sky blue?"]
+    make = lambda seed: make_prompt_set(
+        SKY, random.Random(seed), 6, ("spelling", "template", "paraphrase"), paraphrases, CHAT
+    )
+    prompts = make(3)
+    assert prompts == make(3) and prompts != make(4)
+    assert prompts[0] == [{"role": "user", "content": SKY}] and len(prompts) == 6
+    for prompt in prompts[1:]:
+        text = prompt_text(prompt)
+        for template in TEMPLATES.values():
+            head, _, tail = template.partition("{}")
+            if head and text.startswith(head) and text.endswith(tail):
+                text = text[len(head) : len(text) - len(tail)]
+        best = max(difflib.SequenceMatcher(None, text, intent).ratio() for intent in [SKY, *paraphrases])
+        assert best > 0.75, prompt
+    templated = make_prompt_set(SKY, random.Random(0), 5, ("template",))
+    assert len({json.dumps(p) for p in templated}) == 5  # four distinct formats besides the raw original
+    assert all(SKY in prompt_text(p) for p in templated)
+    with pytest.raises(ValueError, match="paraphrase"):
+        make_prompt_set(SKY, random.Random(0), 3, ("paraphrase",))
+
+
+def test_load_prompt_sets_from_jsonl(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"prompts": [CAPITAL, [{"role": "user", "content": CAPITAL}]]},
+        {"messages": [{"role": "user", "content": SKY}, {"role": "assistant", "content": "Rayleigh scattering."}]},
+        {"instruction": "Add two and three.", "paraphrases": ["What is 2 + 3?"]},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sets = load_prompt_sets(path, ("spelling", "template"), size=4, seed=1)
+    assert sets[0] == rows[0]["prompts"]
+    assert sets[1][0] == [{"role": "user", "content": SKY}] and len(sets[1]) == 4
+    assert sets[2][0] == "Add two and three." and len(sets[2]) == 4
+    assert sets == load_prompt_sets(path, ("spelling", "template"), size=4, seed=1)
+    assert sets[1:] != load_prompt_sets(path, ("spelling", "template"), size=4, seed=2)[1:]
+    path.write_text(json.dumps({"text": "no instruction here"}) + "\n")
+    with pytest.raises(ValueError, match="row 0"):
+        load_prompt_sets(path)
+
+
+def test_cli_writes_trace_and_plot(smol_path, tmp_path, capsys):
+    from wit_plugin.cli import main
+
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", [[CAPITAL, MIXED_SET[0]]])
+    with (tmp_path / "sets.jsonl").open("a") as handle:
+        handle.write(json.dumps({"instruction": SKY}) + "\n")
+    trace, plot = tmp_path / "trace.json", tmp_path / "psi.png"
+    argv = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--max-new-tokens", "4"]
+    argv += [
+        "--num-variants",
+        "3",
+        "--variants",
+        "spelling",
+        "--out",
+        str(trace),
+        "--plot",
+        str(plot),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    data = json.loads(trace.read_text())
+    assert len(data["sets"]) == 2 and data["posix"] == pytest.approx(sum(s["psi"] for s in data["sets"]) / 2)
+    second = data["sets"][1]
+    assert len(second["prompts"]) == 3 and len(second["logprobs"]) == 3 and len(second["logprobs"][0]) == 3
+    assert all(set(r) == {"text", "token_ids"} and 1 <= len(r["token_ids"]) <= 4 for r in second["responses"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "POSIX" in capsys.readouterr().out
+    assert main(["posix", "--model", str(smol_path), "--prompts", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_callback_options(tmp_path):
+    assert posix_callback_from_options({}) is None
+    assert posix_callback_from_options({"wit_posix_prompts": None, "wit_posix_steps": 5}) is None
+    path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
+    callback = posix_callback_from_options({"wit_posix_prompts": str(path)})
+    assert (callback.every_n_steps, callback.max_new_tokens, callback.prompt_sets) == (100, 32, [[SKY, CAPITAL]])
+    with pytest.raises(ValueError, match="every_n_steps"):
+        posix_callback_from_options({"wit_posix_prompts": str(path), "wit_posix_steps": -1})
+
+
+def test_callback_logs_posix_during_training(smol_path, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(smol_path)
+    texts = ["The sky is blue.", "Paris is in France.", "Two and three make five.", "Water is wet."]
+    encoded = tokenizer(texts, padding="max_length", max_length=12)
+    rows = [
+        {"input_ids": ids, "attention_mask": mask, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
+        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
+    ]
+    sets_path = write_prompt_sets(tmp_path / "held_out.jsonl", [[SKY, [{"role": "user", "content": SKY}]]])
+
+    class TrainingFlag(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.seen.append(model.training)
+
+    posix = posix_callback_from_options(
+        {"wit_posix_prompts": str(sets_path), "wit_posix_steps": 1, "wit_posix_max_new_tokens": 4}
+    )
+    assert isinstance(posix, POSIXCallback) and posix.every_n_steps == 1 and posix.max_new_tokens == 4
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+    )
+    flag = TrainingFlag()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[posix, flag])
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "posix" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2]
+    assert all(entry["posix"] > 0 for entry in logged)
+    assert logged[1]["posix"] == pytest.approx(posix.last_result.posix)
+    assert flag.seen == [True, True]  # the callback put the model back in train mode

@@ -1,0 +1,104 @@
+"""``wit posix``: prompt sensitivity (POSIX) of a model on prompt sets or on variants of instructions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix, load_model
+from wit_plugin.evaluation.prompts import prompt_text
+from wit_plugin.evaluation.variants import load_prompt_sets, parse_kinds
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "posix",
+        help="prompt sensitivity index (POSIX) of a causal LM",
+        description=(
+            "Score how much a model's greedy responses change in likelihood across intent-aligned prompt "
+            'variants. --prompts is JSONL: {"prompts": [...]} lines are used as given; instruction rows '
+            "('messages', 'instruction' or 'prompt', optional 'paraphrases') are expanded to --num-variants "
+            "prompts with the --variants kinds."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="Hugging Face model folder or id")
+    parser.add_argument("--prompts", required=True, type=Path, help="JSONL of prompt sets or instruction rows")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--variants", default="spelling,template", help="kinds: spelling, template, paraphrase")
+    parser.add_argument(
+        "--num-variants", type=int, default=5, help="prompts per generated set, the original included (N)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts or (prompt, response) pairs per forward")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
+    parser.set_defaults(run=run)
+
+
+def summary_table(result: POSIXResult, width: int = 60) -> Table:
+    table = Table(title=f"POSIX = {result.posix:.4f}", title_justify="left")
+    table.add_column("set", justify="right")
+    table.add_column("N", justify="right")
+    table.add_column("psi", justify="right")
+    table.add_column("mean response tokens", justify="right")
+    table.add_column("first prompt", overflow="ellipsis", no_wrap=True, max_width=width)
+    for index, item in enumerate(result.sets):
+        lengths = [len(response.token_ids) for response in item.responses]
+        first = " ".join(prompt_text(item.prompts[0]).split())
+        table.add_row(
+            str(index), str(len(item.prompts)), f"{item.psi:.4f}", f"{sum(lengths) / len(lengths):.1f}", first
+        )
+    return table
+
+
+def plot_psi(result: POSIXResult, path: Path) -> Path:
+    """A bar per set with the POSIX mean as a line: which intents the model is most sensitive on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(result.sets) + 2), 4), dpi=120)
+    axes.bar(range(len(result.sets)), result.psis, color="tab:blue")
+    axes.axhline(result.posix, color="tab:red", linestyle="--", label=f"POSIX = {result.posix:.3f}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("prompt set")
+    axes.set_ylabel("ψ (mean |Δ log P| per token)")
+    axes.set_title("Prompt sensitivity per set")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.prompts.exists():
+        raise FileNotFoundError(f"no prompts file at {args.prompts}")
+    sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
+    console = Console()
+    console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
+    model, tokenizer = load_model(args.model, args.device)
+    columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("posix", total=None)
+        result = evaluate_posix(
+            model,
+            sets,
+            tokenizer,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(summary_table(result))
+    if args.out:
+        console.print(f"trace: {result.write_trace(args.out)}")
+    if args.plot:
+        console.print(f"plot:  {plot_psi(result, args.plot)}")
+    return 0
