@@ -17,8 +17,8 @@ from trl import SFTConfig, SFTTrainer
 from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
 from wit_plugin.integrations.trl.data import prepare_dataset
 from wit_plugin.roles import WEIGHT_KEYS, Role, RoleWeights, WeightError
-from wit_plugin.trainer import TRAINING_KEYS
 from wit_plugin.tagging import RoleTagger
+from wit_plugin.trainer import TRAINING_KEYS
 from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
 
 PLAIN = [

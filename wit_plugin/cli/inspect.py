@@ -11,11 +11,9 @@ import yaml
 from rich.console import Console
 
 from wit_plugin.inspect import inspect_tokens, render_html, render_rich, render_table
+from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES
 from wit_plugin.roles import PRESETS, WEIGHT_KEYS, RoleWeights
 from wit_plugin.tagging import RoleTagger
-
-# Axolotl dataset types and the row format each is tagged as (see the plugin's type mapping).
-AXOLOTL_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "completion": "text"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,8 +52,8 @@ def _from_config(args: argparse.Namespace) -> tuple[Path, str | None, str | None
     dataset = (cfg.get("datasets") or [{}])[0]
     if not dataset.get("path"):
         raise ValueError(f"{args.config} has no datasets[0].path")
-    kind = str(dataset.get("type") or "chat_template").rsplit(".", 1)[-1]
-    row_format = AXOLOTL_FORMATS.get(kind, kind if kind in ("prompt_completion", "text") else None)
+    kind = str(dataset.get("type") or "chat_template").rsplit(".", 1)[-1]  # stock type or strategy module
+    row_format = MODULE_FORMATS.get(STOCK_TYPE_MODULES.get(kind, kind))
     tokenizer = cfg.get("tokenizer_config") or cfg.get("base_model")
     options = {key: cfg.get(key) for key in WEIGHT_KEYS}
     return Path(dataset["path"]), row_format, tokenizer, options

@@ -66,8 +66,7 @@ def _add_response(writer: _SegmentWriter, tokenizer: Any, response: str) -> None
     if not tokenizer.eos_token:
         raise TaggingError("the tokenizer has no eos_token to close the response with")
     eos = tokenizer.eos_token
-    if response.endswith(eos):
-        response = response[: -len(eos)]
+    response = response.removesuffix(eos)
     writer.add(response, Role.RESPONSE)
     writer.add(eos)
 

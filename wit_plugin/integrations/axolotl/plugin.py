@@ -8,20 +8,14 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin.integrations.axolotl.args import WIT_KEYS
+from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES
 from wit_plugin.roles import RoleWeights
 
 LOG = logging.getLogger(__name__)
 
 STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
-# Stock Axolotl dataset types and the role-tagging strategy that replaces each.
-STOCK_TYPES = {
-    "chat_template": f"{STRATEGIES}.chat_template",
-    "alpaca": f"{STRATEGIES}.alpaca",
-    "completion": f"{STRATEGIES}.text",
-}
-OWN_TYPES = frozenset(
-    f"{STRATEGIES}.{name}" for name in ("chat_template", "alpaca", "prompt_completion", "text")
-)
+STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_MODULES.items()}
+OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
 # Options that compute the loss their own way (and would bypass the role weights) or train something else.
 CONFLICTS = {
     "rl": "RL/preference training (DPO, ORPO, KTO, GRPO...) has its own loss",

@@ -17,6 +17,10 @@ from wit_plugin.tagging import RoleTagger
 
 LOG = logging.getLogger(__name__)
 
+# Each strategy module here and the row format it tags; and the stock Axolotl types each one replaces.
+MODULE_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "prompt_completion": "prompt_completion", "text": "text"}
+STOCK_TYPE_MODULES = {"chat_template": "chat_template", "alpaca": "alpaca", "completion": "text"}
+
 # Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
 SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot", "train_on_inputs")
 # Stock options that would change which text is trained and that these strategies do not implement.
