@@ -179,3 +179,14 @@ def test_any_conversation_keeps_every_content_character_in_its_role(tokenizer, l
         check_row(tokenizer, copy.deepcopy(messages))
     else:
         check_row(llama_tokenizer, copy.deepcopy(messages), chat_template=LLAMA3_STYLE, trims=True)
+
+
+def test_template_that_alters_content_tags_the_text_between_its_scaffold_pieces(tokenizer):
+    shouting = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
+    row = {"messages": [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "blue"}]}
+    rendered = ChatRenderer(tokenizer, chat_template=shouting).render(row["messages"])
+    assert [rendered.text[s.start : s.end] for s in rendered.spans] == ["NAME A COLOUR", "BLUE"]
+    tagged = RoleTagger(tokenizer, "chat", chat_template=shouting).tag(row)
+    text_of = {role: tokenizer.decode([t for t, r in zip(tagged.input_ids, tagged.roles) if r == role]) for role in Role}
+    assert text_of[Role.INSTRUCTION] == "NAME A COLOUR" and text_of[Role.RESPONSE] == "BLUE"
+    assert text_of[Role.EOT] == "<|im_end|>"
