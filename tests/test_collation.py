@@ -95,7 +95,7 @@ def test_multipack(tokenizer, samples, collator_cls):
 def test_padding_free_flattening(tokenizer, samples):
     inner = DataCollatorWithFlattening(return_tensors="pt")
     features = [{"input_ids": s["input_ids"], "labels": s["labels"], "wit_roles": s["wit_roles"]} for s in samples]
-    batch = RoleCollator(inner, WEIGHTS, flattens=True)(features)
+    batch = RoleCollator(inner, WEIGHTS)(features)
     check_batch(batch, expected_rows(samples, [[0, 1, 2]]))
 
 

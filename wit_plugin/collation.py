@@ -2,8 +2,8 @@
 
 Axolotl's and TRL's collators know nothing of ``wit_roles``: some pass it through unpadded, some drop it.
 :class:`RoleCollator` takes the column out, lets the wrapped collator build the batch, then lays the roles
-out exactly as the collator laid out ``input_ids`` (samples concatenated per packed row, padded on the
-tokenizer's side) and *checks* that layout against the collator's ``input_ids``: a collator we do not
+out exactly as the collator laid out ``input_ids`` (samples concatenated per packed row, or all in one row
+when the collator flattens, padded on either side) and *checks* that layout against the collator's ``input_ids``: a collator we do not
 understand fails loudly instead of training on misaligned weights.
 
 It also writes ``labels = input_ids`` where the weight is non-zero and ``-100`` elsewhere, so a trainer's
@@ -29,11 +29,11 @@ class CollationError(ValueError):
     """The batch's roles cannot be aligned with its tokens."""
 
 
-def _packed_rows(features: Sequence[Any], flattens: bool) -> list[list[Mapping[str, Any]]]:
-    """The samples that make up each output row, in order."""
+def _packed_rows(features: Sequence[Any], output_rows: int) -> list[list[Mapping[str, Any]]]:
+    """The samples that make up each of the collator's ``output_rows`` rows, in order."""
     if isinstance(features[0], list):  # multipack: one list of samples per packed row
         return [list(pack) for pack in features]
-    if flattens:  # padding-free: every sample in one row
+    if output_rows == 1:  # padding-free flattening (or a batch of one): every sample in the one row
         return [list(features)]
     return [[sample] for sample in features]
 
@@ -97,10 +97,9 @@ def mask_labels(input_ids: torch.Tensor, roles: torch.Tensor, weights: RoleWeigh
 class RoleCollator:
     """Wraps a collator so its batches carry ``wit_roles`` aligned with ``input_ids`` and masked labels."""
 
-    def __init__(self, collator: Callable[..., Any], weights: RoleWeights, flattens: bool = False) -> None:
+    def __init__(self, collator: Callable[..., Any], weights: RoleWeights) -> None:
         self.collator = collator
         self.weights = weights
-        self.flattens = flattens
 
     def __getattr__(self, name: str) -> Any:  # trainers read e.g. .tokenizer off their collator
         if name == "collator":
@@ -110,10 +109,9 @@ class RoleCollator:
     def __call__(self, features: Sequence[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not features:
             raise CollationError("empty batch")
-        rows = _packed_rows(features, self.flattens)
         batch = self.collator(_without_roles(features), *args, **kwargs)
         input_ids = batch["input_ids"]
-        roles = layout_roles(rows, input_ids)
+        roles = layout_roles(_packed_rows(features, input_ids.shape[0]), input_ids)
         batch[ROLES_KEY] = roles
         batch["labels"] = mask_labels(input_ids, roles, self.weights)
         return batch

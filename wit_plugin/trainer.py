@@ -10,13 +10,13 @@ masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import torch
-from transformers import DataCollatorWithFlattening
 
 from wit_plugin.collation import ROLES_KEY, RoleCollator
-from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput, LMHead
+from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
@@ -48,7 +48,6 @@ class WITTrainerMixin:
         self._wit_table = weights.table()
         self._wit_metrics = {"train": RoleMetrics(), "eval": RoleMetrics()}
         self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._wit_head: LMHead | None = None
         self._wit_all_roles = role_metrics == "all"
         self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
         self.compute_loss_func = self._wit_loss
@@ -59,8 +58,7 @@ class WITTrainerMixin:
         for name in ("data_collator", "eval_data_collator", "train_data_collator"):
             collator = getattr(self, name, None)
             if collator is not None and not isinstance(collator, RoleCollator):
-                flattens = isinstance(collator, DataCollatorWithFlattening)  # padding-free: one row
-                setattr(self, name, RoleCollator(collator, weights, flattens=flattens))
+                setattr(self, name, RoleCollator(collator, weights))
         LOG.info("wit: role weights %s; loss %s", weights.describe(), self._wit_impl)
 
     def _install_loss_impl(self, name: str) -> tuple[str, HiddenStatesForward | None]:
@@ -96,11 +94,8 @@ class WITTrainerMixin:
         self._wit_batch = (inputs["input_ids"], roles)
         if "position_ids" in inputs:
             inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
-        if self._wit_forward is None or not model.training:  # evaluation keeps logits for prediction_step
-            return super().compute_loss(  # type: ignore[misc]
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        with self._wit_forward.enabled() as self._wit_head:
+        fused = self._wit_forward is not None and model.training  # evaluation keeps logits for prediction_step
+        with self._wit_forward.enabled() if fused else nullcontext():  # type: ignore[union-attr]
             return super().compute_loss(  # type: ignore[misc]
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
@@ -110,8 +105,8 @@ class WITTrainerMixin:
         input_ids, roles = self._wit_batch
         self._wit_batch = None
         if isinstance(outputs, HiddenStatesOutput):
-            head, self._wit_head = self._wit_head, None
-            assert head is not None, "the hidden-states forward runs inside compute_loss, which sets the head"
+            assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
+            head = self._wit_forward.head()
             result = weighted_linear_cross_entropy(
                 outputs.last_hidden_state, head.weight, input_ids, roles, self._wit_table, num_items_in_batch,
                 lm_head_bias=head.bias, softcap=head.softcap, impl=self._wit_impl,

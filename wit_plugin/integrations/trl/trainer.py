@@ -21,7 +21,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
-from wit_plugin.collation import IGNORE_INDEX, RoleCollator
+from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
 from wit_plugin.trainer import WITTrainerMixin
@@ -95,8 +95,6 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             raise ValueError(
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
             )
-        # TRL's padding-free collator flattens the batch into one row; the mixin only recognises transformers'.
-        self.data_collator = RoleCollator(self.data_collator, weights, flattens=self.padding_free)
         self.setup_wit(weights, loss_impl=args.wit_loss_impl, role_metrics=args.wit_role_metrics)
 
     def _prepare_dataset(
