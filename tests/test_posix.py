@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from wit_plugin.evaluation.callback import POSIXCallback, posix_callback_from_options
 from wit_plugin.evaluation.posix import evaluate_posix, psi
 from wit_plugin.evaluation.prompts import prompt_text, render_prompt, write_prompt_sets
-from wit_plugin.evaluation.scoring import SpecialIds, prefill, score
+from wit_plugin.evaluation.scoring import SpecialIds, prefill, score, shared_prefix
 from wit_plugin.evaluation.variants import (
     CHAT,
     TEMPLATES,
@@ -173,6 +173,26 @@ def test_padding_in_a_batch_is_never_scored(smol):
     expected = [reference_logprob(model, list(prompts[row]), list(y)) for row, y in pairs]
     assert together == pytest.approx(alone, abs=1e-4)
     assert together == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_shared_prefix_runs_once_and_changes_no_value(smol):
+    model, tokenizer = smol
+    special = SpecialIds.of(model, tokenizer)
+    chat = [tuple(render_prompt(tokenizer, [{"role": "user", "content": text}])) for text in (CAPITAL, SKY)]
+    raw = tuple(render_prompt(tokenizer, CAPITAL))
+    common = tuple(os.path.commonprefix(chat))
+    assert len(common) > 10 and shared_prefix([*chat, raw]) == common  # the system turn and the user header
+    assert shared_prefix([(5, 6, 7, 8, 9, 10), (1, 2, 3), (1, 2, 4)]) == ()  # the widest row gains nothing
+    assert shared_prefix([(1, 2, 3, 4), (1, 2, 3, 5), (9,)]) == (1, 2, 3)
+    prompts = [*chat, raw, common]  # the last is the prefix itself: it has no remainder, so it stays whole
+    start = prefill(model, prompts, special.pad)
+    response = tuple(tokenizer(" Paris is the capital.")["input_ids"])
+    together = score(model, start, [(row, response) for row in range(len(prompts))], special.pad, batch_size=4)
+    for row, prompt in enumerate(prompts):
+        alone = prefill(model, [prompt], special.pad)
+        assert start.lengths[row] == len(prompt)
+        torch.testing.assert_close(start.last_logits[row], alone.last_logits[0], atol=1e-4, rtol=1e-4)
+        assert together[row] == pytest.approx(reference_logprob(model, list(prompt), list(response)), abs=1e-4)
 
 
 @pytest.mark.parametrize(

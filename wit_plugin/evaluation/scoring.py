@@ -1,10 +1,12 @@
 """The forward passes behind POSIX: one prefill per group of prompts, greedy decoding from it, and scoring of
 other prompts' responses on top of the same prefill.
 
-Every prompt runs through the model once (left padded, KV cache kept). Greedy decoding continues from a
-copy of that cache, dropping rows as they reach EOS, and records log P(y_i | x_i) as it goes; scoring a
-response y under another prompt x gathers x's cache row and runs y's tokens only (right padded, explicit
-positions). Pads are masked as keys and dropped before summing, so they are never scored.
+Every prompt runs through the model once (KV cache kept). A prefix that many prompts share (a chat
+template's system turn, say) runs once and its cache is repeated, so the padded batch holds only what
+differs. Greedy decoding continues from a copy of that cache, dropping rows as they reach EOS, and records
+log P(y_i | x_i) as it goes; scoring a response y under another prompt x gathers x's cache row and runs y's
+tokens only (right padded, explicit positions). Pads are masked as keys and dropped before summing, so
+they are never scored.
 """
 
 from __future__ import annotations
@@ -53,9 +55,25 @@ class Prefill:
 
     def rows(self, rows: torch.Tensor) -> Any:
         """A copy of the cache holding ``rows`` (repeats allowed), leaving this one intact for later use."""
-        cache = copy.deepcopy(self.cache)
+        cache = detached_copy(self.cache)
         cache.reorder_cache(rows)
         return cache
+
+
+def detached_copy(cache: Any) -> Any:
+    """A cache that can be reordered and extended without touching ``cache``.
+
+    Dynamic cache layers replace their tensors on every update and reorder rather than writing into them,
+    so copying the layer objects is enough; any other cache is deep-copied (every tensor, every time).
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(layer, DynamicLayer) for layer in layers):
+        return copy.deepcopy(cache)
+    shallow = copy.copy(cache)
+    shallow.layers = [copy.copy(layer) for layer in layers]
+    return shallow
 
 
 def _pad(rows: Sequence[Tokens], pad: int, device: torch.device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,14 +101,53 @@ def cut_at_eos(tokens: Sequence[int], eos: frozenset[int]) -> Tokens:
     return tuple(tokens)
 
 
+def shared_prefix(prompts: Sequence[Tokens]) -> Tokens:
+    """The prefix worth running once for all ``prompts`` (empty if none): the one that minimises the tokens
+    computed, ``prefix + rows x widest remainder``, where prompts without the prefix stay whole.
+
+    Each prompt keeps at least one token after the prefix, since its next-token logits come from there.
+    """
+    lengths = [len(prompt) for prompt in prompts]
+    best_cost, best = len(prompts) * max(lengths), ()
+    for length in range(1, max(lengths)):
+        members: dict[Tokens, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            if len(prompt) > length:
+                members.setdefault(prompt[:length], []).append(index)
+        for prefix, rows in members.items():
+            if len(rows) < 2:
+                continue
+            inside = set(rows)
+            width = max(lengths[index] - (length if index in inside else 0) for index in range(len(prompts)))
+            cost = length + len(prompts) * width
+            if cost < best_cost:
+                best_cost, best = cost, prefix
+    return best
+
+
 @torch.no_grad()
 def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
-    """One left-padded forward over ``prompts``; positions count real tokens only, so padding changes nothing."""
-    ids, mask = _pad(prompts, pad, model.device, left=True)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    """One left-padded forward over ``prompts`` after their shared prefix (run once); positions count real
+    tokens only, so neither the padding nor the split changes a value."""
+    device = model.device
+    prefix = shared_prefix(prompts)
+    length = len(prefix)
+    members = [bool(length) and len(prompt) > length and prompt[:length] == prefix for prompt in prompts]
+    ids, mask = _pad(
+        [prompt[length:] if inside else prompt for prompt, inside in zip(prompts, members)], pad, device, left=True
+    )
+    offsets = torch.tensor(members, device=device, dtype=torch.long) * length
+    positions = (offsets[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
     # Only the last position's logits are needed: skip the LM head elsewhere where the model allows it.
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+    cache = None
+    if length:
+        cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep).past_key_values
+        cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))
+        mask = torch.cat([(offsets[:, None] > 0).long().expand(-1, length), mask], dim=1)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **keep
+    )
     return Prefill(out.past_key_values, mask, mask.sum(-1), out.logits[:, -1, :])
 
 
@@ -103,7 +160,7 @@ def greedy(model: Any, start: Prefill, special: SpecialIds, max_new_tokens: int)
     tokens = torch.full((count, max_new_tokens), special.pad, dtype=torch.long, device=device)
     logprob = torch.zeros(count, dtype=torch.float64, device=device)
     active = torch.arange(count, device=device)
-    cache, mask, positions, logits = copy.deepcopy(start.cache), start.mask, start.lengths, start.last_logits
+    cache, mask, positions, logits = detached_copy(start.cache), start.mask, start.lengths, start.last_logits
     for step in range(max_new_tokens):
         chosen = logits.argmax(-1)
         tokens[active, step] = chosen
