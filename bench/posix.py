@@ -33,13 +33,14 @@ INSTRUCTIONS = (
 
 def one_pair_at_a_time(
     model: Any, tokenizer: Any, sets: list[PromptSet], max_new_tokens: int
-) -> tuple[list[float], list[list[list[int]]]]:
+) -> tuple[list[float], list[list[list[int]]], dict[str, float]]:
     """The formula computed plainly: a generate call per prompt, a full forward per pair."""
     special = SpecialIds.of(model, tokenizer)
-    psis, responses = [], []
+    psis, responses, seconds = [], [], {"generate_s": 0.0, "pairs_s": 0.0}
     for prompts in sets:
         inputs = [render_prompt(tokenizer, prompt) for prompt in prompts]
         outputs = []
+        clock = time.perf_counter()
         for ids in inputs:
             generated = model.generate(
                 torch.tensor([ids]),
@@ -49,14 +50,17 @@ def one_pair_at_a_time(
                 pad_token_id=special.pad,
             )
             outputs.append(list(cut_at_eos(generated[0, len(ids) :].tolist(), special.eos)))
+        seconds["generate_s"] += time.perf_counter() - clock
+        clock = time.perf_counter()
         matrix = [[0.0] * len(inputs) for _ in inputs]
         for i, x in enumerate(inputs):
             for j, y in enumerate(outputs):
                 logits = model(torch.tensor([x + y])).logits[0, len(x) - 1 : len(x) + len(y) - 1]
                 matrix[i][j] = logits.log_softmax(-1).gather(-1, torch.tensor(y)[:, None]).sum().item()
+        seconds["pairs_s"] += time.perf_counter() - clock
         psis.append(psi(matrix, [len(y) for y in outputs]))
         responses.append(outputs)
-    return psis, responses
+    return psis, responses, seconds
 
 
 def main() -> None:
@@ -87,7 +91,7 @@ def main() -> None:
         fast = evaluate_posix(model, sets, tokenizer, max_new_tokens=args.max_new_tokens)
         fast_s, fast_cpu = time.perf_counter() - start, time.process_time() - cpu
         start, cpu = time.perf_counter(), time.process_time()
-        slow_psis, slow_responses = one_pair_at_a_time(model, tokenizer, sets, args.max_new_tokens)
+        slow_psis, slow_responses, slow_phases = one_pair_at_a_time(model, tokenizer, sets, args.max_new_tokens)
         slow_s, slow_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     same = sum(
@@ -95,7 +99,14 @@ def main() -> None:
     )
     difference = max(abs(a - b) for a, b in zip(fast.psis, slow_psis))
     print(f"one pair at a time: {slow_s:7.2f} s wall {slow_cpu:7.2f} s CPU")
+    print("  phases: " + ", ".join(f"{key} {value:.2f}" for key, value in slow_phases.items()))
     print(f"evaluate_posix:     {fast_s:7.2f} s wall {fast_cpu:7.2f} s CPU")
+    print(
+        "  phases: "
+        + ", ".join(
+            f"{key} {value:.2f}" if key.endswith("_s") else f"{key} {value:.0f}" for key, value in fast.work.items()
+        )
+    )
     print(f"speed-up: {slow_s / fast_s:.1f}x wall, {slow_cpu / fast_cpu:.1f}x CPU time")
     print(f"identical greedy responses: {same}/{sum(len(s) for s in sets)}; max |psi difference|: {difference:.2e}")
     print(f"POSIX: {fast.posix:.4f} (batched) vs {sum(slow_psis) / len(slow_psis):.4f} (one pair at a time)")

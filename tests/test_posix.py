@@ -93,6 +93,18 @@ def test_matches_one_pair_at_a_time_float64(smol, mixed_result):
     assert all(value > 0 for value in mixed_result.psis)  # these variants do change the model's likelihoods
 
 
+def test_work_counts_what_ran(smol, mixed_result):
+    _, tokenizer = smol
+    work, sets = mixed_result.work, mixed_result.sets  # batch_size=4: the two sets ran as two groups
+    assert work["prompt_tokens"] == sum(len(render_prompt(tokenizer, p)) for result in sets for p in result.prompts)
+    assert work["decode_steps"] == sum(max(len(r.token_ids) for r in result.responses) - 1 for result in sets)
+    off_diagonal = sum(
+        len(y.token_ids) for result in sets for x in result.responses for y in dict.fromkeys(result.responses) if y != x
+    )
+    assert work["scored_tokens"] == off_diagonal
+    assert min(work["prefill_s"], work["decode_s"], work["score_s"]) > 0
+
+
 def test_responses_are_unbatched_greedy_continuations(smol, mixed_result):
     model, tokenizer = smol
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -298,6 +310,7 @@ def test_cli_writes_trace_and_plot(smol_path, tmp_path, capsys):
     ]
     assert main(argv) == 0
     data = json.loads(trace.read_text())
+    assert set(data["work"]) >= {"prefill_s", "decode_s", "score_s"}
     assert len(data["sets"]) == 2 and data["posix"] == pytest.approx(sum(s["psi"] for s in data["sets"]) / 2)
     second = data["sets"][1]
     assert len(second["prompts"]) == 3 and len(second["logprobs"]) == 3 and len(second["logprobs"][0]) == 3

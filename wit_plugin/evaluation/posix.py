@@ -11,9 +11,11 @@ where L_{y_j} is the length of y_j in tokens (up to and including its EOS). POSI
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -53,9 +55,14 @@ class SetResult:
 
 @dataclass(frozen=True)
 class POSIXResult:
+    """POSIX, the per-set results, and where the time went: ``work`` holds seconds per phase (``prefill_s``,
+    ``decode_s``, ``score_s``) and the tokens each ran (``prompt_tokens``, ``decode_steps``,
+    ``scored_tokens``, the last counting response tokens run under another prompt's cache)."""
+
     posix: float
     sets: list[SetResult]
     max_new_tokens: int
+    work: dict[str, float] = field(default_factory=dict)
 
     @property
     def psis(self) -> list[float]:
@@ -65,6 +72,7 @@ class POSIXResult:
         return {
             "posix": self.posix,
             "max_new_tokens": self.max_new_tokens,
+            "work": self.work,
             "sets": [result.to_dict() for result in self.sets],
         }
 
@@ -133,15 +141,17 @@ def evaluate_posix(
     special = SpecialIds.of(model, tokenizer)
     rendered = [[tuple(render_prompt(tokenizer, prompt)) for prompt in prompts] for prompts in sets]
     results: list[SetResult] = []
+    work: Counter[str] = Counter()
     with eval_mode(model), torch.no_grad():
         for indices in _groups([len(prompts) for prompts in rendered], batch_size):
-            outcomes = _evaluate_group(model, [rendered[k] for k in indices], special, max_new_tokens, batch_size)
+            group = [rendered[k] for k in indices]
+            outcomes = _evaluate_group(model, group, special, max_new_tokens, batch_size, work)
             for k, (matrix, outputs) in zip(indices, outcomes):
                 responses = [Response(_decode(tokenizer, y), y) for y in outputs]
                 results.append(SetResult(sets[k], responses, matrix, psi(matrix, [len(y) for y in outputs])))
             if progress is not None:
                 progress(len(results), len(sets))
-    return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens)
+    return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens, dict(work))
 
 
 def _decode(tokenizer: Any, tokens: Tokens) -> str:
@@ -161,19 +171,33 @@ def _groups(sizes: list[int], limit: int) -> Iterator[list[int]]:
 
 
 def _evaluate_group(
-    model: Any, group: list[list[Tokens]], special: SpecialIds, max_new_tokens: int, batch_size: int
+    model: Any,
+    group: list[list[Tokens]],
+    special: SpecialIds,
+    max_new_tokens: int,
+    batch_size: int,
+    work: Counter[str],
 ) -> list[tuple[np.ndarray, list[Tokens]]]:
     """Log-prob matrices and responses of a group of sets: one prefill, greedy decoding (the diagonal), then
-    the remaining pairs scored on the same prefill."""
+    the remaining pairs scored on the same prefill. Adds the phases' seconds and tokens to ``work``."""
     distinct = list(dict.fromkeys(x for members in group for x in members))
     row = {x: index for index, x in enumerate(distinct)}
+    clock = time.perf_counter()
     start = prefill(model, distinct, special.pad)
+    work["prefill_s"] += time.perf_counter() - clock
+    clock = time.perf_counter()
     generated = greedy(model, start, special, max_new_tokens)
+    work["decode_s"] += time.perf_counter() - clock
     response = {x: generated[row[x]][0] for x in distinct}
     logprobs = {(index, y): value for index, (y, value) in enumerate(generated)}
     needed = dict.fromkeys((row[x], response[other]) for members in group for x in members for other in members)
     pending = [pair for pair in needed if pair not in logprobs]
+    clock = time.perf_counter()
     logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
+    work["score_s"] += time.perf_counter() - clock
+    work["prompt_tokens"] += sum(len(x) for x in distinct)
+    work["decode_steps"] += max(len(y) for y, _ in generated) - 1
+    work["scored_tokens"] += sum(len(y) for _, y in pending)
     results = []
     for members in group:
         outputs = [response[x] for x in members]
