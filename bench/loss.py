@@ -5,8 +5,9 @@ peak is the process's resident-set high-water mark (reset once the inputs exist:
 invisible to tracemalloc); on CUDA it is ``torch.cuda.max_memory_allocated``. Both are deltas over the
 inputs (hidden states, LM head, ids), so they include the gradients the step leaves behind.
 
-    python bench/loss.py            # SmolLM2 head, then a Llama-3-8B head where memory allows
-    python bench/loss.py --quick    # SmolLM2 head only
+    python bench/loss.py                 # SmolLM2 head, then a Llama-3-8B head where memory allows
+    python bench/loss.py --quick         # SmolLM2 head only
+    python bench/loss.py --frozen-head   # the head is not trained (LoRA): no head gradient in any case
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Inputs:
     roles: torch.Tensor
 
 
-def make_inputs(shape: Shape, dtype: torch.dtype, device: str) -> Inputs:
+def make_inputs(shape: Shape, dtype: torch.dtype, device: str, frozen_head: bool = False) -> Inputs:
     """Generated directly in ``dtype`` so no temporary raises the memory baseline."""
     gen = torch.Generator(device).manual_seed(0)
     hidden = torch.randn(1, shape.tokens, shape.hidden, generator=gen, device=device, dtype=dtype)
@@ -64,7 +65,7 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str) -> Inputs:
     roles[:, : int(INSTRUCTION_SHARE * shape.tokens)] = Role.INSTRUCTION
     roles[:, 0] = Role.PAD
     input_ids = torch.randint(0, shape.vocab, (1, shape.tokens), generator=gen, device=device)
-    return Inputs(hidden.requires_grad_(), weight.requires_grad_(), input_ids, roles)
+    return Inputs(hidden.requires_grad_(), weight.requires_grad_(not frozen_head), input_ids, roles)
 
 
 WIT_TABLE = RoleWeights.preset("wit").table()  # every role weighted
@@ -150,11 +151,11 @@ def step(fn: Callable[[Inputs], torch.Tensor], x: Inputs) -> None:
     x.hidden.grad = x.weight.grad = None
 
 
-def run_case(case: str, shape: Shape, dtype: torch.dtype, device: str) -> dict[str, float]:
+def run_case(case: str, shape: Shape, dtype: torch.dtype, device: str, frozen_head: bool) -> dict[str, float]:
     """Child process: one timed step after a warm-up on a 64-token slice, and its peak memory."""
     fn = CASES[case][1]
-    step(fn, make_inputs(Shape("warm-up", shape.hidden, shape.vocab, 64), dtype, device))
-    x = make_inputs(shape, dtype, device)
+    step(fn, make_inputs(Shape("warm-up", shape.hidden, shape.vocab, 64), dtype, device, frozen_head))
+    x = make_inputs(shape, dtype, device, frozen_head)
     sync(device)
     memory = PeakMemory(device)
     start = time.perf_counter()
@@ -163,20 +164,23 @@ def run_case(case: str, shape: Shape, dtype: torch.dtype, device: str) -> dict[s
     return {"time_s": time.perf_counter() - start, "peak_bytes": memory.peak()}
 
 
-def spawn(case: str, shape_key: str, dtype: str, device: str) -> dict[str, float]:
+def spawn(case: str, shape_key: str, dtype: str, device: str, frozen_head: bool) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", case, "--shapes", shape_key, "--dtype", dtype, "--device", device]
+    cmd += ["--frozen-head"] if frozen_head else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{case} on {shape_key} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(cases: list[str], shape_key: str, dtype: str, device: str, rounds: int) -> dict[str, dict[str, float]]:
+def measure(
+    cases: list[str], shape_key: str, dtype: str, device: str, rounds: int, frozen_head: bool
+) -> dict[str, dict[str, float]]:
     """Best of ``rounds``, the cases interleaved within each round so that a burst of load hits them alike."""
     best: dict[str, dict[str, float]] = {}
     for _ in range(rounds):
         for case in cases:
-            result = spawn(case, shape_key, dtype, device)
+            result = spawn(case, shape_key, dtype, device, frozen_head)
             best[case] = {key: min(value, best.get(case, result)[key]) for key, value in result.items()}
     return best
 
@@ -208,11 +212,14 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="comma-separated (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=None, help="fresh runs per case (default 3, 1 for 8B)")
+    parser.add_argument("--frozen-head", action="store_true", help="the head gets no gradient, as under LoRA")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype_names = (args.dtype or ("bfloat16" if args.device == "cuda" else "float32")).split(",")
     if args.child:
-        result = run_case(args.child, SHAPES[args.shapes], getattr(torch, dtype_names[0]), args.device)
+        result = run_case(
+            args.child, SHAPES[args.shapes], getattr(torch, dtype_names[0]), args.device, args.frozen_head
+        )
         print(json.dumps(result))
         return
     shape_keys = (args.shapes or ("smollm2" if args.quick else ",".join(SHAPES))).split(",")
@@ -220,15 +227,16 @@ def main() -> None:
     print(f"device={args.device} threads={torch.get_num_threads()} cpus={os.cpu_count()} {_load()}")
     for key, dtype_name in ((key, name) for key in shape_keys for name in dtype_names):
         shape = SHAPES[key]
-        print(f"\n{shape.name} {dtype_name}: T={shape.tokens} H={shape.hidden} V={shape.vocab}")
+        head = ", frozen head" if args.frozen_head else ""
+        print(f"\n{shape.name} {dtype_name}{head}: T={shape.tokens} H={shape.hidden} V={shape.vocab}")
         if not fits(shape, getattr(torch, dtype_name), args.device):
             print("  skipped: the materialised-logits baseline would not fit in memory")
             continue
         rounds = args.rounds or (1 if shape.vocab * shape.hidden > 10**8 else 3)
-        results = measure(cases, key, dtype_name, args.device, rounds)
+        results = measure(cases, key, dtype_name, args.device, rounds, args.frozen_head)
         base = results[cases[0]]
         # Every case ends holding the head's gradient; the rest of the peak is what the loss itself costs.
-        head_grad = shape.vocab * shape.hidden * getattr(torch, dtype_name).itemsize
+        head_grad = 0 if args.frozen_head else shape.vocab * shape.hidden * getattr(torch, dtype_name).itemsize
         print(f"  best of {rounds}; 'loss MiB' is the peak minus the head's gradient ({head_grad / 2**20:.0f} MiB)")
         print(f"  {'case':34} {'time s':>7} {'× (a)':>6} {'peak MiB':>9} {'× (a)':>6} {'loss MiB':>9} {'× (a)':>6}")
         for case, result in results.items():

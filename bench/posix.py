@@ -9,6 +9,7 @@ On a shared machine use --threads 1: a second OpenMP thread waiting on a busy co
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import time
 from typing import Any
@@ -63,6 +64,38 @@ def one_pair_at_a_time(
     return psis, responses, seconds
 
 
+def _best_seconds(run: Any, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tuple[float, dict[str, float]]:
+    """Seconds any exact evaluator needs for this workload on this machine, at its best measured rates.
+
+    It must run every prompt token, every generated token fed back (``generated_tokens``) and every response
+    token scored under another prompt (with the LM head and a logsumexp), and decode in ``decode_steps`` sequential steps that each
+    stream the whole model's weights. Rates: tokens in one large batch (the cheapest way to run them), and
+    a one-row decode step for a pass over the weights.
+    """
+    ids = torch.randint(0, model.config.vocab_size, (16, 64))
+    per_token = _best_seconds(lambda: model(ids, logits_to_keep=1)) / ids.numel()
+    per_scored = _best_seconds(lambda: model(ids).logits.logsumexp(-1)) / ids.numel()
+    cache = model(ids[:1], use_cache=True).past_key_values
+    step = ids[:1, :1]
+    per_pass = _best_seconds(lambda: model(step, past_key_values=copy.deepcopy(cache), use_cache=True))
+    rates = {"ms/token": 1e3 * per_token, "ms/scored token": 1e3 * per_scored, "ms/weight pass": 1e3 * per_pass}
+    seconds = (
+        (work["prompt_tokens"] + generated_tokens - work["decode_steps"]) * per_token
+        + work["scored_tokens"] * per_scored
+        + work["decode_steps"] * per_pass
+    )
+    return seconds, rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", type=int, default=4)
@@ -110,6 +143,13 @@ def main() -> None:
     print(f"speed-up: {slow_s / fast_s:.1f}x wall, {slow_cpu / fast_cpu:.1f}x CPU time")
     print(f"identical greedy responses: {same}/{sum(len(s) for s in sets)}; max |psi difference|: {difference:.2e}")
     print(f"POSIX: {fast.posix:.4f} (batched) vs {sum(slow_psis) / len(slow_psis):.4f} (one pair at a time)")
+    with torch.no_grad():
+        generated = sum(len(response.token_ids) - 1 for result in fast.sets for response in result.responses)
+        floor, rates = lower_bound(model, fast.work, generated)
+    print(
+        f"lower bound for any exact evaluator here: {floor:.2f} s, i.e. at most {slow_s / floor:.1f}x "
+        f"(" + ", ".join(f"{value:.2f} {key}" for key, value in rates.items()) + ")"
+    )
 
 
 if __name__ == "__main__":
