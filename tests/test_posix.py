@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -194,8 +196,9 @@ def test_a_shared_prefix_runs_once_and_changes_no_value(smol):
     raw = tuple(render_prompt(tokenizer, CAPITAL))
     common = tuple(os.path.commonprefix(chat))
     assert len(common) > 10 and shared_prefix([*chat, raw]) == common  # the system turn and the user header
-    assert shared_prefix([(5, 6, 7, 8, 9, 10), (1, 2, 3), (1, 2, 4)]) == ()  # the widest row gains nothing
+    assert shared_prefix([(5, 6, 7), (1, 2, 3), (1, 2, 4)]) == ()  # the widest row gains nothing
     assert shared_prefix([(1, 2, 3, 4), (1, 2, 3, 5), (9,)]) == (1, 2, 3)
+    assert shared_prefix([(1, 2, 3, 4, 5, 6), (7, 8), (9,)]) == (1, 2, 3, 4)  # one long prompt's bulk, run alone
     prompts = [*chat, raw, common]  # the last is the prefix itself: it has no remainder, so it stays whole
     start = prefill(model, prompts, special.pad)
     response = tuple(tokenizer(" Paris is the capital.")["input_ids"])
@@ -205,6 +208,21 @@ def test_a_shared_prefix_runs_once_and_changes_no_value(smol):
         assert start.lengths[row] == len(prompt)
         torch.testing.assert_close(start.last_logits[row], alone.last_logits[0], atol=1e-4, rtol=1e-4)
         assert together[row] == pytest.approx(reference_logprob(model, list(prompt), list(response)), abs=1e-4)
+
+
+def _tokens_run(prompts: list[tuple[int, ...]], prefix: tuple[int, ...]) -> int:
+    """What prefill computes with ``prefix`` run once: the prefix, then every row padded to the widest rest."""
+    k = len(prefix)
+    rests = [len(p) - k if k and len(p) > k and p[:k] == prefix else len(p) for p in prompts]
+    return k + len(prompts) * max(rests)
+
+
+@given(st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=7).map(tuple), min_size=1, max_size=6))
+def test_shared_prefix_minimises_the_tokens_run(prompts):
+    candidates = {p[:k] for p in prompts for k in range(1, len(p))} | {()}
+    chosen = shared_prefix(prompts)
+    assert chosen == () or any(p[: len(chosen)] == chosen and len(p) > len(chosen) for p in prompts)
+    assert _tokens_run(prompts, chosen) == min(_tokens_run(prompts, c) for c in candidates)
 
 
 @pytest.mark.parametrize(

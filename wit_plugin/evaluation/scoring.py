@@ -105,23 +105,30 @@ def shared_prefix(prompts: Sequence[Tokens]) -> Tokens:
     """The prefix worth running once for all ``prompts`` (empty if none): the one that minimises the tokens
     computed, ``prefix + rows x widest remainder``, where prompts without the prefix stay whole.
 
-    Each prompt keeps at least one token after the prefix, since its next-token logits come from there.
+    Each prompt keeps at least one token after the prefix, since its next-token logits come from there. A
+    prefix of one prompt alone can pay too: it takes a long prompt's bulk out of the padded batch. Prompts
+    sharing a prefix of length k are found by splitting those sharing k - 1 on their k-th token, so
+    the search is linear in the total prompt length.
     """
     lengths = [len(prompt) for prompt in prompts]
+    longest_first = sorted(range(len(prompts)), key=lengths.__getitem__, reverse=True)
     best_cost, best = len(prompts) * max(lengths), ()
+    classes = [list(range(len(prompts)))]
     for length in range(1, max(lengths)):
-        members: dict[Tokens, list[int]] = {}
-        for index, prompt in enumerate(prompts):
-            if len(prompt) > length:
-                members.setdefault(prompt[:length], []).append(index)
-        for prefix, rows in members.items():
-            if len(rows) < 2:
-                continue
-            inside = set(rows)
-            width = max(lengths[index] - (length if index in inside else 0) for index in range(len(prompts)))
-            cost = length + len(prompts) * width
-            if cost < best_cost:
-                best_cost, best = cost, prefix
+        split: list[list[int]] = []
+        for members in classes:
+            by_token: dict[int, list[int]] = {}
+            for index in members:
+                if lengths[index] > length:
+                    by_token.setdefault(prompts[index][length - 1], []).append(index)
+            split.extend(by_token.values())
+        classes = split
+        for members in classes:
+            inside = set(members)
+            outside = next((lengths[index] for index in longest_first if index not in inside), 0)
+            width = max(max(lengths[index] for index in members) - length, outside)
+            if length + len(prompts) * width < best_cost:
+                best_cost, best = length + len(prompts) * width, prompts[members[0]][:length]
     return best
 
 
