@@ -30,10 +30,13 @@ class WITTrainer(WITTrainerMixin, Trainer):
     pass
 
 
-def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int, loss_impl: str = "eager") -> dict:
+def one_step(
+    model_path: str, out_dir: str, batch_size: int, accumulation: int, loss_impl: str = "eager", bf16: bool = False
+) -> dict:
+    """``bf16``: a bf16 model trained with ``bf16=True`` mixed precision, as Axolotl's ``bf16: true`` runs it."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if name in WATCHED}
     tagger = RoleTagger(tokenizer, "chat")
     dataset = Dataset.from_list([tagger.tag(row).as_features() for row in ROWS])
@@ -41,13 +44,13 @@ def one_step(model_path: str, out_dir: str, batch_size: int, accumulation: int, 
         output_dir=out_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
         max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-        remove_unused_columns=False, dataloader_drop_last=False, seed=0,
+        remove_unused_columns=False, dataloader_drop_last=False, seed=0, bf16=bf16,
     )
     trainer = WITTrainer(model=model, args=args, train_dataset=dataset,
                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
     trainer.setup_wit(RoleWeights.preset("wit"), loss_impl=loss_impl)
     trainer.train()
-    updates = {name: (before[name] - p.detach()).tolist() for name, p in model.named_parameters() if name in WATCHED}
+    updates = {name: (before[name] - p.detach()).float().tolist() for name, p in model.named_parameters() if name in WATCHED}
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     return {"loss": logged["loss"], "updates": updates, "log": logged}
 

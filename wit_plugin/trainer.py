@@ -107,8 +107,13 @@ class WITTrainerMixin:
         if isinstance(outputs, HiddenStatesOutput):
             assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
             head = self._wit_forward.head()
+            hidden = outputs.last_hidden_state
+            if hidden.dtype != head.weight.dtype:
+                # Under mixed precision Accelerate converts the model's outputs to fp32, hidden states included;
+                # the head would have taken them in its own dtype, and bf16 -> fp32 -> bf16 is exact.
+                hidden = hidden.to(head.weight.dtype)
             result = weighted_linear_cross_entropy(
-                outputs.last_hidden_state, head.weight, input_ids, roles, self._wit_table, num_items_in_batch,
+                hidden, head.weight, input_ids, roles, self._wit_table, num_items_in_batch,
                 lm_head_bias=head.bias, softcap=head.softcap, impl=self._wit_impl,
                 include_zero_weight=self._wit_all_roles,
             )
