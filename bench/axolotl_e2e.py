@@ -29,9 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 def run(workdir: Path, steps: int, plugin: bool, loss_impl: str | None) -> tuple[float, float]:
     """Train once in a fresh process; return (tokens per second, peak RSS in GiB)."""
     cfg = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
-    cfg.update(base_model=str(prepare_default_model()), output_dir=str(workdir / "out"), max_steps=steps,
-               dataset_prepared_path=str(workdir / "prepared"), logging_steps=steps, sample_packing=True,
-               gradient_accumulation_steps=1, include_tkps=True)
+    cfg.update(
+        base_model=str(prepare_default_model()),
+        output_dir=str(workdir / "out"),
+        max_steps=steps,
+        dataset_prepared_path=str(workdir / "prepared"),
+        logging_steps=steps,
+        sample_packing=True,
+        gradient_accumulation_steps=1,
+        include_tkps=True,
+    )
     cfg["datasets"][0]["path"] = str(write_dataset(workdir / "data.jsonl", count=400, seed=0))
     if not plugin:
         for key in [k for k in cfg if k.startswith("wit_")] + ["plugins"]:
@@ -42,10 +49,18 @@ def run(workdir: Path, steps: int, plugin: bool, loss_impl: str | None) -> tuple
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     # a wrapper process per run, so RUSAGE_CHILDREN's max RSS is this run's alone
-    probe = ("import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); "
-             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    result = subprocess.run([sys.executable, "-c", probe, "axolotl", "train", str(config)], cwd=workdir, env=env,
-                            capture_output=True, text=True, check=False)
+    probe = (
+        "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); "
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "axolotl", "train", str(config)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise SystemExit(output[-4000:])

@@ -17,22 +17,37 @@ pytest.importorskip("axolotl")
 from wit_plugin.demo.data import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-ROLE_KEYS = [f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")]
+ROLE_KEYS = [
+    f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")
+]
 
 
 def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) -> tuple[list[dict], Path]:
     cfg = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
     cfg.update(
-        base_model=str(model_path), output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
-        sequence_len=128, micro_batch_size=2, gradient_accumulation_steps=1, max_steps=3, logging_steps=1,
+        base_model=str(model_path),
+        output_dir=str(tmp_path / "out"),
+        dataset_prepared_path=str(tmp_path / "prepared"),
+        sequence_len=128,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=3,
+        logging_steps=1,
     )
     cfg.update(overrides)
     cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=48, seed=1))
     config = tmp_path / "cfg.yml"
     config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled",
-           "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+    }
+    run = subprocess.run(
+        [*launcher, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     output = run.stdout + run.stderr
     (tmp_path / "train.log").write_text(output)
@@ -57,10 +72,19 @@ def check_run(logs: list[dict], out: Path, model_path: Path) -> None:
 
 @pytest.mark.slow
 def test_axolotl_train_with_sample_packing(model_path, tmp_path):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-                "-m", "axolotl.cli.train"]
-    logs, out = train(model_path, tmp_path, launcher, sample_packing=True, val_set_size=0.1, eval_strategy="steps",
-                      eval_steps=3)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--cpu",
+        "-m",
+        "axolotl.cli.train",
+    ]
+    logs, out = train(
+        model_path, tmp_path, launcher, sample_packing=True, val_set_size=0.1, eval_strategy="steps", eval_steps=3
+    )
     check_run(logs, out, model_path)
     evaluation = [entry for entry in logs if "eval_loss" in entry]
     assert evaluation and float(evaluation[0]["eval_wit/loss_response"]) > 0
@@ -71,9 +95,18 @@ def test_axolotl_train_with_sample_packing(model_path, tmp_path):
 def test_axolotl_train_without_sample_packing(model_path, tmp_path):
     prompts = tmp_path / "posix_sets.jsonl"
     prompts.write_text('{"prompts": ["What is the capital of France?", "Whats the capitol of France?"]}\n')
-    logs, out = train(model_path, tmp_path, ["axolotl", "train"], sample_packing=False, wit_preset="im",
-                      wit_prompt_weight=None, wit_response_weight=None, wit_posix_prompts=str(prompts),
-                      wit_posix_steps=3, wit_posix_max_new_tokens=8)
+    logs, out = train(
+        model_path,
+        tmp_path,
+        ["axolotl", "train"],
+        sample_packing=False,
+        wit_preset="im",
+        wit_prompt_weight=None,
+        wit_response_weight=None,
+        wit_posix_prompts=str(prompts),
+        wit_posix_steps=3,
+        wit_posix_max_new_tokens=8,
+    )
     check_run(logs, out, model_path)
     assert float(logs[-1]["posix"]) >= 0  # computed at step 3, merged into that step's log line
 
@@ -82,9 +115,17 @@ def test_axolotl_train_without_sample_packing(model_path, tmp_path):
 def test_chunked_loss_step_equals_eager_step_through_axolotl(model_path, tmp_path):
     steps = {}
     for impl in ("eager", "chunked"):  # the chunked run also checkpoints activations: same numbers
-        logs, _ = train(model_path, tmp_path / impl, ["axolotl", "train"], wit_loss_impl=impl, max_steps=1,
-                        sample_packing=True, seed=7, dataset_prepared_path=str(tmp_path / "prepared"),
-                        gradient_checkpointing=impl == "chunked")
+        logs, _ = train(
+            model_path,
+            tmp_path / impl,
+            ["axolotl", "train"],
+            wit_loss_impl=impl,
+            max_steps=1,
+            sample_packing=True,
+            seed=7,
+            dataset_prepared_path=str(tmp_path / "prepared"),
+            gradient_checkpointing=impl == "chunked",
+        )
         steps[impl] = next(entry for entry in logs if "loss" in entry)
     for key in ("loss", "grad_norm", "wit/loss_instruction", "wit/loss_response"):  # printed to 4 digits
         assert float(steps["chunked"][key]) == pytest.approx(float(steps["eager"][key]), rel=1e-3), key

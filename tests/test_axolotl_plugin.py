@@ -26,8 +26,9 @@ def base_cfg(model_path, tmp_path):
     cfg = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
     data = tmp_path / "rows.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
-    cfg.update(base_model=str(model_path), output_dir=str(tmp_path / "out"),
-               dataset_prepared_path=str(tmp_path / "prepared"))
+    cfg.update(
+        base_model=str(model_path), output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared")
+    )
     cfg["datasets"][0]["path"] = str(data)
     return cfg
 
@@ -73,8 +74,10 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"process_reward_model": True}, "`process_reward_model`"),
         ({"liger_fused_linear_cross_entropy": True}, "Liger's fused linear cross-entropy"),
         ({"cut_cross_entropy": True}, "cut_cross_entropy bypasses"),
-        ({"plugins": ["wit_plugin.WITPlugin", "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]},
-         "plugin `axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin` replaces the loss"),
+        (
+            {"plugins": ["wit_plugin.WITPlugin", "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]},
+            "plugin `axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin` replaces the loss",
+        ),
         ({"plugins": ["wit_plugin.WITPlugin", "axolotl.integrations.liger.LigerPlugin"]}, "LigerPlugin` replaces"),
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "EAFT"),
@@ -88,8 +91,13 @@ def test_options_that_bypass_the_weights_are_errors(base_cfg, override, message)
 
 @pytest.mark.parametrize(
     ("stock", "ours"),
-    [("chat_template", "chat_template"), (None, "chat_template"), ("alpaca", "alpaca"), ("completion", "text"),
-     (f"{STRATEGIES}.prompt_completion", "prompt_completion")],
+    [
+        ("chat_template", "chat_template"),
+        (None, "chat_template"),
+        ("alpaca", "alpaca"),
+        ("completion", "text"),
+        (f"{STRATEGIES}.prompt_completion", "prompt_completion"),
+    ],
 )
 def test_stock_dataset_types_map_to_role_tagging_strategies(stock, ours):
     cfg = {"datasets": [{"path": "x", "type": stock}], "test_datasets": [{"path": "y", "type": stock}]}

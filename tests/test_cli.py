@@ -13,7 +13,9 @@ from wit_plugin.cli import main
 
 
 def test_help_lists_the_commands():
-    result = subprocess.run([sys.executable, "-m", "wit_plugin.cli", "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "wit_plugin.cli", "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     for command in ("prepare", "inspect"):
         assert command in result.stdout
@@ -22,17 +24,40 @@ def test_help_lists_the_commands():
 @pytest.fixture
 def rows(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in [
-        {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"}]},
-        {"messages": [{"role": "user", "content": "Name a <b>tag</b>."}, {"role": "assistant", "content": "Paris"}]},
-    ]))
+    path.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"}]},
+                {
+                    "messages": [
+                        {"role": "user", "content": "Name a <b>tag</b>."},
+                        {"role": "assistant", "content": "Paris"},
+                    ]
+                },
+            ]
+        )
+    )
     return path
 
 
 def test_inspect_colours_tokens_by_role_and_writes_html(rows, model_path, tmp_path, capsys):
     page = tmp_path / "row.html"
-    code = main(["inspect", str(rows), "--tokenizer", str(model_path), "--row", "1", "--preset", "it",
-                 "--tokens", "--html", str(page)])
+    code = main(
+        [
+            "inspect",
+            str(rows),
+            "--tokenizer",
+            str(model_path),
+            "--row",
+            "1",
+            "--preset",
+            "it",
+            "--tokens",
+            "--html",
+            str(page),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "Paris" in out and "response" in out and "instruction" in out
@@ -45,7 +70,9 @@ def test_inspect_colours_tokens_by_role_and_writes_html(rows, model_path, tmp_pa
 
 def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     config = tmp_path / "cfg.yml"
-    config.write_text(f"base_model: {model_path}\nwit_preset: im\ndatasets:\n  - path: {rows}\n    type: chat_template\n")
+    config.write_text(
+        f"base_model: {model_path}\nwit_preset: im\ndatasets:\n  - path: {rows}\n    type: chat_template\n"
+    )
     assert main(["inspect", "--config", str(config)]) == 0
     legend = capsys.readouterr().out
     assert re.search(r"instruction\s+│ 1 ", legend) and re.search(r"template\s+│ 0 ", legend)  # im preset

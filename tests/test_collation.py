@@ -14,10 +14,19 @@ axolotl_collators = pytest.importorskip("axolotl.utils.collators")
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}]},
-    {"messages": [{"role": "user", "content": "Spell cat backwards, please, letter by letter."},
-                  {"role": "assistant", "content": "tac"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Spell cat backwards, please, letter by letter."},
+            {"role": "assistant", "content": "tac"},
+        ]
+    },
 ]
 WEIGHTS = RoleWeights.preset("wit", 0.0, 1.0)  # template/system/instruction 0: labels must be masked there
 

@@ -13,11 +13,21 @@ from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.tagging import RoleTagger
 
 ROWS = [
-    {"messages": [{"role": "user", "content": "Name a primary colour, in one word."},
-                  {"role": "assistant", "content": "Blue."}]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-                  {"role": "assistant", "content": "6"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Name a primary colour, in one word."},
+            {"role": "assistant", "content": "Blue."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    },
     {"messages": [{"role": "user", "content": "Spell cat backwards."}, {"role": "assistant", "content": "tac"}]},
 ]
 

@@ -149,6 +149,18 @@ def test_psi_is_nonnegative_and_order_free(smol, mixed_result):
     assert reordered.sets[0].psi >= 0 and all(value >= 0 for value in mixed_result.psis)
 
 
+def test_evaluation_restores_every_module_mode(smol):
+    model, tokenizer = smol
+    model.train()
+    model.model.embed_tokens.eval()  # e.g. a frozen part kept in eval mode by the caller
+    before = {name: module.training for name, module in model.named_modules()}
+    try:
+        evaluate_posix(model, [[SKY, SKY.lower()]], tokenizer, max_new_tokens=2)
+        assert {name: module.training for name, module in model.named_modules()} == before
+    finally:
+        model.eval()
+
+
 def test_psi_formula_by_hand():
     # |-3 - (-2)| / 2 + |-6 - (-4)| / 4 = 0.5 + 0.5, over N (N - 1) = 2
     assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4]) == pytest.approx(0.5)
@@ -223,6 +235,88 @@ def test_shared_prefix_minimises_the_tokens_run(prompts):
     chosen = shared_prefix(prompts)
     assert chosen == () or any(p[: len(chosen)] == chosen and len(p) > len(chosen) for p in prompts)
     assert _tokens_run(prompts, chosen) == min(_tokens_run(prompts, c) for c in candidates)
+
+
+class _IdTokenizer:
+    """Raw prompts written as space-separated token ids: enough to drive tiny random models."""
+
+    chat_template = None
+    pad_token_id = 0
+
+    def __init__(self, eos: int) -> None:
+        self.eos_token_id = eos
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [int(token) for token in text.split()]}
+
+    def decode(self, ids, **kwargs) -> str:
+        return " ".join(map(str, ids))
+
+
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.2,
+}
+
+
+def _tiny_model(kind: str):
+    import transformers
+
+    torch.manual_seed(0)
+    if kind == "sliding_window":  # windows count cache slots: pads between a shared prefix and the rest would count
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=4, **TINY))
+    elif kind == "conv":  # short convolutions keep state that no attention mask reaches
+        model = transformers.Lfm2ForCausalLM(transformers.Lfm2Config(full_attn_idxs=[1], **TINY))
+    elif kind == "ssm_hybrid":  # Mamba state beside attention, updated in place
+        config = transformers.FalconH1Config(
+            mamba_d_ssm=32, mamba_n_heads=4, mamba_d_state=8, mamba_chunk_size=16, mamba_d_conv=4, **TINY
+        )
+        model = transformers.FalconH1ForCausalLM(config)
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY))
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def _greedy_alone(model, prompt: list[int], eos: set[int], max_new_tokens: int) -> list[int]:
+    ids, response = list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            response.append(token)
+            ids.append(token)
+            if token in eos:
+                break
+    return response
+
+
+@pytest.mark.parametrize("kind", ["plain", "sliding_window", "conv", "ssm_hybrid"])
+def test_caches_beyond_plain_attention_give_exact_values(kind):
+    model = _tiny_model(kind)
+    prompts = ["10 11 12 13 14 15 20", "10 11 12 13 14 15 21 22 23 24 25", "30 31"]  # a shared prefix, padding
+    ids = [[int(token) for token in prompt.split()] for prompt in prompts]
+    eos = _greedy_alone(model, ids[0], set(), 1)[0]  # the first prompt stops at once: a row drops mid-batch
+    result = evaluate_posix(model, [prompts], _IdTokenizer(eos), max_new_tokens=4).sets[0]
+    responses = [list(response.token_ids) for response in result.responses]
+    assert responses == [_greedy_alone(model, x, {eos}, 4) for x in ids]
+    expected = [[reference_logprob(model, x, y) for y in responses] for x in ids]
+    assert result.logprobs == pytest.approx(torch.tensor(expected).numpy(), abs=1e-4)
+
+
+def test_prompts_skip_the_head_through_a_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny_model("plain"), LoraConfig(r=2, target_modules=["q_proj"]))
+    widths: list[int] = []
+    model.get_base_model().lm_head.register_forward_hook(lambda module, args, out: widths.append(out.shape[1]))
+    start = prefill(model, [(10, 11, 12, 13), (10, 11, 14), (20, 21)], pad=0)
+    assert widths and set(widths) == {1}  # prefix and rows: only the last position reaches the LM head
+    assert start.last_logits.shape == (3, 64)
 
 
 @pytest.mark.parametrize(
@@ -301,8 +395,24 @@ def test_load_prompt_sets_from_jsonl(tmp_path):
     assert sets[2][0] == "Add two and three." and len(sets[2]) == 4
     assert sets == load_prompt_sets(path, ("spelling", "template"), size=4, seed=1)
     assert sets[1:] != load_prompt_sets(path, ("spelling", "template"), size=4, seed=2)[1:]
-    path.write_text(json.dumps({"text": "no instruction here"}) + "\n")
-    with pytest.raises(ValueError, match="row 0"):
+    path.write_text("\n" + json.dumps({"text": "no instruction here"}) + "\n")
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: "):
+        load_prompt_sets(path)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        ("What is two plus three?", "must be a list of prompts, got str"),
+        (None, "must be a list of prompts, got NoneType"),
+        ({"a": "x", "b": "y"}, "must be a list of prompts, got dict"),
+        (["only one"], "has fewer than 2 prompts"),
+    ],
+)
+def test_malformed_prompt_rows_name_the_line(tmp_path, prompts, message):
+    path = tmp_path / "sets.jsonl"
+    path.write_text(json.dumps({"prompts": [CAPITAL, SKY]}) + "\n" + json.dumps({"prompts": prompts}) + "\n")
+    with pytest.raises(ValueError, match=rf"sets.jsonl:2: 'prompts' {message}"):
         load_prompt_sets(path)
 
 
@@ -344,8 +454,10 @@ def test_callback_options(tmp_path):
     path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
     callback = posix_callback_from_options({"wit_posix_prompts": str(path)})
     assert (callback.every_n_steps, callback.max_new_tokens, callback.prompt_sets) == (100, 32, [[SKY, CAPITAL]])
-    with pytest.raises(ValueError, match="every_n_steps"):
-        posix_callback_from_options({"wit_posix_prompts": str(path), "wit_posix_steps": -1})
+    for key in ("wit_posix_steps", "wit_posix_max_new_tokens"):
+        for bad in (0, -1):  # 0 is an error too, not the default
+            with pytest.raises(ValueError, match="must be at least 1"):
+                posix_callback_from_options({"wit_posix_prompts": str(path), key: bad})
 
 
 def test_callback_logs_posix_during_training(smol_path, tmp_path):

@@ -67,7 +67,9 @@ def check_row(tokenizer, messages, chat_template=None, trims=False):
     eot_positions = np.nonzero(roles == Role.EOT)[0]
     assistant_turns = [m for m in messages if m["role"] == "assistant"]
     assert len(eot_positions) == len(assistant_turns)
-    assert all(tokenizer.convert_ids_to_tokens(tagged.input_ids[i]) in ("<|im_end|>", "<|eot_id|>") for i in eot_positions)
+    assert all(
+        tokenizer.convert_ids_to_tokens(tagged.input_ids[i]) in ("<|im_end|>", "<|eot_id|>") for i in eot_positions
+    )
     return rendered, tagged
 
 
@@ -122,7 +124,11 @@ def test_empty_assistant_content_still_gets_its_end_of_turn(tokenizer):
 def test_role_map_and_custom_fields(tokenizer):
     row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
     tagger = RoleTagger(
-        tokenizer, "chat", field_messages="conversations", role_field="from", content_field="value",
+        tokenizer,
+        "chat",
+        field_messages="conversations",
+        role_field="from",
+        content_field="value",
         role_map={"human": "user", "gpt": "assistant"},
     )
     tagged = tagger.tag(row)
@@ -156,7 +162,9 @@ def test_malformed_rows_fail_with_a_clear_error(tokenizer, messages, message):
 
 
 def test_template_that_drops_a_message_is_an_error(tokenizer):
-    drops_system = "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    drops_system = (
+        "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    )
     row = {"messages": [{"role": "system", "content": "secret"}, {"role": "user", "content": "hi"}]}
     with pytest.raises(TaggingError, match="does not render message 0"):
         RoleTagger(tokenizer, "chat", chat_template=drops_system).tag(row)
@@ -171,7 +179,9 @@ text = st.text(alphabet=st.sampled_from(list("abcXYZ 019\n\t.,!?'\"<>|_-é🙂")
     turns=st.lists(st.tuples(st.sampled_from(["user", "tool"]), text, text), min_size=1, max_size=3),
     template=st.sampled_from(["chatml", "llama3"]),
 )
-def test_any_conversation_keeps_every_content_character_in_its_role(tokenizer, llama_tokenizer, system, turns, template):
+def test_any_conversation_keeps_every_content_character_in_its_role(
+    tokenizer, llama_tokenizer, system, turns, template
+):
     messages = [] if system is None else [{"role": "system", "content": system}]
     for asker, question, answer in turns:
         messages += [{"role": asker, "content": question}, {"role": "assistant", "content": answer}]
@@ -187,6 +197,8 @@ def test_template_that_alters_content_tags_the_text_between_its_scaffold_pieces(
     rendered = ChatRenderer(tokenizer, chat_template=shouting).render(row["messages"])
     assert [rendered.text[s.start : s.end] for s in rendered.spans] == ["NAME A COLOUR", "BLUE"]
     tagged = RoleTagger(tokenizer, "chat", chat_template=shouting).tag(row)
-    text_of = {role: tokenizer.decode([t for t, r in zip(tagged.input_ids, tagged.roles) if r == role]) for role in Role}
+    text_of = {
+        role: tokenizer.decode([t for t, r in zip(tagged.input_ids, tagged.roles) if r == role]) for role in Role
+    }
     assert text_of[Role.INSTRUCTION] == "NAME A COLOUR" and text_of[Role.RESPONSE] == "BLUE"
     assert text_of[Role.EOT] == "<|im_end|>"

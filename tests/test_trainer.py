@@ -17,7 +17,9 @@ from tests.trainer_case import one_step
 def assert_same_step(a: dict, b: dict, atol: float = 1e-6) -> None:
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     for name in a["updates"]:
-        torch.testing.assert_close(torch.tensor(a["updates"][name]), torch.tensor(b["updates"][name]), rtol=1e-4, atol=atol)
+        torch.testing.assert_close(
+            torch.tensor(a["updates"][name]), torch.tensor(b["updates"][name]), rtol=1e-4, atol=atol
+        )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,18 @@ def test_fused_loss_under_bf16_mixed_precision_gives_the_eager_step(model_path, 
 def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, loss_impl):
     out = tmp_path / "ddp.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "tests/trainer_case.py", str(model_path), str(out), loss_impl]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "tests/trainer_case.py",
+        str(model_path),
+        str(out),
+        loss_impl,
+    ]
     subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert_same_step(json.loads(out.read_text()), one_batch, atol=1e-5)

@@ -394,16 +394,28 @@ def test_train_logs_roles_saves_and_reloads(tmp_path: Path, model_path: Path, to
     torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight.detach(), rtol=0, atol=0)
 
 
-def test_fused_chunked_loss_gives_the_eager_step_on_packed_rows(tmp_path: Path, model_path: Path, tokenizer: Any) -> None:
+def test_fused_chunked_loss_gives_the_eager_step_on_packed_rows(
+    tmp_path: Path, model_path: Path, tokenizer: Any
+) -> None:
     """wit_loss_impl='chunked' never builds logits; the update equals the eager one (BFD packing, padding-free)."""
     rows = Dataset.from_list(CHAT)
     updated, logs = {}, {}
     for impl in ("eager", "chunked"):
         model = fresh_model(model_path)
         args = wit_config(
-            tmp_path / impl, **WIT, wit_loss_impl=impl, packing=True, max_length=128, per_device_train_batch_size=2,
-            max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", weight_decay=0.0,
-            max_grad_norm=0.0, logging_steps=1,
+            tmp_path / impl,
+            **WIT,
+            wit_loss_impl=impl,
+            packing=True,
+            max_length=128,
+            per_device_train_batch_size=2,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+            logging_steps=1,
         )
         trainer = WITSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
         trainer.train()

@@ -19,11 +19,25 @@ from wit_plugin.tagging import RoleTagger
 from wit_plugin.trainer import WITTrainerMixin
 
 ROWS = [
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Answer now."},
-                  {"role": "assistant", "content": "4"}]},
-    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2+2? Answer now."},
+            {"role": "assistant", "content": "4"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue, like the sky."},
+        ]
+    },
 ]
-WATCHED = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight")
+WATCHED = (
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.layers.29.mlp.down_proj.weight",
+)
 
 
 class WITTrainer(WITTrainerMixin, Trainer):
@@ -41,16 +55,32 @@ def one_step(
     tagger = RoleTagger(tokenizer, "chat")
     dataset = Dataset.from_list([tagger.tag(row).as_features() for row in ROWS])
     args = TrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
-        max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-        remove_unused_columns=False, dataloader_drop_last=False, seed=0, bf16=bf16,
+        output_dir=out_dir,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        dataloader_drop_last=False,
+        seed=0,
+        bf16=bf16,
     )
-    trainer = WITTrainer(model=model, args=args, train_dataset=dataset,
-                         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer = WITTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)
+    )
     trainer.setup_wit(RoleWeights.preset("wit"), loss_impl=loss_impl)
     trainer.train()
-    updates = {name: (before[name] - p.detach()).float().tolist() for name, p in model.named_parameters() if name in WATCHED}
+    updates = {
+        name: (before[name] - p.detach()).float().tolist() for name, p in model.named_parameters() if name in WATCHED
+    }
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     return {"loss": logged["loss"], "updates": updates, "log": logged}
 

@@ -68,8 +68,9 @@ def render_table(tokens: list[InspectedToken]) -> Table:
         table.add_column(column)
     for index, token in enumerate(tokens):
         colour = ROLE_COLOURS[token.role]
-        table.add_row(str(index), str(token.token_id), repr(token.text), Text(token.role.label, style=colour),
-                      f"{token.weight:g}")
+        table.add_row(
+            str(index), str(token.token_id), repr(token.text), Text(token.role.label, style=colour), f"{token.weight:g}"
+        )
     return table
 
 

@@ -113,8 +113,15 @@ class WITTrainerMixin:
                 # the head would have taken them in its own dtype, and bf16 -> fp32 -> bf16 is exact.
                 hidden = hidden.to(head.weight.dtype)
             result = weighted_linear_cross_entropy(
-                hidden, head.weight, input_ids, roles, self._wit_table, num_items_in_batch,
-                lm_head_bias=head.bias, softcap=head.softcap, impl=self._wit_impl,
+                hidden,
+                head.weight,
+                input_ids,
+                roles,
+                self._wit_table,
+                num_items_in_batch,
+                lm_head_bias=head.bias,
+                softcap=head.softcap,
+                impl=self._wit_impl,
                 include_zero_weight=self._wit_all_roles,
             )
         else:
@@ -132,8 +139,10 @@ class WITTrainerMixin:
         accelerator = getattr(self, "accelerator", None)
         reduce = None
         if accelerator is not None and accelerator.num_processes > 1:
+
             def reduce(totals: torch.Tensor) -> torch.Tensor:
                 return accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+
         return self._wit_metrics[split].summary(reduce, prefix="" if split == "train" else "eval_")
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

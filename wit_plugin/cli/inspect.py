@@ -70,8 +70,17 @@ def run(args: argparse.Namespace) -> int:
         tokenizer_path = tokenizer_path or config_tokenizer
     if data is None or tokenizer_path is None:
         raise ValueError("give a JSONL file and --tokenizer, or --config")
-    options.update({k: v for k, v in {"wit_preset": args.preset, "wit_prompt_weight": args.prompt_weight,
-                                      "wit_response_weight": args.response_weight}.items() if v is not None})
+    options.update(
+        {
+            k: v
+            for k, v in {
+                "wit_preset": args.preset,
+                "wit_prompt_weight": args.prompt_weight,
+                "wit_response_weight": args.response_weight,
+            }.items()
+            if v is not None
+        }
+    )
     weights = RoleWeights.from_options(options)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     template = args.chat_template.read_text() if args.chat_template else None

@@ -33,7 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-variants", type=int, default=5, help="prompts per generated set, the original included (N)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts or (prompt, response) pairs per forward")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="prompts decoded together (whole sets: a larger set runs alone) and pairs scored per forward",
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")

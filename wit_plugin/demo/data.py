@@ -29,61 +29,97 @@ _CLOSERS = (
     "",
 )
 _WORDS = (
-    "river", "planet", "garden", "window", "silver", "forest", "candle", "bridge", "rocket", "pencil",
-    "harbor", "meadow", "orange", "violin", "castle", "marble", "thunder", "lantern", "compass", "glacier",
+    "river",
+    "planet",
+    "garden",
+    "window",
+    "silver",
+    "forest",
+    "candle",
+    "bridge",
+    "rocket",
+    "pencil",
+    "harbor",
+    "meadow",
+    "orange",
+    "violin",
+    "castle",
+    "marble",
+    "thunder",
+    "lantern",
+    "compass",
+    "glacier",
 )
 _CAPITALS = (
-    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-    ("Canada", "Ottawa"), ("Germany", "Berlin"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Norway", "Oslo"),
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Germany", "Berlin"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Norway", "Oslo"),
 )
 
 
 def _addition(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(2, 60), rng.randint(2, 60)
-    phrasing = rng.choice((
-        f"What do you get when you add {a} and {b} together?",
-        f"Compute the sum of the two numbers {a} and {b}.",
-        f"If I have {a} apples and someone gives me {b} more, how many apples do I have?",
-    ))
+    phrasing = rng.choice(
+        (
+            f"What do you get when you add {a} and {b} together?",
+            f"Compute the sum of the two numbers {a} and {b}.",
+            f"If I have {a} apples and someone gives me {b} more, how many apples do I have?",
+        )
+    )
     return phrasing, str(a + b)
 
 
 def _reverse(rng: random.Random) -> tuple[str, str]:
     word = rng.choice(_WORDS)
-    phrasing = rng.choice((
-        f"Write the word '{word}' backwards, letter by letter.",
-        f"Reverse the order of the letters in the word {word}.",
-        f"Spell {word} in reverse.",
-    ))
+    phrasing = rng.choice(
+        (
+            f"Write the word '{word}' backwards, letter by letter.",
+            f"Reverse the order of the letters in the word {word}.",
+            f"Spell {word} in reverse.",
+        )
+    )
     return phrasing, word[::-1]
 
 
 def _uppercase(rng: random.Random) -> tuple[str, str]:
     word = rng.choice(_WORDS)
-    phrasing = rng.choice((
-        f"Convert the word '{word}' to capital letters.",
-        f"Rewrite {word} using only uppercase letters.",
-    ))
+    phrasing = rng.choice(
+        (
+            f"Convert the word '{word}' to capital letters.",
+            f"Rewrite {word} using only uppercase letters.",
+        )
+    )
     return phrasing, word.upper()
 
 
 def _capital(rng: random.Random) -> tuple[str, str]:
     country, city = rng.choice(_CAPITALS)
-    phrasing = rng.choice((
-        f"What is the capital city of {country}?",
-        f"Name the capital of {country}.",
-        f"Which city serves as the seat of government of {country}?",
-    ))
+    phrasing = rng.choice(
+        (
+            f"What is the capital city of {country}?",
+            f"Name the capital of {country}.",
+            f"Which city serves as the seat of government of {country}?",
+        )
+    )
     return phrasing, city
 
 
 def _largest(rng: random.Random) -> tuple[str, str]:
     numbers = rng.sample(range(1, 100), 5)
     listed = ", ".join(map(str, numbers))
-    phrasing = rng.choice((
-        f"Which is the largest number in this list: {listed}?",
-        f"From the numbers {listed}, pick the biggest one.",
-    ))
+    phrasing = rng.choice(
+        (
+            f"Which is the largest number in this list: {listed}?",
+            f"From the numbers {listed}, pick the biggest one.",
+        )
+    )
     return phrasing, str(max(numbers))
 
 

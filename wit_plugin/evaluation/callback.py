@@ -35,8 +35,10 @@ class POSIXCallback(TrainerCallback):
         max_new_tokens: int = 32,
         batch_size: int = 16,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError("every_n_steps must be at least 1")
+        if every_n_steps < 1 or max_new_tokens < 1:
+            raise ValueError(
+                f"POSIX every_n_steps and max_new_tokens must be at least 1, got {every_n_steps} and {max_new_tokens}"
+            )
         if isinstance(prompt_sets, (str, Path)):
             self.prompt_sets = load_prompt_sets(prompt_sets)
         else:
@@ -68,7 +70,11 @@ class POSIXCallback(TrainerCallback):
         return pending
 
     def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None,
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict | None = None,
         **kwargs: Any,
     ) -> None:
         pending = self.pop_pending_logs()
@@ -87,6 +93,9 @@ def posix_callback_from_options(options: Mapping[str, Any]) -> POSIXCallback | N
     path = options.get("wit_posix_prompts")
     if not path:
         return None
-    steps = options.get("wit_posix_steps") or 100
-    max_new_tokens = options.get("wit_posix_max_new_tokens") or 32
-    return POSIXCallback(path, every_n_steps=int(steps), max_new_tokens=int(max_new_tokens))
+    steps, max_new_tokens = options.get("wit_posix_steps"), options.get("wit_posix_max_new_tokens")
+    return POSIXCallback(
+        path,
+        every_n_steps=100 if steps is None else int(steps),
+        max_new_tokens=32 if max_new_tokens is None else int(max_new_tokens),
+    )

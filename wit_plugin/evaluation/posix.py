@@ -99,13 +99,15 @@ def psi(logprobs: np.ndarray | Sequence[Sequence[float]], lengths: Sequence[int]
 
 @contextmanager
 def eval_mode(model: Any) -> Iterator[None]:
-    """Dropout off while evaluating, the caller's train/eval state restored afterwards."""
-    was_training = model.training
+    """Dropout off while evaluating, then every module's own train/eval state back as it was (a frozen
+    submodule kept in eval mode stays so; ``model.train()`` would switch it on)."""
+    states = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in states:
+            module.training = training
 
 
 def load_model(path: str | PathLike[str], device: str | None = None) -> tuple[Any, Any]:
@@ -126,8 +128,9 @@ def evaluate_posix(
 ) -> POSIXResult:
     """POSIX of ``model`` (a loaded causal LM, or a path to load) on ``prompt_sets``.
 
-    Whole sets are processed in groups of about ``batch_size`` prompts (generated together), and the
-    (prompt, response) pairs of a group are scored ``batch_size`` at a time. ``progress(done, total)``
+    Whole sets are processed in groups of at most ``batch_size`` prompts, generated together (a set larger
+    than that is a group of its own), and the (prompt, response) pairs of a group are scored ``batch_size``
+    at a time. ``progress(done, total)``
     counts finished sets. Identical prompts, and identical responses under one prompt, are computed once.
     """
     if max_new_tokens < 1 or batch_size < 1:

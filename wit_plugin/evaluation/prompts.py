@@ -43,20 +43,24 @@ def _check_prompt(prompt: Any, where: str) -> None:
         raise ValueError(f"{where} is an empty prompt (all message contents are blank)")
 
 
+def validate_prompt_set(prompts: Any, where: str = "prompt set") -> PromptSet:
+    """One set as POSIX needs it (a list of two or more non-empty prompts), copied to lists."""
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(  # noqa: TRY004 - bad input data, reported like every other prompt-set error
+            f"{where} must be a list of prompts, got {type(prompts).__name__}: {prompts!r:.80}"
+        )
+    if len(prompts) < 2:
+        raise ValueError(f"{where} has fewer than 2 prompts; POSIX compares each prompt's response under the others")
+    for position, prompt in enumerate(prompts):
+        _check_prompt(prompt, f"{where}, prompt {position}")
+    return [prompt if isinstance(prompt, str) else [dict(m) for m in prompt] for prompt in prompts]
+
+
 def validate_prompt_sets(prompt_sets: Sequence[Sequence[Prompt]]) -> list[PromptSet]:
     """Check the shapes POSIX needs (at least one set, two or more non-empty prompts each) and copy to lists."""
-    if isinstance(prompt_sets, (str, bytes)) or not prompt_sets:
+    if not isinstance(prompt_sets, (list, tuple)) or not prompt_sets:
         raise ValueError("POSIX needs at least one prompt set (a list of lists of prompts)")
-    checked: list[PromptSet] = []
-    for index, prompts in enumerate(prompt_sets):
-        if isinstance(prompts, str) or len(prompts) < 2:
-            raise ValueError(
-                f"prompt set {index} has fewer than 2 prompts; POSIX compares each prompt's response under the others"
-            )
-        for position, prompt in enumerate(prompts):
-            _check_prompt(prompt, f"prompt set {index}, prompt {position}")
-        checked.append([prompt if isinstance(prompt, str) else [dict(m) for m in prompt] for prompt in prompts])
-    return checked
+    return [validate_prompt_set(prompts, f"prompt set {index}") for index, prompts in enumerate(prompt_sets)]
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
@@ -73,7 +77,8 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line, so errors can point at the line."""
     with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -84,7 +89,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object per line")  # noqa: TRY004 - bad file content
-            yield row
+            yield number, row
 
 
 def write_prompt_sets(path: str | Path, prompt_sets: Iterable[Sequence[Prompt]]) -> Path:

@@ -60,20 +60,35 @@ class Prefill:
         return cache
 
 
-def detached_copy(cache: Any) -> Any:
-    """A cache that can be reordered and extended without touching ``cache``.
+def plain_attention(cache: Any) -> bool:
+    """Whether every layer of ``cache`` holds full-attention keys and values only (``DynamicLayer`` itself).
 
-    Dynamic cache layers replace their tensors on every update and reorder rather than writing into them,
-    so copying the layer objects is enough; any other cache is deep-copied (every tensor, every time).
+    Such a layer replaces its tensors on update and reorder instead of writing into them, and its keys can be
+    masked out column by column. Sliding-window layers count cache slots rather than positions, and
+    recurrent (conv, SSM, linear-attention) layers keep state that no mask reaches, so neither holds.
     """
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    if not layers or not all(isinstance(layer, DynamicLayer) for layer in layers):
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def detached_copy(cache: Any) -> Any:
+    """A cache that can be reordered and extended without touching ``cache``: copies of the layer objects
+    for plain attention caches (see :func:`plain_attention`), a deep copy of everything otherwise."""
+    if not plain_attention(cache):
         return copy.deepcopy(cache)
     shallow = copy.copy(cache)
-    shallow.layers = [copy.copy(layer) for layer in layers]
+    shallow.layers = [copy.copy(layer) for layer in cache.layers]
     return shallow
+
+
+def _logits_to_keep(model: Any) -> dict[str, int]:
+    """``logits_to_keep=1`` where the model takes it, looking through PEFT and ``torch.compile`` wrappers
+    (whose own forward only shows ``**kwargs``): a prompt needs its last position's logits only."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "_orig_mod", inner)
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
 
 
 def _pad(rows: Sequence[Tokens], pad: int, device: torch.device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,9 +150,18 @@ def shared_prefix(prompts: Sequence[Tokens]) -> Tokens:
 @torch.no_grad()
 def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     """One left-padded forward over ``prompts`` after their shared prefix (run once); positions count real
-    tokens only, so neither the padding nor the split changes a value."""
+    tokens only, so neither the padding nor the split changes a value.
+
+    The pads sit between the prefix and the rest of each row, which only a plain attention cache tolerates
+    (see :func:`plain_attention`); other models run every prompt whole.
+    """
     device = model.device
-    prefix = shared_prefix(prompts)
+    keep = _logits_to_keep(model)
+    prefix, cache = shared_prefix(prompts), None
+    if prefix:
+        cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep).past_key_values
+        if not plain_attention(cache):
+            prefix, cache = (), None
     length = len(prefix)
     members = [bool(length) and len(prompt) > length and prompt[:length] == prefix for prompt in prompts]
     ids, mask = _pad(
@@ -145,11 +169,7 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     )
     offsets = torch.tensor(members, device=device, dtype=torch.long) * length
     positions = (offsets[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
-    # Only the last position's logits are needed: skip the LM head elsewhere where the model allows it.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    cache = None
     if length:
-        cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep).past_key_values
         cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))
         mask = torch.cat([(offsets[:, None] > 0).long().expand(-1, length), mask], dim=1)
     out = model(
@@ -177,7 +197,7 @@ def greedy(model: Any, start: Prefill, special: SpecialIds, max_new_tokens: int)
             break
         if not running.all():
             keep = running.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            cache.reorder_cache(keep)  # every cache layer kind implements it, recurrent state included
             active, chosen, mask, positions = active[keep], chosen[keep], mask[keep], positions[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = model(

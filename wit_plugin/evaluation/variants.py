@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.evaluation.prompts import Prompt, PromptSet, read_jsonl, validate_prompt_sets
+from wit_plugin.evaluation.prompts import Prompt, PromptSet, read_jsonl, validate_prompt_set, validate_prompt_sets
 
 KINDS = ("spelling", "template", "paraphrase")
 CHAT = "chat"
@@ -133,15 +133,15 @@ def load_prompt_sets(
     from ``seed`` and ``k``, so adding rows does not change the sets generated for earlier ones.
     """
     sets: list[PromptSet] = []
-    for index, row in enumerate(read_jsonl(path)):
+    for index, (line, row) in enumerate(read_jsonl(path)):
         try:
             if "prompts" in row:
-                sets.append(row["prompts"])
+                sets.append(validate_prompt_set(row["prompts"], "'prompts'"))
                 continue
             intent, fmt = intent_of(row)
             paraphrases = [p for p in row.get("paraphrases", []) if isinstance(p, str) and p.strip()]
             rng = random.Random(f"{seed}:{index}")
             sets.append(make_prompt_set(intent, rng, size, kinds, paraphrases, fmt, rate))
         except ValueError as error:
-            raise ValueError(f"{path}, row {index}: {error}") from None
+            raise ValueError(f"{path}:{line}: {error}") from None
     return validate_prompt_sets(sets)

@@ -65,9 +65,7 @@ class ChatRenderer:
             message_role(role)  # unknown roles fail here, naming the role
             content = message[self.content_field]
             if not isinstance(content, str):
-                raise TaggingError(
-                    f"message {index} ({role}) content must be a string, got {type(content).__name__}"
-                )
+                raise TaggingError(f"message {index} ({role}) content must be a string, got {type(content).__name__}")
             extra = {k: v for k, v in message.items() if k not in (self.role_field, self.content_field)}
             normalised.append({**extra, "role": role, "content": content})
         return normalised
@@ -80,8 +78,7 @@ class ChatRenderer:
     def _scaffold(self, messages: list[dict[str, Any]], mark_empty: bool) -> list[str]:
         """Split the sentinel rendering into [text, message index, text, message index, ..., text]."""
         sentinel_messages = [
-            {**m, "content": _SENTINEL.format(i) if m["content"] or mark_empty else ""}
-            for i, m in enumerate(messages)
+            {**m, "content": _SENTINEL.format(i) if m["content"] or mark_empty else ""} for i, m in enumerate(messages)
         ]
         try:
             key = json.dumps(sentinel_messages, sort_keys=True)

@@ -115,8 +115,7 @@ class AlpacaFormat(RowFormat):
         "context. Write a response that appropriately completes the request.\n\n"
     )
     preamble_no_input = (
-        "Below is an instruction that describes a task. Write a response that appropriately completes "
-        "the request.\n\n"
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     )
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:

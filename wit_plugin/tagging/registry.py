@@ -63,4 +63,6 @@ def detect_format(row: Mapping[str, Any]) -> type[RowFormat]:
     for row_format in available_formats().values():
         if row_format.matches(row):
             return row_format
-    raise TaggingError(f"no row format matches a row with fields {sorted(row)}; available: {sorted(available_formats())}")
+    raise TaggingError(
+        f"no row format matches a row with fields {sorted(row)}; available: {sorted(available_formats())}"
+    )

@@ -99,5 +99,7 @@ class WITPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         trainer.setup_wit(
-            RoleWeights.from_options(cfg), loss_impl=cfg.wit_loss_impl or "auto", role_metrics=cfg.wit_role_metrics or "all"
+            RoleWeights.from_options(cfg),
+            loss_impl=cfg.wit_loss_impl or "auto",
+            role_metrics=cfg.wit_role_metrics or "all",
         )

@@ -24,7 +24,12 @@ STOCK_TYPE_MODULES = {"chat_template": "chat_template", "alpaca": "alpaca", "com
 # Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
 SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot", "train_on_inputs")
 # Stock options that would change which text is trained and that these strategies do not implement.
-UNSUPPORTED_OPTIONS = ("message_field_training", "message_field_training_detail", "split_thinking", "drop_system_message")
+UNSUPPORTED_OPTIONS = (
+    "message_field_training",
+    "message_field_training_detail",
+    "split_thinking",
+    "drop_system_message",
+)
 
 
 class RoleTaggingStrategy:
