@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer_case import one_step
+from tests.trainer_case import ROWS, WITTrainer, one_step
 
 
 def assert_same_step(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -52,6 +52,46 @@ def test_fused_loss_under_bf16_mixed_precision_gives_the_eager_step(model_path, 
         # bf16 parameters: an update is the difference of two bf16 values, so the gradients' last-bit
         # differences flip a few elements by one bf16 step; nearly all are identical
         assert reference.norm() > 0 and (update != reference).float().mean() < 0.01
+
+
+def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from wit_plugin.roles import RoleWeights
+    from wit_plugin.tagging import RoleTagger
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    tagger = RoleTagger(tokenizer, "chat")
+    once, thrice = (Dataset.from_list([tagger.tag(row).as_features() for row in ROWS * n]) for n in (1, 3))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True, remove_unused_columns=False
+    )
+    trainer = WITTrainer(
+        model=LlamaForCausalLM(config),
+        args=args,
+        train_dataset=once,
+        eval_dataset=once,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+    )
+    trainer.setup_wit(RoleWeights.preset("wit"), loss_impl="chunked")
+    key = "wit/tokens_response"
+    first = trainer.evaluate()[f"eval_{key}"]
+    assert first > 0
+    assert trainer.predict(thrice).metrics[f"test_{key}"] == 3 * first  # predict reports its own tokens ...
+    assert trainer.evaluate()[f"eval_{key}"] == first  # ... and leaves none behind for the next evaluation
+    assert trainer.evaluate(metric_key_prefix="held_out")[f"held_out_{key}"] == first
+    several = trainer.evaluate({"a": once, "b": thrice})
+    assert (several[f"eval_a_{key}"], several[f"eval_b_{key}"]) == (first, 3 * first)
 
 
 @pytest.mark.slow

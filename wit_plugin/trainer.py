@@ -9,6 +9,7 @@ masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import nullcontext
 from typing import Any
@@ -131,19 +132,30 @@ class WITTrainerMixin:
         self._wit_metrics["train" if model.training else "eval"].add(result.stats)
         return result.loss
 
-    def wit_logs(self, logs: dict[str, float]) -> dict[str, float]:
-        """Per-role metrics for a training-step log (has 'loss') or an evaluation log (has 'eval_loss')."""
-        split = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
-        if split is None:  # e.g. the end-of-training summary
-            return {}
+    def _wit_reduce(self) -> Any:
+        """Sums per-role totals over ranks (every rank must call it), or None in a single process."""
         accelerator = getattr(self, "accelerator", None)
-        reduce = None
-        if accelerator is not None and accelerator.num_processes > 1:
+        if accelerator is None or accelerator.num_processes == 1:
+            return None
 
-            def reduce(totals: torch.Tensor) -> torch.Tensor:
-                return accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+        def reduce(totals: torch.Tensor) -> torch.Tensor:
+            return accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
 
-        return self._wit_metrics[split].summary(reduce, prefix="" if split == "train" else "eval_")
+        return reduce
+
+    def wit_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Per-role metrics since the last training-step log (a log with 'loss'); none for other logs."""
+        return self._wit_metrics["train"].summary(self._wit_reduce()) if "loss" in logs else {}
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """Per-role metrics of exactly this loop, added to its metrics under its own prefix (``eval``,
+        ``test`` from ``predict``, ``eval_<name>`` for one of several eval datasets)."""
+        loop = super().evaluation_loop  # type: ignore[misc]
+        prefix = inspect.signature(loop).bind(*args, **kwargs).arguments.get("metric_key_prefix", "eval")
+        self._wit_metrics["eval"] = RoleMetrics()
+        output = loop(*args, **kwargs)
+        output.metrics.update(self._wit_metrics["eval"].summary(self._wit_reduce(), prefix=f"{prefix}_"))
+        return output
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         logs.update(self.wit_logs(logs))
