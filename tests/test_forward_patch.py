@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from types import MethodType
@@ -146,6 +147,22 @@ def test_survives_a_forward_wrapper_installed_later() -> None:
     assert isinstance(out, HiddenStatesOutput) and calls == [model]
     with torch.no_grad():
         assert model(**inputs).logits.shape == (2, 12, TINY["vocab_size"])
+
+
+def test_a_deep_copy_runs_its_own_weights_and_switch() -> None:
+    """EMA or reference copies of a patched model must not call back into the original."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **TINY)).eval()
+    patch = HiddenStatesForward(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.zero_()
+        inputs = batch(TINY["vocab_size"])
+        assert twin(**inputs).logits.abs().max() == 0 and model(**inputs).logits.abs().max() > 0
+        with patch.enabled():
+            assert isinstance(model(**inputs), HiddenStatesOutput)
+            assert not isinstance(twin(**inputs), HiddenStatesOutput)  # the copy's switch is its own
 
 
 def test_labels_and_unsupported_models_are_refused() -> None:

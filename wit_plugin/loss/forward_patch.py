@@ -11,7 +11,7 @@ it. Install it before those wrappers are applied (e.g. before ``accelerator.prep
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MethodType
@@ -69,6 +69,18 @@ def _plain_lm_head(causal_lm: nn.Module) -> nn.Linear:
     return head
 
 
+_ACTIVE = "_wit_returns_hidden_states"  # the per-instance switch :meth:`HiddenStatesForward.enabled` flips
+
+
+def _rebindable(instance_forward: Any, causal_lm: nn.Module) -> Callable[..., Any]:
+    """The forward to fall back on, called as ``fallback(module, *args)`` for the module actually running."""
+    if instance_forward is None:
+        return type(causal_lm).forward
+    if isinstance(instance_forward, MethodType) and instance_forward.__self__ is causal_lm:
+        return instance_forward.__func__
+    return lambda module, *args, **kwargs: instance_forward(*args, **kwargs)  # a wrapper bound elsewhere: as found
+
+
 class HiddenStatesForward:
     """Installed on a causal LM's instance ``forward``; inside :meth:`enabled` it returns hidden states."""
 
@@ -82,15 +94,16 @@ class HiddenStatesForward:
             )
         _plain_lm_head(causal_lm)
         self.causal_lm = causal_lm
-        self.active = False
-        self._original = causal_lm.forward
         self._instance_forward = causal_lm.__dict__.get("forward")  # e.g. a wrapper installed before us
-        patch = self
+        fallback = _rebindable(self._instance_forward, causal_lm)
+        setattr(causal_lm, _ACTIVE, False)
 
+        # ``module`` is whatever the method is bound to: a deep copy of the model runs its own weights, and its
+        # own switch, rather than the original's.
         def forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            if patch.active:
+            if getattr(module, _ACTIVE, False):
                 return _hidden_states_forward(module, *args, **kwargs)
-            return patch._original(*args, **kwargs)
+            return fallback(module, *args, **kwargs)
 
         # Trainers read the forward's signature to decide which dataset columns to keep: keep it the model's.
         forward.__signature__ = inspect.signature(type(causal_lm).forward)  # type: ignore[attr-defined]
@@ -105,14 +118,15 @@ class HiddenStatesForward:
     @contextmanager
     def enabled(self) -> Iterator[LMHead]:
         """Within the block the model returns :class:`HiddenStatesOutput`; yields the head to apply."""
-        self.active = True
+        setattr(self.causal_lm, _ACTIVE, True)
         try:
             yield self.head()
         finally:
-            self.active = False
+            setattr(self.causal_lm, _ACTIVE, False)
 
     def remove(self) -> None:
         """Restore the forward found at installation."""
+        delattr(self.causal_lm, _ACTIVE)
         if self._instance_forward is None:
             del self.causal_lm.forward
         else:
