@@ -35,11 +35,11 @@ def test_none_values_mean_unset():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"wit_prompt_weight": -0.1}, "must be >= 0"),
-        ({"wit_response_weight": math.nan}, "must be finite"),
-        ({"wit_eot_weight": math.inf}, "must be finite"),
-        ({"wit_system_weight": "0.5"}, "must be a number"),
-        ({"wit_system_weight": True}, "must be a number"),
+        ({"wit_prompt_weight": -0.1}, "^wit_prompt_weight must be >= 0"),  # the key the user wrote, not a role
+        ({"wit_response_weight": math.nan}, "^wit_response_weight must be finite"),
+        ({"wit_eot_weight": math.inf}, "^wit_eot_weight must be finite"),
+        ({"wit_system_weight": "0.5"}, "^wit_system_weight must be a number"),
+        ({"wit_system_weight": True}, "^wit_system_weight must be a number"),
         ({"wit_prompt_weight": 0, "wit_response_weight": 0}, "all wit role weights are zero"),
         ({"wit_preset": "sft"}, "unknown wit_preset 'sft'"),
     ],
@@ -47,6 +47,11 @@ def test_none_values_mean_unset():
 def test_bad_weights_fail_with_a_message_naming_the_problem(options, message):
     with pytest.raises(WeightError, match=message):
         RoleWeights.from_options(options)
+
+
+def test_direct_construction_names_the_role():
+    with pytest.raises(WeightError, match="wit weight for role 'instruction' must be >= 0"):
+        RoleWeights(instruction=-1.0)
 
 
 def test_table_indexes_role_codes_and_pad_is_never_weighted():

@@ -57,6 +57,15 @@ class WeightError(ValueError):
     """Raised for weights that would make training silently wrong."""
 
 
+def _check_weight(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WeightError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise WeightError(f"{name} must be finite, got {value}")
+    if value < 0:
+        raise WeightError(f"{name} must be >= 0, got {value}")
+
+
 @dataclass(frozen=True)
 class RoleWeights:
     """Loss weight of each role: L = Σ_t w(role_t)·CE_t / #(tokens with w > 0)."""
@@ -69,13 +78,7 @@ class RoleWeights:
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise WeightError(f"wit weight for role '{field.name}' must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise WeightError(f"wit weight for role '{field.name}' must be finite, got {value}")
-            if value < 0:
-                raise WeightError(f"wit weight for role '{field.name}' must be >= 0, got {value}")
+            _check_weight(getattr(self, field.name), f"wit weight for role '{field.name}'")
         if not any(self.as_tuple()):
             raise WeightError("all wit role weights are zero: no token would be trained")
 
@@ -102,6 +105,9 @@ class RoleWeights:
         """
         preset = options.get("wit_preset") or "wit"
         weights = asdict(cls.preset(preset))
+        for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
+            if options.get(key) is not None:
+                _check_weight(options[key], key)
         prompt, response = options.get("wit_prompt_weight"), options.get("wit_response_weight")
         if prompt is not None:
             weights.update(template=prompt, system=prompt, instruction=prompt)
