@@ -234,6 +234,7 @@ def test_cce_path_weights_cce_per_token_losses(monkeypatch: pytest.MonkeyPatch) 
         **kwargs: object,
     ) -> torch.Tensor:
         calls.append({"reduction": reduction, "softcap": softcap, **kwargs})
+        assert e.shape[0] > 0, "CCE's kernels are never launched on an empty input"
         return torch.nn.functional.cross_entropy(e @ c.T, targets, reduction=reduction)
 
     monkeypatch.setitem(sys.modules, "cut_cross_entropy", SimpleNamespace(linear_cross_entropy=linear_cross_entropy))
@@ -245,6 +246,12 @@ def test_cce_path_weights_cce_per_token_losses(monkeypatch: pytest.MonkeyPatch) 
     assert_rel_close(result.loss, loss, 1e-5)
     assert_rel_close(got_h, grad_h, 1e-5)
     assert_rel_close(got_w, grad_w, 1e-5)
+    every_row = torch.ones(batch["hidden"].shape[1])  # all weighted: no zero-weight rows to log
+    targets = batch["input_ids"][0].roll(-1)
+    logged = fused_weighted_cross_entropy(
+        batch["hidden"][0], batch["weight"], targets, every_row, 1, impl="cce", include_zero_weight=True
+    )
+    assert len(calls) == 2 and logged.rows.numel() == every_row.numel()
 
 
 def test_resolve_loss_impl() -> None:

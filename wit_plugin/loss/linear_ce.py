@@ -256,8 +256,8 @@ def fused_weighted_cross_entropy(
     scale = token_weights[rows].to(dtype) / torch.as_tensor(num_items, device=hidden.device).to(dtype)
     with torch.autocast(hidden.device.type, enabled=False):
         loss, token_loss = _LOSSES[name](hidden[rows], weight, bias, targets[rows], scale, softcap, chunk)
-        if include_zero_weight:
-            zero_rows = (valid & ~weighted).nonzero().squeeze(1)
+        zero_rows = (valid & ~weighted).nonzero().squeeze(1) if include_zero_weight else rows[:0]
+        if zero_rows.numel():  # (none, e.g. with every role weighted: no kernel launched on an empty input)
             zero_scale = scale.new_zeros(zero_rows.shape[0])
             with torch.no_grad():
                 _, zero_loss = _LOSSES[name](
