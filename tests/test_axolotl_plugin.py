@@ -82,6 +82,16 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "EAFT"),
         ({"context_parallel_size": 2}, "`context_parallel_size` > 1"),
+        ({"tensor_parallel_size": 2}, "`tensor_parallel_size` > 1: the LM head and logits split"),
+        ({"train_on_inputs": True}, "`train_on_inputs`: the role weights decide"),
+        ({"eot_tokens": ["<|im_end|>"]}, "`eot_tokens`"),
+        ({"trainer_cls": "my.Trainer"}, "`trainer_cls`"),
+        ({"wit_posix_steps": 10}, "set without `wit_posix_prompts`"),
+        ({"fsdp_config": {"fsdp_version": 2}, "wit_loss_impl": "chunked"}, "with FSDP: the fused loss needs"),
+        (
+            {"deepspeed": {"zero_optimization": {"stage": 3}}, "wit_loss_impl": "cce"},
+            "with DeepSpeed ZeRO-3: the fused loss needs",
+        ),
     ],
 )
 def test_options_that_bypass_the_weights_are_errors(base_cfg, override, message):
@@ -143,6 +153,74 @@ def test_superseded_and_unsupported_dataset_options(tokenizer, monkeypatch, capl
     assert "['roles_to_train'] are ignored" in caplog.text
     with pytest.raises(ValueError, match="\\['split_thinking'\\] are not supported"):
         chat_strategy.load(tokenizer, cfg, {"type": "chat_template", "split_thinking": True})
+
+
+@pytest.fixture
+def with_plugin(monkeypatch):
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"wit_plugin.WITPlugin": WITPlugin()})
+
+
+def test_sharegpt_roles_map_as_in_axolotl_without_a_roles_key(tokenizer, with_plugin):
+    cfg = DictDefault({"sequence_len": 256, "chat_template": "tokenizer_default"})
+    ds_cfg = {
+        "type": "chat_template",
+        "field_messages": "conversations",
+        "message_property_mappings": {"role": "from", "content": "value"},
+    }
+    row = {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]}
+    features = chat_strategy.load(tokenizer, cfg, ds_cfg).tokenize_prompt(row)
+    text = tokenizer.decode(features["input_ids"])
+    assert "<|im_start|>user\nHi there<|im_end|>" in text and "<|im_start|>assistant\nHello!<|im_end|>" in text
+
+
+def test_rendered_tools_and_message_extras_are_refused(tokenizer, with_plugin):
+    from wit_plugin.tagging.spans import TaggingError
+
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
+        "</think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    cfg = DictDefault({"sequence_len": 256, "chat_template": "jinja", "chat_template_jinja": template})
+    tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
+    plain = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert tokenize({"messages": [{**m, "id": 7} for m in plain]})  # a field the template ignores is fine
+    thinking = [plain[0], {**plain[1], "reasoning_content": "add them"}]
+    with pytest.raises(TaggingError, match="renders message field\\(s\\) \\['reasoning_content'\\]"):
+        tokenize({"messages": thinking})
+    with pytest.raises(TaggingError, match="tool definitions \\('tools'\\)"):
+        tokenize({"messages": plain, "tools": [{"type": "function", "function": {"name": "add"}}]})
+
+
+def test_completion_documents_longer_than_sequence_len_become_several_rows(tokenizer, with_plugin):
+    from wit_plugin.integrations.axolotl.strategies import text as text_strategy
+
+    cfg = DictDefault({"sequence_len": 16})
+    strategy = text_strategy.load(tokenizer, cfg, {"type": "completion"})
+    document = " ".join(f"word{i}" for i in range(60))
+    rows = strategy.tokenize_prompt({"text": [document, "short"]})
+    whole = [*tokenizer(document)["input_ids"], tokenizer.eos_token_id]  # the text format closes with EOS
+    assert strategy.supports_batched and all(len(ids) <= 16 for ids in rows["input_ids"])
+    assert [token for ids in rows["input_ids"][:-1] for token in ids] == whole  # nothing lost, in order
+    assert [len(roles) for roles in rows["wit_roles"]] == [len(ids) for ids in rows["input_ids"]]
+
+
+def test_another_trainer_class_is_refused(base_cfg, monkeypatch):
+    from axolotl.integrations.base import BasePlugin
+
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    class OwnTrainerPlugin(BasePlugin):
+        def get_trainer_cls(self, cfg):
+            return object
+
+    ours = WITPlugin()
+    monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"ours": ours, "kd": OwnTrainerPlugin()})
+    with pytest.raises(WITConfigError, match="\\['kd'\\] bring their own trainer class"):
+        ours.get_trainer_cls(DictDefault(base_cfg))
+    with pytest.raises(WITConfigError, match="not wit_plugin's"):
+        ours.post_trainer_create(DictDefault(base_cfg), trainer=object())
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "yaml_examples").glob("*.yml")), ids=lambda p: p.name)

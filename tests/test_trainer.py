@@ -54,7 +54,8 @@ def test_fused_loss_under_bf16_mixed_precision_gives_the_eager_step(model_path, 
         assert reference.norm() > 0 and (update != reference).float().mean() < 0.01
 
 
-def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
+def _tiny_trainer(model_path, tmp_path, weights: str = "wit", **setup):
+    """A one-layer model with SmolLM2's tokenizer: enough for the trainer's bookkeeping."""
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, TrainingArguments
 
@@ -83,7 +84,12 @@ def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
         eval_dataset=once,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
     )
-    trainer.setup_wit(RoleWeights.preset("wit"), loss_impl="chunked")
+    trainer.setup_wit(RoleWeights.preset(weights), **setup)
+    return trainer, once, thrice
+
+
+def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
+    trainer, once, thrice = _tiny_trainer(model_path, tmp_path, loss_impl="chunked")
     key = "wit/tokens_response"
     first = trainer.evaluate()[f"eval_{key}"]
     assert first > 0
@@ -92,6 +98,13 @@ def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
     assert trainer.evaluate(metric_key_prefix="held_out")[f"held_out_{key}"] == first
     several = trainer.evaluate({"a": once, "b": thrice})
     assert (several[f"eval_a_{key}"], several[f"eval_b_{key}"]) == (first, 3 * first)
+
+
+@pytest.mark.parametrize("loss_impl", ["eager", "chunked"])
+def test_weighted_role_metrics_report_only_trained_roles(model_path, tmp_path, loss_impl):
+    trainer, _, _ = _tiny_trainer(model_path, tmp_path, "it", loss_impl=loss_impl, role_metrics="weighted")
+    reported = {key for key in trainer.evaluate() if "wit/" in key}
+    assert reported == {f"eval_wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("response", "eot")}
 
 
 @pytest.mark.slow

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from wit_plugin.loss.weighted import NUM_ROLE_CODES, RoleStats
-from wit_plugin.roles import TRAINABLE_ROLES
+from wit_plugin.roles import TRAINABLE_ROLES, Role
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RoleMetrics:
     """Sums CE and counts per role over micro-batches; ``summary`` gives ``wit/loss_<role>`` (mean CE) and
-    ``wit/tokens_<role>`` for the window since the last summary. Zero-weight roles are reported too: seeing
-    the instruction loss move under standard tuning is half the point.
+    ``wit/tokens_<role>`` for the window since the last summary, for ``roles`` (by default every role:
+    seeing the instruction loss move under standard tuning is half the point).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roles: Sequence[Role] = TRAINABLE_ROLES) -> None:
+        self.roles = tuple(roles)
         self._totals = torch.zeros(2, NUM_ROLE_CODES, dtype=torch.float64)
 
     def add(self, stats: RoleStats) -> None:
@@ -30,7 +31,7 @@ class RoleMetrics:
         totals = reduce(self._totals) if reduce is not None else self._totals
         self._totals = torch.zeros_like(self._totals)
         logs: dict[str, float] = {}
-        for role in TRAINABLE_ROLES:
+        for role in self.roles:
             loss_sum, tokens = totals[0, role].item(), totals[1, role].item()
             if tokens:
                 logs[f"{prefix}wit/loss_{role.label}"] = loss_sum / tokens

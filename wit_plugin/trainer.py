@@ -21,7 +21,7 @@ from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutpu
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
-from wit_plugin.roles import RoleWeights
+from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
 
 LOG = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ class WITTrainerMixin:
             raise ValueError(f"unknown wit_role_metrics {role_metrics!r}; choose one of {', '.join(ROLE_METRICS)}")
         self.wit_weights = weights
         self._wit_table = weights.table()
-        self._wit_metrics = {"train": RoleMetrics(), "eval": RoleMetrics()}
-        self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._wit_all_roles = role_metrics == "all"
+        self._wit_metric_roles = [r for r in TRAINABLE_ROLES if self._wit_all_roles or getattr(weights, r.label) > 0]
+        self._wit_metrics = {"train": RoleMetrics(self._wit_metric_roles), "eval": RoleMetrics(self._wit_metric_roles)}
+        self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
         self.compute_loss_func = self._wit_loss
         args = self.args  # type: ignore[attr-defined]
@@ -152,7 +153,7 @@ class WITTrainerMixin:
         ``test`` from ``predict``, ``eval_<name>`` for one of several eval datasets)."""
         loop = super().evaluation_loop  # type: ignore[misc]
         prefix = inspect.signature(loop).bind(*args, **kwargs).arguments.get("metric_key_prefix", "eval")
-        self._wit_metrics["eval"] = RoleMetrics()
+        self._wit_metrics["eval"] = RoleMetrics(self._wit_metric_roles)
         output = loop(*args, **kwargs)
         output.metrics.update(self._wit_metrics["eval"].summary(self._wit_reduce(), prefix=f"{prefix}_"))
         return output

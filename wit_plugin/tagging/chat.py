@@ -44,6 +44,7 @@ class ChatRenderer:
         """Render ``messages`` and return the text with each content's span and each assistant turn's end."""
         normalised = self._normalise(messages)
         text = self._apply(normalised)
+        self._check_extra_fields(normalised, text)
         try:  # every content placed, empty ones too: an empty assistant turn still has its end-of-turn
             return _locate(text, self._scaffold(normalised, mark_empty=True), normalised)
         except TaggingError:  # the template renders empty contents differently (e.g. skips them)
@@ -69,6 +70,17 @@ class ChatRenderer:
             extra = {k: v for k, v in message.items() if k not in (self.role_field, self.content_field)}
             normalised.append({**extra, "role": role, "content": content})
         return normalised
+
+    def _check_extra_fields(self, messages: list[dict[str, Any]], text: str) -> None:
+        """Message fields besides role and content (``reasoning_content``, ``tool_calls``...) are fine while the
+        template ignores them; rendered, they would land in the scaffold and be trained as template text."""
+        extra = sorted({key for m in messages for key in m if key not in ("role", "content")})
+        if extra and self._apply([{"role": m["role"], "content": m["content"]} for m in messages]) != text:
+            raise TaggingError(
+                f"the chat template renders message field(s) {extra} besides the contents; wit_plugin tags "
+                "message contents only, so that text would be weighted as template: drop those fields, or "
+                "write them into the content"
+            )
 
     def _apply(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(

@@ -75,7 +75,8 @@ class ChatFormat(RowFormat):
     """Conversations (``messages``), rendered with the tokenizer's (or a given) chat template.
 
     Options: ``field_messages``, ``chat_template``, ``role_map``, ``role_field``, ``content_field``,
-    ``template_kwargs``.
+    ``template_kwargs``, ``field_tools`` (rows with tool definitions there are refused: a template renders them
+    as prompt text this tagger does not place).
     """
 
     name = "chat"
@@ -84,6 +85,7 @@ class ChatFormat(RowFormat):
     def __init__(self, tokenizer: Any, **options: Any) -> None:
         super().__init__(tokenizer, **options)
         self.field_messages: str = options.get("field_messages") or "messages"
+        self.field_tools: str = options.get("field_tools") or "tools"
         self.renderer = ChatRenderer(
             tokenizer,
             chat_template=options.get("chat_template"),
@@ -98,6 +100,11 @@ class ChatFormat(RowFormat):
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         if self.field_messages not in row:
             raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
+        if row.get(self.field_tools):
+            raise TaggingError(
+                f"the row has tool definitions ('{self.field_tools}'), which wit_plugin cannot tag yet: "
+                "drop them from the dataset"
+            )
         return self.renderer.render(row[self.field_messages])
 
 

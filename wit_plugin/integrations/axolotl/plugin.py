@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -29,8 +31,16 @@ CONFLICTS = {
     "use_eaft": "EAFT replaces the loss function",
     "pretraining_dataset": "streaming pretraining datasets are not role-tagged; use a dataset with `type: completion`",
     "tokenizer_use_mistral_common": "mistral-common tokenizers give no offset mapping to tag roles with",
+    "train_on_inputs": "the role weights decide what is trained: use `wit_preset: im` / `cpt` or `wit_prompt_weight`",
+    "eot_tokens": "wit_plugin tags each turn's end itself (the first special token after an assistant content)",
+    "trainer_cls": "wit_plugin installs its own trainer class, which a custom one would replace",
 }
-PARALLEL_CONFLICTS = ("context_parallel_size", "sequence_parallel_degree")
+PARALLEL_CONFLICTS = {
+    "context_parallel_size": "sequences split across ranks",
+    "sequence_parallel_degree": "sequences split across ranks",
+    "tensor_parallel_size": "the LM head and logits split across ranks",
+}
+FUSED_LOSSES = ("chunked", "cce")
 
 
 class WITConfigError(ValueError):
@@ -44,7 +54,16 @@ def check_config(cfg: Any) -> None:
         raise WITConfigError(f"unknown wit_plugin option(s) {unknown}; valid: {sorted(WIT_KEYS)}")
     RoleWeights.from_options(cfg)
     problems = [f"`{key}`: {why}" for key, why in CONFLICTS.items() if cfg.get(key)]
-    problems += [f"`{key}` > 1: sequences split across ranks" for key in PARALLEL_CONFLICTS if (cfg.get(key) or 1) > 1]
+    problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
+    sharding = parameter_sharding(cfg)
+    if sharding and cfg.get("wit_loss_impl") in FUSED_LOSSES:
+        problems.append(
+            f"`wit_loss_impl: {cfg.get('wit_loss_impl')}` with {sharding}: the fused loss needs the whole LM head "
+            "weight; use `eager` (or `auto`, which picks it)"
+        )
+    posix_options = [key for key in ("wit_posix_steps", "wit_posix_max_new_tokens") if cfg.get(key) is not None]
+    if posix_options and not cfg.get("wit_posix_prompts"):
+        problems.append(f"{posix_options} set without `wit_posix_prompts`: no POSIX would be computed")
     problems += [
         f"plugin `{name}` replaces the loss and bypasses the per-token weights"
         for name in cfg.get("plugins") or []
@@ -52,6 +71,18 @@ def check_config(cfg: Any) -> None:
     ]
     if problems:
         raise WITConfigError("wit_plugin cannot train with:\n  - " + "\n  - ".join(problems))
+
+
+def parameter_sharding(cfg: Any) -> str | None:
+    """FSDP or DeepSpeed ZeRO-3, which shard parameters (the LM head weight included) across ranks."""
+    if cfg.get("fsdp_config") or cfg.get("fsdp"):
+        return "FSDP"
+    deepspeed = cfg.get("deepspeed")
+    if isinstance(deepspeed, (str, Path)) and Path(deepspeed).is_file():
+        deepspeed = json.loads(Path(deepspeed).read_text())
+    if isinstance(deepspeed, dict) and (deepspeed.get("zero_optimization") or {}).get("stage") == 3:
+        return "DeepSpeed ZeRO-3"
+    return None
 
 
 def map_dataset_types(cfg: Any) -> None:
@@ -87,8 +118,17 @@ class WITPlugin(BasePlugin):
         return {"average_tokens_across_devices": True}
 
     def get_trainer_cls(self, cfg: Any) -> type:
+        from axolotl.integrations.base import PluginManager
+
         from wit_plugin.integrations.axolotl.trainer import AxolotlWITTrainer
 
+        others = [
+            name
+            for name, plugin in PluginManager.get_instance().plugins.items()
+            if plugin is not self and plugin.get_trainer_cls(cfg) is not None
+        ]
+        if others:  # Axolotl takes the first plugin's class: one of the two trainers would be silently dropped
+            raise WITConfigError(f"plugins {others} bring their own trainer class; wit_plugin cannot train with them")
         return AxolotlWITTrainer
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
@@ -98,8 +138,17 @@ class WITPlugin(BasePlugin):
         return [callback] if callback is not None else []
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        from wit_plugin.trainer import WITTrainerMixin
+
+        if not isinstance(trainer, WITTrainerMixin):
+            raise WITConfigError(
+                f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
+                "class, so the role weights would not be applied"
+            )
+        loss_impl = cfg.wit_loss_impl or "auto"
+        if loss_impl == "auto" and parameter_sharding(cfg):
+            LOG.info("wit_plugin: %s shards the LM head, so the loss is computed eagerly", parameter_sharding(cfg))
+            loss_impl = "eager"
         trainer.setup_wit(
-            RoleWeights.from_options(cfg),
-            loss_impl=cfg.wit_loss_impl or "auto",
-            role_metrics=cfg.wit_role_metrics or "all",
+            RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=cfg.wit_role_metrics or "all"
         )

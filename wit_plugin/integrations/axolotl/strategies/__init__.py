@@ -22,7 +22,16 @@ MODULE_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "prompt_completio
 STOCK_TYPE_MODULES = {"chat_template": "chat_template", "alpaca": "alpaca", "completion": "text"}
 
 # Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
-SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot", "train_on_inputs")
+SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot")
+# Axolotl's role names when a dataset sets no ``roles`` (ShareGPT's human/gpt become user/assistant).
+DEFAULT_ROLE_MAP = {
+    "human": "user",
+    "user": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
 # Stock options that would change which text is trained and that these strategies do not implement.
 UNSUPPORTED_OPTIONS = (
     "message_field_training",
@@ -45,6 +54,24 @@ class RoleTaggingStrategy:
 
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, list[int]]:
         return self.tagger.tag(prompt).as_features()
+
+
+class ChunkedTextStrategy(RoleTaggingStrategy):
+    """Raw text, cut into ``sequence_len`` pieces as Axolotl's ``completion`` type does: a long document
+    becomes several rows instead of one that the length filter would drop."""
+
+    supports_batched = True
+
+    def tokenize_prompt(self, prompt: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
+        columns: dict[str, list[list[int]]] = {}
+        for values in zip(*prompt.values()):
+            features = self.tagger.tag(dict(zip(prompt, values))).as_features()
+            for key, column in features.items():
+                pieces = [
+                    column[start : start + self.sequence_len] for start in range(0, len(column), self.sequence_len)
+                ]
+                columns.setdefault(key, []).extend(pieces)
+        return columns
 
 
 def _as_dict(ds_cfg: Any) -> dict[str, Any]:
@@ -81,13 +108,17 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
     from axolotl.utils.chat_templates import get_chat_template_from_config
 
     mappings = ds_cfg.get("message_property_mappings") or {}
-    role_map = {alias: canonical for canonical, aliases in (ds_cfg.get("roles") or {}).items() for alias in aliases}
+    roles = ds_cfg.get("roles")
+    role_map = (
+        {alias: canonical for canonical, aliases in roles.items() for alias in aliases} if roles else DEFAULT_ROLE_MAP
+    )
     return {
         "chat_template": get_chat_template_from_config(cfg=cfg, ds_cfg=ds_cfg, tokenizer=tokenizer),
         "field_messages": ds_cfg.get("field_messages") or "messages",
         "role_field": mappings.get("role") or ds_cfg.get("message_field_role") or "role",
         "content_field": mappings.get("content") or ds_cfg.get("message_field_content") or "content",
         "role_map": role_map,
+        "field_tools": ds_cfg.get("field_tools") or "tools",
         "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
     }
 
@@ -102,6 +133,7 @@ def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
         kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
         if row_format == "text":
             kwargs["field"] = options.get("field") or "text"
+            return ChunkedTextStrategy(RoleTagger(tokenizer, row_format, **kwargs), tokenizer, cfg.sequence_len)
         # Axolotl's own truncation cuts only the columns it knows: truncate every column here instead.
         truncate = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
         tagger = RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncate else None, **kwargs)
