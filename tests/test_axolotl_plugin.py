@@ -87,6 +87,7 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"eot_tokens": ["<|im_end|>"]}, "`eot_tokens`"),
         ({"trainer_cls": "my.Trainer"}, "`trainer_cls`"),
         ({"wit_posix_steps": 10}, "set without `wit_posix_prompts`"),
+        ({"excess_length_strategy": "truncate", "eval_sequence_len": 64}, "with an `eval_sequence_len` of its own"),
         ({"fsdp_config": {"fsdp_version": 2}, "wit_loss_impl": "chunked"}, "with FSDP: the fused loss needs"),
         (
             {"deepspeed": {"zero_optimization": {"stage": 3}}, "wit_loss_impl": "cce"},

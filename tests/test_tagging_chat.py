@@ -149,7 +149,8 @@ def test_truncation_cuts_every_column_together(tokenizer):
     ("messages", "message"),
     [
         ([], "non-empty list of messages"),
-        ([{"role": "narrator", "content": "x"}], "unknown message role 'narrator'"),
+        ([{"role": "narrator", "content": "x"}], "message 0: unknown message role 'narrator'"),
+        ([{"role": ["user"], "content": "x"}], "message 0 role must be a string, got \\['user'\\]"),
         ([{"role": "user", "content": ["a", "b"]}], "content must be a string, got list"),
         ([{"role": "user", "content": None}], "content must be a string, got NoneType"),
         ([{"role": "user"}], "needs 'role' and 'content' fields"),
@@ -202,3 +203,24 @@ def test_template_that_alters_content_tags_the_text_between_its_scaffold_pieces(
     }
     assert text_of[Role.INSTRUCTION] == "NAME A COLOUR" and text_of[Role.RESPONSE] == "BLUE"
     assert text_of[Role.EOT] == "<|im_end|>"
+
+
+def test_whitespace_tokens_with_trimmed_offsets_keep_their_contents_role(tokenizer):
+    """GPT-2-style post-processors trim offsets (trim_offsets=True): a lone space token then covers nothing."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    trimmed = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|im_end|>", pad_token="<|im_end|>"
+    )
+    trimmed.chat_template = tokenizer.chat_template
+    messages = [{"role": "user", "content": "Indent it"}, {"role": "assistant", "content": "if x:\n    y  =  1"}]
+    tagged = RoleTagger(trimmed, "chat").tag({"messages": messages})
+    offsets = trimmed(tokenizer.apply_chat_template(messages, tokenize=False), return_offsets_mapping=True)
+    assert any(start == end for start, end in offsets["offset_mapping"])  # the case under test does occur
+    response = [t for t, r in zip(tagged.input_ids, tagged.roles) if r == Role.RESPONSE]
+    assert trimmed.decode(response) == "if x:\n    y  =  1"

@@ -40,6 +40,13 @@ def test_prompt_completion_strings(tokenizer):
     assert tagged.roles[-1] == Role.EOT
 
 
+def test_a_prompt_ending_in_a_space_leaves_the_completion_trained(tokenizer):
+    # " four" covers the prompt's trailing space and the completion's first word: the completion's, to train
+    tagged = RoleTagger(tokenizer).tag({"prompt": "The sum of 2 and 2 is ", "completion": "four."})
+    assert text_of(tokenizer, tagged, Role.INSTRUCTION) == "The sum of 2 and 2 is"
+    assert text_of(tokenizer, tagged, Role.RESPONSE) == " four."
+
+
 def test_a_completion_that_already_ends_with_eos_gets_no_second_one(tokenizer):
     plain = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello"})
     closed = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello<|im_end|>"})

@@ -62,8 +62,14 @@ class ChatRenderer:
                     f"message {index} needs '{self.role_field}' and '{self.content_field}' fields, "
                     f"has {sorted(message)}"
                 )
-            role = self.role_map.get(message[self.role_field], message[self.role_field])
-            message_role(role)  # unknown roles fail here, naming the role
+            role = message[self.role_field]
+            if not isinstance(role, str):
+                raise TaggingError(f"message {index} role must be a string, got {role!r:.80}")
+            role = self.role_map.get(role, role)
+            try:
+                message_role(role)
+            except ValueError as error:
+                raise TaggingError(f"message {index}: {error}") from None
             content = message[self.content_field]
             if not isinstance(content, str):
                 raise TaggingError(f"message {index} ({role}) content must be a string, got {type(content).__name__}")

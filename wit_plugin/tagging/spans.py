@@ -6,9 +6,11 @@ role comes from the characters it covers.
 
 Boundary policy (a token covering characters of two roles): **content wins**. A token that covers any
 content character takes that content's role (the role of its first character if that is content, else of
-its last). So every content character lands in a token of its own role; the only characters that can land
-elsewhere are those of a token covering two *different* contents with no template text between them,
-which no template we know renders. Tokens the tokenizer adds itself (BOS) cover no character: template.
+its last). So every content character lands in a token of its own role, except where two *different*
+contents touch with no template text between them (a prompt ending in a space, then its completion): a
+token covering both takes the later content's role, the one the model is asked to produce. Tokens the
+tokenizer adds itself (BOS) are template; other tokens that cover no character (whitespace, with
+tokenizers that trim offsets) take the role of the content they sit in.
 
 End-of-turn: the first special token after an assistant message's content, with at most white space
 between them (``<|im_end|>``, ``<|eot_id|>``, ``</s>``, ``<end_of_turn>``...), gets :attr:`Role.EOT`.
@@ -84,10 +86,16 @@ def special_token_ids(tokenizer: Any) -> np.ndarray:
 
 def tag_rendered(tokenizer: Any, row: RenderedRow, special_ids: np.ndarray | None = None) -> TaggedSequence:
     """Tokenise ``row.text`` once and give each token the role of the characters it covers."""
-    encoding = tokenizer(row.text, add_special_tokens=row.add_special_tokens, return_offsets_mapping=True)
+    encoding = tokenizer(
+        row.text,
+        add_special_tokens=row.add_special_tokens,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
     input_ids = np.asarray(encoding["input_ids"], dtype=np.int64)
     offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    roles = token_roles(len(row.text), row.spans, offsets)
+    special = np.asarray(encoding["special_tokens_mask"], dtype=bool)
+    roles = token_roles(len(row.text), row.spans, offsets, special)
     if row.turn_ends:
         if special_ids is None:
             special_ids = special_token_ids(tokenizer)
@@ -95,16 +103,25 @@ def tag_rendered(tokenizer: Any, row: RenderedRow, special_ids: np.ndarray | Non
     return TaggedSequence(input_ids.tolist(), roles.tolist())
 
 
-def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray) -> np.ndarray:
-    """Vectorised content-wins role per token (see module docstring)."""
+def token_roles(
+    text_length: int, spans: Sequence[Span], offsets: np.ndarray, special: np.ndarray | None = None
+) -> np.ndarray:
+    """Vectorised content-wins role per token (see module docstring); ``special`` marks special tokens."""
     char_roles = np.full(text_length + 1, Role.TEMPLATE, dtype=np.int8)
     for span in spans:
         char_roles[span.start : span.end] = span.role
     starts, ends = offsets[:, 0], offsets[:, 1]
     first = char_roles[np.clip(starts, 0, text_length)]
     last = char_roles[np.clip(ends - 1, 0, text_length)]
-    roles = np.where(first != Role.TEMPLATE, first, last)
-    roles[ends <= starts] = Role.TEMPLATE  # tokens the tokenizer added itself cover no character
+    roles = np.where((first == Role.TEMPLATE) | ((last != Role.TEMPLATE) & (last != first)), last, first)
+    # No character covered: a token the tokenizer added (BOS) is template; any other (a whitespace token
+    # whose offsets were trimmed to nothing) belongs to the content it sits in, at or just before its offset.
+    at, before = char_roles[np.clip(starts, 0, text_length)], char_roles[np.clip(starts - 1, 0, text_length)]
+    inside = np.where(at != Role.TEMPLATE, at, before)
+    empty = ends <= starts
+    added = empty if special is None else empty & special
+    roles[empty] = inside[empty]
+    roles[added] = Role.TEMPLATE
     return roles
 
 

@@ -61,6 +61,13 @@ def check_config(cfg: Any) -> None:
             f"`wit_loss_impl: {cfg.get('wit_loss_impl')}` with {sharding}: the fused loss needs the whole LM head "
             "weight; use `eager` (or `auto`, which picks it)"
         )
+    eval_len = cfg.get("eval_sequence_len")
+    truncating = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
+    if truncating and eval_len and eval_len != cfg.get("sequence_len"):
+        problems.append(
+            "`excess_length_strategy: truncate` with an `eval_sequence_len` of its own: the role column is cut at "
+            "`sequence_len`, and Axolotl would cut the eval split's other columns elsewhere"
+        )
     posix_options = [key for key in ("wit_posix_steps", "wit_posix_max_new_tokens") if cfg.get(key) is not None]
     if posix_options and not cfg.get("wit_posix_prompts"):
         problems.append(f"{posix_options} set without `wit_posix_prompts`: no POSIX would be computed")
