@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -190,8 +191,12 @@ def test_rendered_tools_and_message_extras_are_refused(tokenizer, with_plugin):
     thinking = [plain[0], {**plain[1], "reasoning_content": "add them"}]
     with pytest.raises(TaggingError, match="renders message field\\(s\\) \\['reasoning_content'\\]"):
         tokenize({"messages": thinking})
-    with pytest.raises(TaggingError, match="tool definitions \\('tools'\\)"):
-        tokenize({"messages": plain, "tools": [{"type": "function", "function": {"name": "add"}}]})
+    tool = {"type": "function", "function": {"name": "add"}}
+    for tools in ([tool], json.dumps([tool])):  # a list, or a JSON string of one as Axolotl also reads
+        with pytest.raises(TaggingError, match="tool definitions \\('tools'\\)"):
+            tokenize({"messages": plain, "tools": tools})
+    for no_tools in (None, [], "[]", ""):
+        assert tokenize({"messages": plain, "tools": no_tools})
 
 
 def test_completion_documents_longer_than_sequence_len_become_several_rows(tokenizer, with_plugin):

@@ -98,7 +98,13 @@ def test_matches_one_pair_at_a_time_float64(smol, mixed_result):
 def test_work_counts_what_ran(smol, mixed_result):
     _, tokenizer = smol
     work, sets = mixed_result.work, mixed_result.sets  # batch_size=4: the two sets ran as two groups
-    assert work["prompt_tokens"] == sum(len(render_prompt(tokenizer, p)) for result in sets for p in result.prompts)
+    expected_prompt_tokens = 0
+    for result in sets:  # a shared prefix runs once, each prompt's rest once
+        prompts = list(dict.fromkeys(tuple(render_prompt(tokenizer, p)) for p in result.prompts))
+        prefix = shared_prefix(prompts)
+        members = sum(len(x) > len(prefix) and x[: len(prefix)] == prefix for x in prompts) if prefix else 0
+        expected_prompt_tokens += len(prefix) + sum(map(len, prompts)) - members * len(prefix)
+    assert work["prompt_tokens"] == expected_prompt_tokens < sum(len(x) for r in sets for x in r.prompts) * 100
     assert work["decode_steps"] == sum(max(len(r.token_ids) for r in result.responses) - 1 for result in sets)
     off_diagonal = sum(
         len(y.token_ids) for result in sets for x in result.responses for y in dict.fromkeys(result.responses) if y != x
@@ -212,7 +218,13 @@ def test_a_shared_prefix_runs_once_and_changes_no_value(smol):
     assert shared_prefix([(1, 2, 3, 4), (1, 2, 3, 5), (9,)]) == (1, 2, 3)
     assert shared_prefix([(1, 2, 3, 4, 5, 6), (7, 8), (9,)]) == (1, 2, 3, 4)  # one long prompt's bulk, run alone
     prompts = [*chat, raw, common]  # the last is the prefix itself: it has no remainder, so it stays whole
-    start = prefill(model, prompts, special.pad)
+    shapes: list[tuple[int, ...]] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        start = prefill(model, prompts, special.pad)
+    finally:
+        hook.remove()
+    assert shapes[0] == (1, len(shared_prefix(prompts))) and shapes[1][0] == len(prompts)  # prefix once, alone
     response = tuple(tokenizer(" Paris is the capital.")["input_ids"])
     together = score(model, start, [(row, response) for row in range(len(prompts))], special.pad, batch_size=4)
     for row, prompt in enumerate(prompts):
@@ -301,7 +313,13 @@ def test_caches_beyond_plain_attention_give_exact_values(kind):
     prompts = ["10 11 12 13 14 15 20", "10 11 12 13 14 15 21 22 23 24 25", "30 31"]  # a shared prefix, padding
     ids = [[int(token) for token in prompt.split()] for prompt in prompts]
     eos = _greedy_alone(model, ids[0], set(), 1)[0]  # the first prompt stops at once: a row drops mid-batch
-    result = evaluate_posix(model, [prompts], _IdTokenizer(eos), max_new_tokens=4).sets[0]
+    rows: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        result = evaluate_posix(model, [prompts], _IdTokenizer(eos), max_new_tokens=4).sets[0]
+    finally:
+        hook.remove()
+    assert rows[0] == (1 if kind == "plain" else 3)  # only plain attention runs the shared prefix on its own
     responses = [list(response.token_ids) for response in result.responses]
     assert responses == [_greedy_alone(model, x, {eos}, 4) for x in ids]
     expected = [[reference_logprob(model, x, y) for y in responses] for x in ids]
@@ -398,6 +416,16 @@ def test_load_prompt_sets_from_jsonl(tmp_path):
     path.write_text("\n" + json.dumps({"text": "no instruction here"}) + "\n")
     with pytest.raises(ValueError, match=r"rows.jsonl:2: "):
         load_prompt_sets(path)
+
+
+def test_prompt_sets_may_be_any_sequence(smol):
+    from collections import UserList
+
+    model, tokenizer = smol
+    sets = UserList([(SKY, SKY.lower())])
+    assert evaluate_posix(model, sets, tokenizer, max_new_tokens=1).sets[0].prompts == [SKY, SKY.lower()]
+    with pytest.raises(ValueError, match="needs a list of prompt sets, got NoneType"):
+        evaluate_posix(model, None, tokenizer)
 
 
 @pytest.mark.parametrize(

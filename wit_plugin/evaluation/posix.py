@@ -56,8 +56,8 @@ class SetResult:
 @dataclass(frozen=True)
 class POSIXResult:
     """POSIX, the per-set results, and where the time went: ``work`` holds seconds per phase (``prefill_s``,
-    ``decode_s``, ``score_s``) and the tokens each ran (``prompt_tokens``, ``decode_steps``,
-    ``scored_tokens``, the last counting response tokens run under another prompt's cache)."""
+    ``decode_s``, ``score_s``) and the tokens each ran (``prompt_tokens``, a shared prefix counted once;
+    ``decode_steps``; ``scored_tokens``, response tokens run under another prompt's cache)."""
 
     posix: float
     sets: list[SetResult]
@@ -198,7 +198,7 @@ def _evaluate_group(
     clock = time.perf_counter()
     logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
     work["score_s"] += time.perf_counter() - clock
-    work["prompt_tokens"] += sum(len(x) for x in distinct)
+    work["prompt_tokens"] += start.tokens_run
     work["decode_steps"] += max(len(y) for y, _ in generated) - 1
     work["scored_tokens"] += sum(len(y) for _, y in pending)
     results = []

@@ -45,10 +45,11 @@ def _check_prompt(prompt: Any, where: str) -> None:
 
 def validate_prompt_set(prompts: Any, where: str = "prompt set") -> PromptSet:
     """One set as POSIX needs it (a list of two or more non-empty prompts), copied to lists."""
-    if not isinstance(prompts, (list, tuple)):
+    if isinstance(prompts, (str, bytes, Mapping)) or not isinstance(prompts, Iterable):
         raise ValueError(  # noqa: TRY004 - bad input data, reported like every other prompt-set error
             f"{where} must be a list of prompts, got {type(prompts).__name__}: {prompts!r:.80}"
         )
+    prompts = list(prompts)
     if len(prompts) < 2:
         raise ValueError(f"{where} has fewer than 2 prompts; POSIX compares each prompt's response under the others")
     for position, prompt in enumerate(prompts):
@@ -58,7 +59,10 @@ def validate_prompt_set(prompts: Any, where: str = "prompt set") -> PromptSet:
 
 def validate_prompt_sets(prompt_sets: Sequence[Sequence[Prompt]]) -> list[PromptSet]:
     """Check the shapes POSIX needs (at least one set, two or more non-empty prompts each) and copy to lists."""
-    if not isinstance(prompt_sets, (list, tuple)) or not prompt_sets:
+    if isinstance(prompt_sets, (str, bytes, Mapping)) or not isinstance(prompt_sets, Iterable):
+        raise ValueError(f"POSIX needs a list of prompt sets, got {type(prompt_sets).__name__}")  # noqa: TRY004
+    prompt_sets = list(prompt_sets)
+    if not prompt_sets:
         raise ValueError("POSIX needs at least one prompt set (a list of lists of prompts)")
     return [validate_prompt_set(prompts, f"prompt set {index}") for index, prompts in enumerate(prompt_sets)]
 

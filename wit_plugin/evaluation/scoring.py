@@ -52,6 +52,7 @@ class Prefill:
     mask: torch.Tensor  # [prompts, width], left padded
     lengths: torch.Tensor  # [prompts]
     last_logits: torch.Tensor  # [prompts, vocab]
+    tokens_run: int  # prompt tokens that went through the model (a shared prefix once), pads not counted
 
     def rows(self, rows: torch.Tensor) -> Any:
         """A copy of the cache holding ``rows`` (repeats allowed), leaving this one intact for later use."""
@@ -81,6 +82,17 @@ def detached_copy(cache: Any) -> Any:
     shallow = copy.copy(cache)
     shallow.layers = [copy.copy(layer) for layer in cache.layers]
     return shallow
+
+
+def _shares_prefixes(model: Any) -> bool:
+    """Whether the cache ``model`` builds is plain attention (see :func:`plain_attention`), from its config,
+    before any prefix is run; a config the cache cannot read leaves the check to the real cache."""
+    from transformers import DynamicCache
+
+    try:
+        return plain_attention(DynamicCache(config=model.config))
+    except (AttributeError, TypeError, ValueError):
+        return True
 
 
 def _logits_to_keep(model: Any) -> dict[str, int]:
@@ -157,7 +169,7 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     """
     device = model.device
     keep = _logits_to_keep(model)
-    prefix, cache = shared_prefix(prompts), None
+    prefix, cache = shared_prefix(prompts) if _shares_prefixes(model) else (), None
     if prefix:
         cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep).past_key_values
         if not plain_attention(cache):
@@ -175,7 +187,8 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **keep
     )
-    return Prefill(out.past_key_values, mask, mask.sum(-1), out.logits[:, -1, :])
+    tokens_run = length + int(mask[:, length:].sum())
+    return Prefill(out.past_key_values, mask, mask.sum(-1), out.logits[:, -1, :], tokens_run)
 
 
 @torch.no_grad()

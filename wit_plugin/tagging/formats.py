@@ -6,6 +6,7 @@ New formats plug in through :mod:`wit_plugin.tagging.registry` (a pluggy hook, d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -71,6 +72,16 @@ def _add_response(writer: _SegmentWriter, tokenizer: Any, response: str) -> None
     writer.add(eos)
 
 
+def _has_tools(tools: Any) -> bool:
+    """Tool definitions present; like Axolotl, a JSON string is parsed first (``"[]"`` is no tools)."""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError:
+            return True  # text a template would render as it is
+    return bool(tools)
+
+
 class ChatFormat(RowFormat):
     """Conversations (``messages``), rendered with the tokenizer's (or a given) chat template.
 
@@ -100,7 +111,7 @@ class ChatFormat(RowFormat):
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         if self.field_messages not in row:
             raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
-        if row.get(self.field_tools):
+        if _has_tools(row.get(self.field_tools)):
             raise TaggingError(
                 f"the row has tool definitions ('{self.field_tools}'), which wit_plugin cannot tag yet: "
                 "drop them from the dataset"
