@@ -74,10 +74,11 @@ def _best_seconds(run: Any, repeats: int = 3) -> float:
 
 
 def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tuple[float, float, dict[str, float]]:
-    """Seconds any exact evaluator needs for this workload on this machine, at its best measured rates.
+    """Seconds an exact evaluator of this kind needs for this workload on this machine, at its best rates.
 
-    It must run every prompt token, every generated token fed back (``generated_tokens``) and every response
-    token scored under another prompt (with the LM head and a logsumexp), and decode in ``decode_steps`` sequential steps that each
+    The kind: it runs every prompt token once (a shared prefix once), every generated token fed back
+    (``generated_tokens``) and every response token scored under another prompt (with the LM head and a
+    logsumexp), and decodes in ``decode_steps`` sequential steps that each
     stream the whole model's weights. Rates: tokens in one large batch (the cheapest way to run them), and
     a one-row decode step for a pass over the weights. Also returns the bound without the passes: what is
     left even if decoding cost nothing beyond its tokens (ideal speculative decoding).
@@ -145,7 +146,7 @@ def main() -> None:
         generated = sum(len(response.token_ids) - 1 for result in fast.sets for response in result.responses)
         floor, without_passes, rates = lower_bound(model, fast.work, generated)
     print("rates: " + ", ".join(f"{value:.2f} {key}" for key, value in rates.items()))
-    print(f"lower bound for any exact evaluator here: {floor:.2f} s, i.e. at most {slow_s / floor:.1f}x")
+    print(f"lower bound for an exact token-by-token evaluator here: {floor:.2f} s, i.e. at most {slow_s / floor:.1f}x")
     print(f"  even with free decoding passes: {without_passes:.2f} s, i.e. at most {slow_s / without_passes:.1f}x")
 
 

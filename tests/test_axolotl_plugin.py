@@ -88,6 +88,7 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"eot_tokens": ["<|im_end|>"]}, "`eot_tokens`"),
         ({"trainer_cls": "my.Trainer"}, "`trainer_cls`"),
         ({"wit_posix_steps": 10}, "set without `wit_posix_prompts`"),
+        ({"wit_posix_prompts": "no/such/sets.jsonl"}, "`wit_posix_prompts`: no file at no/such/sets.jsonl"),
         ({"excess_length_strategy": "truncate", "eval_sequence_len": 64}, "with an `eval_sequence_len` of its own"),
         ({"fsdp_config": {"fsdp_version": 2}, "wit_loss_impl": "chunked"}, "with FSDP: the fused loss needs"),
         (

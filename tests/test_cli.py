@@ -78,7 +78,41 @@ def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     assert re.search(r"instruction\s+│ 1 ", legend) and re.search(r"template\s+│ 0 ", legend)  # im preset
 
 
-def test_inspect_errors_are_clear(rows, model_path, capsys):
+def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys):
+    data = tmp_path / "sharegpt.jsonl"
+    data.write_text(
+        json.dumps({"chats": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}) + "\n"
+    )
+    config = tmp_path / "cfg.yml"
+    config.write_text(
+        f"base_model: {model_path}\nwit_prompt_weight: 0.3\ndatasets:\n  - path: {data}\n    type: chat_template\n"
+        "    field_messages: chats\n    message_property_mappings: {role: from, content: value}\n"
+    )
+    assert main(["inspect", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "<|im_start|>user⏎" in out and "<|im_start|>assistant⏎" in out  # human/gpt mapped as in training
+    assert re.search(r"instruction\s+│ 0.3 ", out)
+    assert main(["inspect", "--config", str(config), "--preset", "it"]) == 0  # replaces the config's weights
+    assert re.search(r"instruction\s+│ 0 ", capsys.readouterr().out)
+    config.write_text(config.read_text() + "wit_prompt_wieght: 1\n")
+    assert main(["inspect", "--config", str(config)]) == 2
+    assert "unknown wit_plugin option(s) ['wit_prompt_wieght']" in capsys.readouterr().err
+
+
+def test_inspect_errors_are_clear(rows, model_path, tmp_path, capsys):
+    assert main(["inspect", str(rows)]) == 2
+    assert "give a JSONL file and --tokenizer, or --config" in capsys.readouterr().err
+    assert main(["inspect", str(rows), "--tokenizer", str(model_path), "--row", "7"]) == 2
+    assert "has no row 7" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\nnot json\n")
+    assert main(["inspect", str(bad), "--tokenizer", str(model_path)]) == 2
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+    assert main(["inspect", str(rows), "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert "cannot load a tokenizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["posix", "--model", "m", "--prompts", "p.jsonl", "--max-new-tokens", "0"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err
     assert main(["inspect", str(rows)]) == 2
     assert "give a JSONL file and --tokenizer, or --config" in capsys.readouterr().err
     assert main(["inspect", str(rows), "--tokenizer", str(model_path), "--row", "7"]) == 2

@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import yaml
+
 from wit_plugin import __version__
 from wit_plugin.cli import inspect, posix, prepare
 
@@ -27,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, ImportError, yaml.YAMLError) as error:  # bad input, missing files or packages
         print(f"wit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

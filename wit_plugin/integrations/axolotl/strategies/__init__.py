@@ -123,20 +123,29 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
     }
 
 
+def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> RoleTagger:
+    """The tagger training uses for one dataset of an Axolotl config (also what ``wit inspect`` shows).
+
+    Raw text is not truncated: :class:`ChunkedTextStrategy` cuts it into rows instead. Elsewhere Axolotl's own
+    truncation would cut only the columns it knows, so ``excess_length_strategy: truncate`` truncates every
+    column here.
+    """
+    options = _as_dict(ds_cfg)
+    _check_options(options)
+    kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
+    if row_format == "text":
+        return RoleTagger(tokenizer, row_format, field=options.get("field") or "text")
+    truncate = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
+    return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncate else None, **kwargs)
+
+
 def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
     """The ``load`` function Axolotl calls for a dataset of this row format."""
 
     def load(tokenizer: Any, cfg: Any, ds_cfg: Any = None, processor: Any = None) -> RoleTaggingStrategy:
         _require_plugin()
-        options = _as_dict(ds_cfg)
-        _check_options(options)
-        kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
-        if row_format == "text":
-            kwargs["field"] = options.get("field") or "text"
-            return ChunkedTextStrategy(RoleTagger(tokenizer, row_format, **kwargs), tokenizer, cfg.sequence_len)
-        # Axolotl's own truncation cuts only the columns it knows: truncate every column here instead.
-        truncate = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
-        tagger = RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncate else None, **kwargs)
-        return RoleTaggingStrategy(tagger, tokenizer, cfg.sequence_len)
+        tagger = dataset_tagger(tokenizer, cfg, ds_cfg, row_format)
+        strategy = ChunkedTextStrategy if row_format == "text" else RoleTaggingStrategy
+        return strategy(tagger, tokenizer, cfg.sequence_len)
 
     return load
