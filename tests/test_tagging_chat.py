@@ -224,3 +224,19 @@ def test_whitespace_tokens_with_trimmed_offsets_keep_their_contents_role(tokeniz
     assert any(start == end for start, end in offsets["offset_mapping"])  # the case under test does occur
     response = [t for t, r in zip(tagged.input_ids, tagged.roles) if r == Role.RESPONSE]
     assert trimmed.decode(response) == "if x:\n    y  =  1"
+
+
+def test_a_stale_cached_scaffold_is_rendered_again(tokenizer):
+    """Templates that print today's date (Llama 3.1) change their scaffold at midnight, mid-dataset."""
+    from wit_plugin.tagging.chat import ChatRenderer
+
+    template = (
+        "<|im_start|>system\nToday is {{ today }}.<|im_end|>\n"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    renderer = ChatRenderer(tokenizer, chat_template=template, template_kwargs={"today": "31 Dec"})
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    renderer.render(messages)
+    renderer.template_kwargs = {"today": "1 Jan"}  # the clock moved on; the cached scaffold still says 31 Dec
+    row = renderer.render(messages)
+    assert "Today is 1 Jan." in row.text and [row.text[s.start : s.end] for s in row.spans] == ["Hi", "Hello"]

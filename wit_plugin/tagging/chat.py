@@ -45,10 +45,19 @@ class ChatRenderer:
         normalised = self._normalise(messages)
         text = self._apply(normalised)
         self._check_extra_fields(normalised, text)
+        try:
+            return self._place(text, normalised)
+        except TaggingError:
+            # A cached scaffold can go stale when the template renders today's date (Llama 3.1's default
+            # system prompt): render the scaffold afresh once before calling the row untaggable.
+            self._scaffolds.clear()
+            return self._place(text, normalised)
+
+    def _place(self, text: str, messages: list[dict[str, Any]]) -> RenderedRow:
         try:  # every content placed, empty ones too: an empty assistant turn still has its end-of-turn
-            return _locate(text, self._scaffold(normalised, mark_empty=True), normalised)
+            return _locate(text, self._scaffold(messages, mark_empty=True), messages)
         except TaggingError:  # the template renders empty contents differently (e.g. skips them)
-            return _locate(text, self._scaffold(normalised, mark_empty=False), normalised)
+            return _locate(text, self._scaffold(messages, mark_empty=False), messages)
 
     def _normalise(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
