@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 config="yaml_examples/${1:-wit}_smollm2_cpu.yml"
 if [[ $# -gt 1 || ! -f "$config" ]]; then
-  echo "usage: bash scripts/demo.sh [wit|it|im]   (no $config)" >&2
+  echo "usage: bash scripts/demo.sh [wit|it|im]" >&2
   exit 2
 fi
 bash scripts/setup.sh

@@ -90,6 +90,7 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"wit_posix_steps": 10}, "set without `wit_posix_prompts`"),
         ({"wit_posix_prompts": "no/such/sets.jsonl"}, "`wit_posix_prompts`: no file at no/such/sets.jsonl"),
         ({"excess_length_strategy": "truncate", "eval_sequence_len": 64}, "with an `eval_sequence_len` of its own"),
+        ({"chat_template_kwargs": {"tools": []}}, "`chat_template_kwargs.tools`"),
         ({"fsdp_config": {"fsdp_version": 2}, "wit_loss_impl": "chunked"}, "with FSDP: the fused loss needs"),
         (
             {"deepspeed": {"zero_optimization": {"stage": 3}}, "wit_loss_impl": "cce"},
@@ -165,6 +166,10 @@ def with_plugin(monkeypatch):
     monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"wit_plugin.WITPlugin": WITPlugin()})
 
 
+def test_eval_sequence_len_equal_to_axolotls_default_is_fine():
+    check_config(DictDefault({"excess_length_strategy": "truncate", "eval_sequence_len": 512}))  # sequence_len unset
+
+
 def test_sharegpt_roles_map_as_in_axolotl_without_a_roles_key(tokenizer, with_plugin):
     cfg = DictDefault({"sequence_len": 256, "chat_template": "tokenizer_default"})
     ds_cfg = {
@@ -182,13 +187,14 @@ def test_rendered_tools_and_message_extras_are_refused(tokenizer, with_plugin):
     from wit_plugin.tagging.spans import TaggingError
 
     template = (
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}"
         "</think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
     )
     cfg = DictDefault({"sequence_len": 256, "chat_template": "jinja", "chat_template_jinja": template})
     tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
     plain = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
     assert tokenize({"messages": [{**m, "id": 7} for m in plain]})  # a field the template ignores is fine
+    assert tokenize({"messages": [{**m, "reasoning_content": None} for m in plain]})  # Arrow's None: absent
     thinking = [plain[0], {**plain[1], "reasoning_content": "add them"}]
     with pytest.raises(TaggingError, match="renders message field\\(s\\) \\['reasoning_content'\\]"):
         tokenize({"messages": thinking})

@@ -224,6 +224,12 @@ def test_whitespace_tokens_with_trimmed_offsets_keep_their_contents_role(tokeniz
     assert any(start == end for start, end in offsets["offset_mapping"])  # the case under test does occur
     response = [t for t, r in zip(tagged.input_ids, tagged.roles) if r == Role.RESPONSE]
     assert trimmed.decode(response) == "if x:\n    y  =  1"
+    # a template space just before a content stays template, with or without trimmed offsets
+    colon = "{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}<|im_end|>\n{% endfor %}"
+    spaced = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " ok"}]
+    for each in (tokenizer, trimmed):
+        tagged = RoleTagger(each, "chat", chat_template=colon).tag({"messages": spaced})
+        assert each.decode([t for t, r in zip(tagged.input_ids, tagged.roles) if r == Role.RESPONSE]) == " ok"
 
 
 def test_a_stale_cached_scaffold_is_rendered_again(tokenizer):

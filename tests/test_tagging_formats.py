@@ -47,6 +47,16 @@ def test_a_prompt_ending_in_a_space_leaves_the_completion_trained(tokenizer):
     assert text_of(tokenizer, tagged, Role.RESPONSE) == " four."
 
 
+def test_conversational_prompt_completion_with_tools_is_refused(tokenizer):
+    row = {
+        "prompt": [{"role": "user", "content": "Add 2 and 3."}],
+        "completion": [{"role": "assistant", "content": "5"}],
+        "tools": [{"type": "function", "function": {"name": "add"}}],
+    }
+    with pytest.raises(TaggingError, match="tool definitions"):
+        RoleTagger(tokenizer, "prompt_completion").tag(row)
+
+
 def test_a_completion_that_already_ends_with_eos_gets_no_second_one(tokenizer):
     plain = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello"})
     closed = RoleTagger(tokenizer).tag({"prompt": "Hi.", "completion": " Hello<|im_end|>"})

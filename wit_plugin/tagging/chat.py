@@ -82,7 +82,10 @@ class ChatRenderer:
             content = message[self.content_field]
             if not isinstance(content, str):
                 raise TaggingError(f"message {index} ({role}) content must be a string, got {type(content).__name__}")
-            extra = {k: v for k, v in message.items() if k not in (self.role_field, self.content_field)}
+            # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
+            extra = {
+                k: v for k, v in message.items() if k not in (self.role_field, self.content_field) and v is not None
+            }
             normalised.append({**extra, "role": role, "content": content})
         return normalised
 

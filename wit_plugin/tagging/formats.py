@@ -111,12 +111,16 @@ class ChatFormat(RowFormat):
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         if self.field_messages not in row:
             raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
+        return self.render_messages(row, row[self.field_messages])
+
+    def render_messages(self, row: Mapping[str, Any], messages: Any) -> RenderedRow:
+        """``messages`` of ``row`` rendered, unless the row also carries tool definitions (refused)."""
         if _has_tools(row.get(self.field_tools)):
             raise TaggingError(
                 f"the row has tool definitions ('{self.field_tools}'), which wit_plugin cannot tag yet: "
                 "drop them from the dataset"
             )
-        return self.renderer.render(row[self.field_messages])
+        return self.renderer.render(messages)
 
 
 class AlpacaFormat(RowFormat):
@@ -166,7 +170,7 @@ class PromptCompletionFormat(RowFormat):
         if isinstance(prompt, list) and isinstance(completion, list):
             if self._chat is None:
                 self._chat = ChatFormat(self.tokenizer, **self.options)
-            return self._chat.renderer.render([*prompt, *completion])
+            return self._chat.render_messages(row, [*prompt, *completion])
         writer = _SegmentWriter()
         writer.add(self._field(row, "prompt"), Role.INSTRUCTION)
         _add_response(writer, self.tokenizer, self._field(row, "completion"))

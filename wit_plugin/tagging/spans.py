@@ -10,7 +10,7 @@ its last). So every content character lands in a token of its own role, except w
 contents touch with no template text between them (a prompt ending in a space, then its completion): a
 token covering both takes the later content's role, the one the model is asked to produce. Tokens the
 tokenizer adds itself (BOS) are template; other tokens that cover no character (whitespace, with
-tokenizers that trim offsets) take the role of the content they sit in.
+tokenizers that trim offsets past it) take the role of the character just before their offset.
 
 End-of-turn: the first special token after an assistant message's content, with at most white space
 between them (``<|im_end|>``, ``<|eot_id|>``, ``</s>``, ``<end_of_turn>``...), gets :attr:`Role.EOT`.
@@ -114,13 +114,12 @@ def token_roles(
     first = char_roles[np.clip(starts, 0, text_length)]
     last = char_roles[np.clip(ends - 1, 0, text_length)]
     roles = np.where((first == Role.TEMPLATE) | ((last != Role.TEMPLATE) & (last != first)), last, first)
-    # No character covered: a token the tokenizer added (BOS) is template; any other (a whitespace token
-    # whose offsets were trimmed to nothing) belongs to the content it sits in, at or just before its offset.
-    at, before = char_roles[np.clip(starts, 0, text_length)], char_roles[np.clip(starts - 1, 0, text_length)]
-    inside = np.where(at != Role.TEMPLATE, at, before)
+    # No character covered: a token the tokenizer added (BOS) is template; any other is a whitespace token
+    # whose offsets were trimmed past the characters it covers, so it takes the role of the one just before.
+    before = char_roles[np.clip(starts - 1, 0, text_length)]
     empty = ends <= starts
     added = empty if special is None else empty & special
-    roles[empty] = inside[empty]
+    roles[empty] = before[empty]
     roles[added] = Role.TEMPLATE
     return roles
 

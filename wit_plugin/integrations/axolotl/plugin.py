@@ -41,6 +41,7 @@ PARALLEL_CONFLICTS = {
     "tensor_parallel_size": "the LM head and logits split across ranks",
 }
 FUSED_LOSSES = ("chunked", "cce")
+AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when register() sees the config
 
 
 class WITConfigError(ValueError):
@@ -63,11 +64,13 @@ def check_config(cfg: Any) -> None:
         )
     eval_len = cfg.get("eval_sequence_len")
     truncating = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
-    if truncating and eval_len and eval_len != cfg.get("sequence_len"):
+    if truncating and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
         problems.append(
             "`excess_length_strategy: truncate` with an `eval_sequence_len` of its own: the role column is cut at "
             "`sequence_len`, and Axolotl would cut the eval split's other columns elsewhere"
         )
+    if "tools" in (cfg.get("chat_template_kwargs") or {}):
+        problems.append("`chat_template_kwargs.tools`: tool definitions would be weighted as template text")
     posix_options = [key for key in ("wit_posix_steps", "wit_posix_max_new_tokens") if cfg.get(key) is not None]
     if posix_options and not cfg.get("wit_posix_prompts"):
         problems.append(f"{posix_options} set without `wit_posix_prompts`: no POSIX would be computed")
