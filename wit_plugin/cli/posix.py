@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=16,
-        help="prompts decoded together (whole sets: a larger set runs alone) and pairs scored per forward",
+        default=32,
+        help="prompts decoded together (whole sets: a larger set runs alone) and pairs scored per forward (default 32)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")

@@ -33,7 +33,7 @@ class POSIXCallback(TrainerCallback):
         prompt_sets: str | Path | Sequence[Sequence[Prompt]],
         every_n_steps: int,
         max_new_tokens: int = 32,
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> None:
         if every_n_steps < 1 or max_new_tokens < 1:
             raise ValueError(
