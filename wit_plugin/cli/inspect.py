@@ -61,12 +61,13 @@ def _from_config(path: Path, tokenizer: Any) -> tuple[Path, RoleTagger, dict[str
     """
     from axolotl.utils.dict import DictDefault
 
-    from wit_plugin.integrations.axolotl.plugin import check_config, map_dataset_types
+    from wit_plugin.integrations.axolotl.plugin import AXOLOTL_SEQUENCE_LEN, check_config, map_dataset_types
     from wit_plugin.integrations.axolotl.strategies import dataset_tagger
 
     cfg = DictDefault(yaml.safe_load(path.read_text()) or {})
     check_config(cfg)
     map_dataset_types(cfg)
+    cfg.sequence_len = cfg.sequence_len or AXOLOTL_SEQUENCE_LEN  # as Axolotl fills it in before tagging
     dataset = (cfg.get("datasets") or [{}])[0]
     if not dataset.get("path"):
         raise ValueError(f"{path} has no datasets[0].path")
