@@ -14,6 +14,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, HfArgumentParser
 from trl import SFTConfig, SFTTrainer
 
+from tests.trainer_case import ONE_SGD_STEP
 from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
 from wit_plugin.integrations.trl.data import prepare_dataset
 from wit_plugin.roles import WEIGHT_KEYS, Role, RoleWeights, WeightError
@@ -352,12 +353,7 @@ def test_gradient_accumulation_matches_one_batch(tmp_path: Path, model_path: Pat
             **WIT,
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
-            max_steps=1,
-            optim="sgd",
-            learning_rate=1.0,
-            lr_scheduler_type="constant",
-            weight_decay=0.0,
-            max_grad_norm=0.0,
+            **ONE_SGD_STEP,
         )
         WITSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer).train()
         updated.append(dict(model.named_parameters()))
@@ -409,12 +405,7 @@ def test_fused_chunked_loss_gives_the_eager_step_on_packed_rows(
             packing=True,
             max_length=128,
             per_device_train_batch_size=2,
-            max_steps=1,
-            optim="sgd",
-            learning_rate=1.0,
-            lr_scheduler_type="constant",
-            weight_decay=0.0,
-            max_grad_norm=0.0,
+            **ONE_SGD_STEP,
             logging_steps=1,
         )
         trainer = WITSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)

@@ -33,6 +33,15 @@ ROWS = [
         ]
     },
 ]
+# One plain SGD step with lr=1 and nothing else touching the update: the update is the gradient.
+ONE_SGD_STEP = {
+    "max_steps": 1,
+    "learning_rate": 1.0,
+    "optim": "sgd",
+    "lr_scheduler_type": "constant",
+    "weight_decay": 0.0,
+    "max_grad_norm": 0.0,
+}
 WATCHED = (
     "model.embed_tokens.weight",
     "model.layers.0.self_attn.q_proj.weight",
@@ -58,12 +67,7 @@ def one_step(
         output_dir=out_dir,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
-        max_steps=1,
-        learning_rate=1.0,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
+        **ONE_SGD_STEP,
         logging_steps=1,
         save_strategy="no",
         report_to=[],

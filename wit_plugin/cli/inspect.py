@@ -53,7 +53,7 @@ def _read_row(path: Path, index: int) -> dict[str, Any]:
     raise ValueError(f"{path} has no row {index}")
 
 
-def _from_config(path: Path, tokenizer: Any) -> tuple[Path, RoleTagger, dict[str, Any]]:
+def _from_config(raw: dict[str, Any], path: Path, tokenizer: Any) -> tuple[Path, RoleTagger, dict[str, Any]]:
     """Dataset path, the tagger training builds for ``datasets[0]``, and the config's weight keys.
 
     The config goes through the plugin's own checks and type mapping first, so what is shown is what
@@ -64,7 +64,7 @@ def _from_config(path: Path, tokenizer: Any) -> tuple[Path, RoleTagger, dict[str
     from wit_plugin.integrations.axolotl.plugin import AXOLOTL_SEQUENCE_LEN, check_config, map_dataset_types
     from wit_plugin.integrations.axolotl.strategies import dataset_tagger
 
-    cfg = DictDefault(yaml.safe_load(path.read_text()) or {})
+    cfg = DictDefault(raw)
     check_config(cfg)
     map_dataset_types(cfg)
     cfg.sequence_len = cfg.sequence_len or AXOLOTL_SEQUENCE_LEN  # as Axolotl fills it in before tagging
@@ -76,15 +76,11 @@ def _from_config(path: Path, tokenizer: Any) -> tuple[Path, RoleTagger, dict[str
     return Path(dataset["path"]), tagger, {key: cfg.get(key) for key in WEIGHT_KEYS}
 
 
-def _config_tokenizer(path: Path) -> str | None:
-    cfg = yaml.safe_load(path.read_text()) or {}
-    return cfg.get("tokenizer_config") or cfg.get("base_model")
-
-
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    tokenizer_path = args.tokenizer or (_config_tokenizer(args.config) if args.config else None)
+    raw = (yaml.safe_load(args.config.read_text()) or {}) if args.config else {}
+    tokenizer_path = args.tokenizer or raw.get("tokenizer_config") or raw.get("base_model")
     if (args.data is None and args.config is None) or tokenizer_path is None:
         raise ValueError("give a JSONL file and --tokenizer, or --config")
     try:
@@ -96,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     template = args.chat_template.read_text() if args.chat_template else None
     options: dict[str, Any] = {}
     if args.config:
-        config_data, tagger, options = _from_config(args.config, tokenizer)
+        config_data, tagger, options = _from_config(raw, args.config, tokenizer)
         data = args.data or config_data
         if args.row_format or template:
             raise ValueError("--format and --chat-template come from the config with --config; drop them")

@@ -130,8 +130,8 @@ def evaluate_posix(
 
     Whole sets are processed in groups of at most ``batch_size`` prompts, generated together (a set larger
     than that is a group of its own), and the (prompt, response) pairs of a group are scored ``batch_size``
-    at a time. ``progress(done, total)``
-    counts finished sets. Identical prompts, and identical responses under one prompt, are computed once.
+    at a time. ``progress(done, total)`` counts finished sets. Identical prompts, and identical responses
+    under one prompt, are computed once.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
@@ -173,6 +173,16 @@ def _groups(sizes: list[int], limit: int) -> Iterator[list[int]]:
         yield group
 
 
+@contextmanager
+def _timed(work: Counter[str], key: str) -> Iterator[None]:
+    """Adds the block's wall time to ``work[key]``."""
+    clock = time.perf_counter()
+    try:
+        yield
+    finally:
+        work[key] += time.perf_counter() - clock
+
+
 def _evaluate_group(
     model: Any,
     group: list[list[Tokens]],
@@ -185,19 +195,16 @@ def _evaluate_group(
     the remaining pairs scored on the same prefill. Adds the phases' seconds and tokens to ``work``."""
     distinct = list(dict.fromkeys(x for members in group for x in members))
     row = {x: index for index, x in enumerate(distinct)}
-    clock = time.perf_counter()
-    start = prefill(model, distinct, special.pad)
-    work["prefill_s"] += time.perf_counter() - clock
-    clock = time.perf_counter()
-    generated = greedy(model, start, special, max_new_tokens)
-    work["decode_s"] += time.perf_counter() - clock
+    with _timed(work, "prefill_s"):
+        start = prefill(model, distinct, special.pad)
+    with _timed(work, "decode_s"):
+        generated = greedy(model, start, special, max_new_tokens)
     response = {x: generated[row[x]][0] for x in distinct}
     logprobs = {(index, y): value for index, (y, value) in enumerate(generated)}
     needed = dict.fromkeys((row[x], response[other]) for members in group for x in members for other in members)
     pending = [pair for pair in needed if pair not in logprobs]
-    clock = time.perf_counter()
-    logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
-    work["score_s"] += time.perf_counter() - clock
+    with _timed(work, "score_s"):
+        logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
     work["prompt_tokens"] += start.tokens_run
     work["decode_steps"] += max(len(y) for y, _ in generated) - 1
     work["scored_tokens"] += sum(len(y) for _, y in pending)

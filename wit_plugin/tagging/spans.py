@@ -103,9 +103,7 @@ def tag_rendered(tokenizer: Any, row: RenderedRow, special_ids: np.ndarray | Non
     return TaggedSequence(input_ids.tolist(), roles.tolist())
 
 
-def token_roles(
-    text_length: int, spans: Sequence[Span], offsets: np.ndarray, special: np.ndarray | None = None
-) -> np.ndarray:
+def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray, special: np.ndarray) -> np.ndarray:
     """Vectorised content-wins role per token (see module docstring); ``special`` marks special tokens."""
     char_roles = np.full(text_length + 1, Role.TEMPLATE, dtype=np.int8)
     for span in spans:
@@ -115,12 +113,11 @@ def token_roles(
     last = char_roles[np.clip(ends - 1, 0, text_length)]
     roles = np.where((first == Role.TEMPLATE) | ((last != Role.TEMPLATE) & (last != first)), last, first)
     # No character covered: a token the tokenizer added (BOS) is template; any other is a whitespace token
-    # whose offsets were trimmed past the characters it covers, so it takes the role of the one just before.
-    before = char_roles[np.clip(starts - 1, 0, text_length)]
+    # whose offsets were trimmed past the characters it covers, so it takes the role of the one just before
+    # its offset, which for an empty span is ``last``.
     empty = ends <= starts
-    added = empty if special is None else empty & special
-    roles[empty] = before[empty]
-    roles[added] = Role.TEMPLATE
+    roles[empty] = last[empty]
+    roles[empty & special] = Role.TEMPLATE
     return roles
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin.integrations.axolotl.args import WIT_KEYS
-from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES
+from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
 from wit_plugin.roles import RoleWeights
 
 LOG = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def check_config(cfg: Any) -> None:
             "weight; use `eager` (or `auto`, which picks it)"
         )
     eval_len = cfg.get("eval_sequence_len")
-    truncating = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
-    if truncating and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
+    if truncates(cfg) and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
         problems.append(
             "`excess_length_strategy: truncate` with an `eval_sequence_len` of its own: the role column is cut at "
             "`sequence_len`, and Axolotl would cut the eval split's other columns elsewhere"
@@ -157,9 +156,9 @@ class WITPlugin(BasePlugin):
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        loss_impl = cfg.wit_loss_impl or "auto"
-        if loss_impl == "auto" and parameter_sharding(cfg):
-            LOG.info("wit_plugin: %s shards the LM head, so the loss is computed eagerly", parameter_sharding(cfg))
+        loss_impl, sharding = cfg.wit_loss_impl or "auto", parameter_sharding(cfg)
+        if loss_impl == "auto" and sharding:
+            LOG.info("wit_plugin: %s shards the LM head, so the loss is computed eagerly", sharding)
             loss_impl = "eager"
         trainer.setup_wit(
             RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=cfg.wit_role_metrics or "all"

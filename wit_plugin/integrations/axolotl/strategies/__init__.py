@@ -123,6 +123,11 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
     }
 
 
+def truncates(cfg: Any) -> bool:
+    """Whether over-long rows are cut (``excess_length_strategy: truncate``) rather than dropped."""
+    return (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
+
+
 def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> RoleTagger:
     """The tagger training uses for one dataset of an Axolotl config (also what ``wit inspect`` shows).
 
@@ -135,8 +140,7 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
     if row_format == "text":
         return RoleTagger(tokenizer, row_format, field=options.get("field") or "text")
-    truncate = (cfg.get("excess_length_strategy") or "drop").lower() == "truncate"
-    return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncate else None, **kwargs)
+    return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
 
 
 def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
