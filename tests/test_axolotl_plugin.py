@@ -15,7 +15,9 @@ from axolotl.integrations.base import PluginManager
 from axolotl.utils.dict import DictDefault
 
 from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types
+from wit_plugin.integrations.axolotl.strategies import LOADER
 from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
+from wit_plugin.options import OptionError
 from wit_plugin.roles import Role, WeightError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,25 +36,25 @@ def base_cfg(model_path, tmp_path):
     return cfg
 
 
-def test_plugin_keys_are_the_shared_option_keys():
-    from wit_plugin.evaluation.callback import POSIX_KEYS
-    from wit_plugin.integrations.axolotl.args import WIT_KEYS
-    from wit_plugin.roles import WEIGHT_KEYS
-    from wit_plugin.trainer import TRAINING_KEYS
+def test_plugin_keys_are_the_shared_option_schema():
+    from wit_plugin.integrations.axolotl.args import WITArgs
+    from wit_plugin.options import OPTION_BY_NAME
 
-    assert {*WEIGHT_KEYS, *TRAINING_KEYS, *POSIX_KEYS} == WIT_KEYS
+    fields = {name: field.default for name, field in WITArgs.model_fields.items()}
+    assert fields == {name: option.default for name, option in OPTION_BY_NAME.items()}
+    assert all(WITArgs.model_fields[name].description == option.help for name, option in OPTION_BY_NAME.items())
 
 
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
-    assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
+    assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template.{LOADER}"
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
 @pytest.mark.parametrize(
     ("override", "error", "message"),
     [
-        ({"wit_prompt_weigth": 0.4}, WITConfigError, "unknown wit_plugin option\\(s\\) \\['wit_prompt_weigth'\\]"),
+        ({"wit_prompt_weigth": 0.4}, OptionError, "unknown wit_plugin option\\(s\\) \\['wit_prompt_weigth'\\]"),
         ({"wit_prompt_weight": -1}, WeightError, "must be >= 0"),
         ({"wit_response_weight": float("nan")}, WeightError, "must be finite"),
         ({"wit_prompt_weight": 0, "wit_response_weight": 0}, WeightError, "all wit role weights are zero"),
@@ -85,12 +87,11 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"context_parallel_size": 2}, "`context_parallel_size` > 1"),
         ({"tensor_parallel_size": 2}, "`tensor_parallel_size` > 1: the LM head and logits split"),
         ({"train_on_inputs": True}, "`train_on_inputs`: the role weights decide"),
-        ({"eot_tokens": ["<|im_end|>"]}, "`eot_tokens`"),
         ({"trainer_cls": "my.Trainer"}, "`trainer_cls`"),
         ({"wit_posix_steps": 10}, "set without `wit_posix_prompts`"),
         ({"wit_posix_prompts": "no/such/sets.jsonl"}, "`wit_posix_prompts`: no file at no/such/sets.jsonl"),
         ({"excess_length_strategy": "truncate", "eval_sequence_len": 64}, "with an `eval_sequence_len` of its own"),
-        ({"chat_template_kwargs": {"tools": []}}, "`chat_template_kwargs.tools`"),
+        ({"wit_crosstask_pool": "no/such/pool.jsonl"}, "`wit_crosstask_pool`: no file at no/such/pool.jsonl"),
         ({"fsdp_config": {"fsdp_version": 2}, "wit_loss_impl": "chunked"}, "with FSDP: the fused loss needs"),
         (
             {"deepspeed": {"zero_optimization": {"stage": 3}}, "wit_loss_impl": "cce"},
@@ -116,7 +117,9 @@ def test_options_that_bypass_the_weights_are_errors(base_cfg, override, message)
 def test_stock_dataset_types_map_to_role_tagging_strategies(stock, ours):
     cfg = {"datasets": [{"path": "x", "type": stock}], "test_datasets": [{"path": "y", "type": stock}]}
     map_dataset_types(cfg)
-    assert cfg["datasets"][0]["type"] == cfg["test_datasets"][0]["type"] == f"{STRATEGIES}.{ours}"
+    assert cfg["datasets"][0]["type"] == cfg["test_datasets"][0]["type"] == f"{STRATEGIES}.{ours}.{LOADER}"
+    map_dataset_types(cfg)  # idempotent: our own (versioned) types stay
+    assert cfg["datasets"][0]["type"] == f"{STRATEGIES}.{ours}.{LOADER}"
 
 
 @pytest.mark.parametrize("kind", ["sharegpt", "alpaca_chat.load_qa", "chat_template.argilla", {"field": "x"}])
@@ -183,27 +186,55 @@ def test_sharegpt_roles_map_as_in_axolotl_without_a_roles_key(tokenizer, with_pl
     assert "<|im_start|>user\nHi there<|im_end|>" in text and "<|im_start|>assistant\nHello!<|im_end|>" in text
 
 
-def test_rendered_tools_and_message_extras_are_refused(tokenizer, with_plugin):
-    from wit_plugin.tagging.spans import TaggingError
-
+def test_rendered_tools_reasoning_and_eot_tokens_are_tagged(tokenizer, with_plugin):
     template = (
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}"
-        "</think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content is defined %}<think>"
+        "{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}[END]\n{% endfor %}"
     )
-    cfg = DictDefault({"sequence_len": 256, "chat_template": "jinja", "chat_template_jinja": template})
+    cfg = DictDefault(
+        {"sequence_len": 256, "chat_template": "jinja", "chat_template_jinja": template, "eot_tokens": ["[END]"]}
+    )
     tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
     plain = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
-    assert tokenize({"messages": [{**m, "id": 7} for m in plain]})  # a field the template ignores is fine
-    assert tokenize({"messages": [{**m, "reasoning_content": None} for m in plain]})  # Arrow's None: absent
     thinking = [plain[0], {**plain[1], "reasoning_content": "add them"}]
-    with pytest.raises(TaggingError, match="renders message field\\(s\\) \\['reasoning_content'\\]"):
-        tokenize({"messages": thinking})
     tool = {"type": "function", "function": {"name": "add"}}
-    for tools in ([tool], json.dumps([tool])):  # a list, or a JSON string of one as Axolotl also reads
-        with pytest.raises(TaggingError, match="tool definitions \\('tools'\\)"):
-            tokenize({"messages": plain, "tools": tools})
+
+    def text_of(features, role):
+        return tokenizer.decode([t for t, r in zip(features["input_ids"], features["wit_roles"]) if r == role])
+
+    features = tokenize({"messages": thinking, "tools": json.dumps([tool])})  # a JSON string, as Axolotl reads
+    assert text_of(features, Role.REASONING) == "add them" and '"name": "add"' in text_of(features, Role.SYSTEM)
+    assert text_of(features, Role.EOT).strip() == "[END]"  # the eot_tokens option, honoured
     for no_tools in (None, [], "[]", ""):
-        assert tokenize({"messages": plain, "tools": no_tools})
+        assert Role.SYSTEM not in tokenize({"messages": plain, "tools": no_tools})["wit_roles"]
+    assert tokenize({"messages": [{**m, "reasoning_content": None} for m in plain]})  # Arrow's None: absent
+
+
+def test_a_bad_row_is_named_by_file_and_line(tokenizer, with_plugin, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]}
+    data.write_text(f"{json.dumps(good)}\n\n{json.dumps(bad)}\n")
+    cfg = DictDefault({"sequence_len": 64, "chat_template": "tokenizer_default"})
+    strategy = chat_strategy.load(tokenizer, cfg, {"type": "chat_template", "path": str(data)})
+    arrow_row = {"messages": [{**m, "tool_calls": None} for m in bad["messages"]]}  # as datasets hands it over
+    with pytest.raises(ValueError, match=f"^{data}:3: messages\\[1\\].role: unknown message role 'bot'"):
+        strategy.tokenize_prompt(arrow_row)
+    with pytest.raises(
+        ValueError, match=f'^dataset {data}, row {{"messages": \\[\\]}}: .messages. must be a non-empty'
+    ):
+        strategy.tokenize_prompt({"messages": []})  # a row the file does not hold as such (a transform made it)
+
+
+def test_a_malformed_json_line_is_named_when_the_config_is_registered(base_cfg, tmp_path):
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"messages": []}\n{"messages": [}\n')
+    cfg = DictDefault({**base_cfg, "datasets": [{"path": str(data), "type": "chat_template"}]})
+    with pytest.raises(ValueError, match=f"^{data}:2: not valid JSON"):
+        WITPlugin().register(cfg)
 
 
 def test_completion_documents_longer_than_sequence_len_become_several_rows(tokenizer, with_plugin):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -16,9 +17,28 @@ def test_help_lists_the_commands():
     result = subprocess.run(
         [sys.executable, "-m", "wit_plugin.cli", "--help"], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0
-    for command in ("prepare", "inspect"):
+    assert result.returncode == 0 and not result.stderr
+    for command in ("prepare", "inspect", "posix"):
         assert command in result.stdout
+
+
+def test_help_imports_no_framework():
+    """``wit --help`` and each subcommand's help answer at once: no torch, transformers or Axolotl import
+    (timed in ``bench/cli.py``)."""
+    probe = (
+        "import sys\n"
+        "from wit_plugin.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for command in [[]] + [[name] for name in parser._subparsers._group_actions[0].choices]:\n"
+        "    try:\n"
+        "        parser.parse_args([*command, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'axolotl', 'trl', 'datasets', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in result.stdout
 
 
 @pytest.fixture
@@ -68,14 +88,18 @@ def test_inspect_colours_tokens_by_role_and_writes_html(rows, model_path, tmp_pa
     assert all(weight == "0" for role, weight in trained if role in ("template", "instruction", "system"))
 
 
+PLUGIN = "plugins: [wit_plugin.WITPlugin]\n"
+
+
 def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     config = tmp_path / "cfg.yml"
     config.write_text(
-        f"base_model: {model_path}\nwit_preset: im\ndatasets:\n  - path: {rows}\n    type: chat_template\n"
+        f"base_model: {model_path}\n{PLUGIN}wit_preset: im\ndatasets:\n  - path: {rows}\n    type: chat_template\n"
     )
     assert main(["inspect", "--config", str(config)]) == 0
     legend = capsys.readouterr().out
     assert re.search(r"instruction\s+│ 1 ", legend) and re.search(r"template\s+│ 0 ", legend)  # im preset
+    assert "never a target" in legend
 
 
 def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys):
@@ -85,8 +109,8 @@ def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys
     )
     config = tmp_path / "cfg.yml"
     config.write_text(
-        f"base_model: {model_path}\nwit_prompt_weight: 0.3\ndatasets:\n  - path: {data}\n    type: chat_template\n"
-        "    field_messages: chats\n    message_property_mappings: {role: from, content: value}\n"
+        f"base_model: {model_path}\n{PLUGIN}wit_prompt_weight: 0.3\ndatasets:\n  - path: {data}\n"
+        "    type: chat_template\n    field_messages: chats\n    message_property_mappings: {role: from, content: value}\n"
     )
     assert main(["inspect", "--config", str(config)]) == 0
     out = capsys.readouterr().out
@@ -97,6 +121,73 @@ def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys
     config.write_text(config.read_text() + "wit_prompt_wieght: 1\n")
     assert main(["inspect", "--config", str(config)]) == 2
     assert "unknown wit_plugin option(s) ['wit_prompt_wieght']" in capsys.readouterr().err
+
+
+def test_inspect_catches_wit_keys_without_the_plugin(rows, model_path, tmp_path, capsys):
+    """Axolotl drops unknown keys silently: such a config would train unweighted."""
+    config = tmp_path / "cfg.yml"
+    config.write_text(f"base_model: {model_path}\nwit_preset: im\ndatasets:\n  - path: {rows}\n")
+    assert main(["inspect", "--config", str(config)]) == 2
+    assert "has no `plugins: [wit_plugin.WITPlugin]`" in capsys.readouterr().err
+
+
+def test_inspect_json_text_is_exactly_the_rendered_row(model_path, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "rows.jsonl"
+    messages = [{"role": "user", "content": "日本語で答えて"}, {"role": "assistant", "content": "東京です。🙂"}]
+    data.write_text(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    out = tmp_path / "rows.json"
+    page = tmp_path / "rows.html"
+    assert main(["inspect", str(data), "--tokenizer", str(model_path), "--json", str(out), "--html", str(page)]) == 0
+    assert "東京です。🙂" in capsys.readouterr().out  # multi-byte characters intact in the terminal
+    (row,) = json.loads(out.read_text())["rows"]
+    rendered = AutoTokenizer.from_pretrained(model_path).apply_chat_template(messages, tokenize=False)
+    assert "".join(token["text"] for token in row["tokens"]) == rendered
+    assert {tuple(token) for token in row["tokens"]} == {("id", "text", "role", "weight")}
+    assert row["tokens"][0]["weight"] == 0  # never a target
+    response = "".join(t["text"] for t in row["tokens"] if t["role"] == "response")
+    assert response == "東京です。🙂"
+    shown = html.unescape(re.sub("<[^>]+>", "", page.read_text(encoding="utf-8")))
+    assert "日本語で答えて" in shown and "東京です。🙂" in shown
+
+
+def test_inspect_config_applies_added_tokens_picks_a_dataset_and_shows_long_rows(model_path, tmp_path, capsys):
+    short, long_rows = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    short.write_text(json.dumps(row) + "\n")
+    long_row = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]}
+    long_rows.write_text(json.dumps(long_row) + "\n")
+    config = tmp_path / "cfg.yml"
+    body = (
+        f"base_model: {model_path}\n{PLUGIN}chat_template: llama3\ntokens: ['<|eot_id|>']\nsequence_len: 64\n"
+        f"datasets:\n  - path: {short}\n    type: chat_template\n  - path: {long_rows}\n    type: chat_template\n"
+    )
+    config.write_text(body)
+    out = tmp_path / "rows.json"
+    assert main(["inspect", "--config", str(config), "--json", str(out)]) == 0
+    tokens = json.loads(out.read_text())["rows"][0]["tokens"]
+    assert [t["text"] for t in tokens if t["role"] == "eot"] == ["<|eot_id|>"]  # one added token, as in training
+    assert main(["inspect", "--config", str(config), "--dataset", "1"]) == 0
+    assert "DROPPED by training: " in capsys.readouterr().out
+    config.write_text(body + "excess_length_strategy: truncate\n")
+    assert main(["inspect", "--config", str(config), "--dataset", "1", "--json", str(out)]) == 0
+    assert "truncated at 64 of " in capsys.readouterr().out
+    assert len(json.loads(out.read_text())["rows"][0]["tokens"]) == 64
+    assert main(["inspect", "--config", str(config), "--dataset", "2"]) == 2
+    assert "has 2 dataset(s); --dataset 2 does not exist" in capsys.readouterr().err
+
+
+def test_inspect_reports_a_template_error_as_one_line(model_path, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    data.write_text(json.dumps(row) + "\n")
+    config = tmp_path / "cfg.yml"
+    config.write_text(f"base_model: {model_path}\n{PLUGIN}chat_template: gemma\ndatasets:\n  - path: {data}\n")
+    assert main(["inspect", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"wit inspect: error: {data}:1: ")
+    assert "System role not supported" in err[0]
 
 
 def test_inspect_errors_are_clear(rows, model_path, tmp_path, capsys):
@@ -112,4 +203,4 @@ def test_inspect_errors_are_clear(rows, model_path, tmp_path, capsys):
     assert "cannot load a tokenizer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["posix", "--model", "m", "--prompts", "p.jsonl", "--max-new-tokens", "0"])
-    assert "must be at least 1, got 0" in capsys.readouterr().err
+    assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err

@@ -28,7 +28,7 @@ ROWS = [
         ]
     },
 ]
-WEIGHTS = RoleWeights.preset("wit", 0.0, 1.0)  # template/system/instruction 0: labels must be masked there
+WEIGHTS = RoleWeights.groups(0.0, 1.0)  # template/system/instruction 0: labels must be masked there
 
 
 @pytest.fixture(scope="module")

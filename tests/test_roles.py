@@ -8,7 +8,12 @@ from wit_plugin.roles import PRESETS, WEIGHT_KEYS, Role, RoleWeights, WeightErro
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [("it", (0, 0, 0, 1, 1)), ("im", (0, 1, 1, 1, 1)), ("cpt", (1, 1, 1, 1, 1)), ("wit", (0.4, 0.4, 0.4, 0.6, 0.6))],
+    [
+        ("it", (0, 0, 0, 1, 1, 1)),
+        ("im", (0, 1, 1, 1, 1, 1)),
+        ("cpt", (1, 1, 1, 1, 1, 1)),
+        ("wit", (0.4, 0.4, 0.4, 0.6, 0.6, 0.6)),
+    ],
 )
 def test_presets(preset, expected):
     assert RoleWeights.preset(preset).as_tuple() == pytest.approx(expected)
@@ -16,16 +21,16 @@ def test_presets(preset, expected):
 
 
 def test_default_is_wit_and_group_keys_override_preset():
-    assert RoleWeights.from_options({}).as_tuple() == pytest.approx((0.4, 0.4, 0.4, 0.6, 0.6))
+    assert RoleWeights.from_options({}).as_tuple() == pytest.approx((0.4, 0.4, 0.4, 0.6, 0.6, 0.6))
     weights = RoleWeights.from_options({"wit_preset": "it", "wit_prompt_weight": 0.2})
-    assert weights.as_tuple() == pytest.approx((0.2, 0.2, 0.2, 1, 1))
+    assert weights.as_tuple() == pytest.approx((0.2, 0.2, 0.2, 1, 1, 1))
 
 
 def test_role_keys_override_group_keys():
     weights = RoleWeights.from_options(
         {"wit_prompt_weight": 0.3, "wit_response_weight": 0.7, "wit_template_weight": 0.0, "wit_eot_weight": 1.0}
     )
-    assert weights.as_tuple() == pytest.approx((0.0, 0.3, 0.3, 0.7, 1.0))
+    assert weights.as_tuple() == pytest.approx((0.0, 0.3, 0.3, 0.7, 1.0, 0.7))  # reasoning follows λr
 
 
 def test_none_values_mean_unset():
@@ -55,9 +60,10 @@ def test_direct_construction_names_the_role():
 
 
 def test_table_indexes_role_codes_and_pad_is_never_weighted():
-    table = RoleWeights(0.1, 0.2, 0.3, 0.4, 0.5).table()
-    roles = torch.tensor([Role.TEMPLATE, Role.EOT, Role.PAD, Role.INSTRUCTION])
-    assert table[roles].tolist() == pytest.approx([0.1, 0.5, 0.0, 0.3])
+    table = RoleWeights(0.1, 0.2, 0.3, 0.4, 0.5, 0.7).table()
+    roles = torch.tensor([Role.TEMPLATE, Role.EOT, Role.PAD, Role.INSTRUCTION, Role.REASONING])
+    assert table[roles].tolist() == pytest.approx([0.1, 0.5, 0.0, 0.3, 0.7])
+    assert len(table) == len(Role) and Role.PAD == len(Role) - 1
 
 
 def test_message_roles():

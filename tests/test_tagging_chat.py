@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wit_plugin.roles import Role, message_role
+from tests.chat_check import check_chat_row, role_text
+from wit_plugin.roles import Role
 from wit_plugin.tagging import RoleTagger, TaggingError
 from wit_plugin.tagging.chat import ChatRenderer
 
@@ -39,37 +40,14 @@ def llama_tokenizer(model_path):
     return tokenizer
 
 
-def check_row(tokenizer, messages, chat_template=None, trims=False):
-    """Tag, then check the invariants against an independent tokenisation of the rendered text."""
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template)
-    rendered = renderer.render(messages)
-    tagged = RoleTagger(tokenizer, "chat", chat_template=chat_template).tag({"messages": messages})
-    encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    assert encoding["input_ids"] == tagged.input_ids
-    offsets = np.asarray(encoding["offset_mapping"])
-    roles = np.asarray(tagged.roles)
-
-    assert len(rendered.spans) == len(messages)
-    content_char = np.zeros(len(rendered.text), dtype=bool)
-    for message, span in zip(messages, rendered.spans):
-        expected = message["content"].strip() if trims else message["content"]
-        assert rendered.text[span.start : span.end] == expected  # located exactly, not guessed
-        assert span.role is message_role(message["role"])
-        for char in range(span.start, span.end):
-            covering = np.nonzero((offsets[:, 0] <= char) & (char < offsets[:, 1]))[0]
-            assert len(covering) >= 1  # byte-level BPE may split one character over several tokens
-            assert (roles[covering] == span.role).all(), (rendered.text[span.start : span.end], char)
-        content_char[span.start : span.end] = True
-    # tokens covering no content character are template, or the end-of-turn after an assistant turn
-    for index, (start, end) in enumerate(offsets):
-        if not content_char[start:end].any():
-            assert roles[index] in (Role.TEMPLATE, Role.EOT)
-    eot_positions = np.nonzero(roles == Role.EOT)[0]
-    assistant_turns = [m for m in messages if m["role"] == "assistant"]
-    assert len(eot_positions) == len(assistant_turns)
-    assert all(
-        tokenizer.convert_ids_to_tokens(tagged.input_ids[i]) in ("<|im_end|>", "<|eot_id|>") for i in eot_positions
-    )
+def check_row(tokenizer, messages, chat_template=None, trims=False, closing=None):
+    """Tag, then check the invariants of :mod:`tests.chat_check` (``trims``: the template trims contents)."""
+    closing = closing or ("<|eot_id|>" if chat_template == LLAMA3_STYLE else "<|im_end|>")
+    tagged = check_chat_row(tokenizer, {"messages": messages}, closing, chat_template=chat_template)
+    rendered = ChatRenderer(tokenizer, chat_template=chat_template).render(messages)
+    contents = [m["content"].strip() if trims else m["content"] for m in messages]
+    placed = [rendered.text[span.start : span.end] for span in rendered.placed if span.end > span.start]
+    assert placed == [content for content in contents if content]  # located exactly, not guessed
     return rendered, tagged
 
 
@@ -80,7 +58,7 @@ def test_chatml_default_system_prompt_is_template_even_when_the_user_repeats_it(
     ]
     rendered, tagged = check_row(tokenizer, messages)
     default_prompt_start = rendered.text.index(SYSTEM_PROMPT_TEXT)
-    assert default_prompt_start < rendered.spans[0].start  # the template's copy comes first ...
+    assert default_prompt_start < rendered.placed[0].start  # the template's copy comes first ...
     first_content_token = next(i for i, r in enumerate(tagged.roles) if r != Role.TEMPLATE)
     assert tagged.roles[first_content_token] == Role.INSTRUCTION  # ... and stays template
 
@@ -148,13 +126,15 @@ def test_truncation_cuts_every_column_together(tokenizer):
 @pytest.mark.parametrize(
     ("messages", "message"),
     [
-        ([], "non-empty list of messages"),
-        ([{"role": "narrator", "content": "x"}], "message 0: unknown message role 'narrator'"),
-        ([{"role": ["user"], "content": "x"}], "message 0 role must be a string, got \\['user'\\]"),
-        ([{"role": "user", "content": ["a", "b"]}], "content must be a string, got list"),
-        ([{"role": "user", "content": None}], "content must be a string, got NoneType"),
-        ([{"role": "user"}], "needs 'role' and 'content' fields"),
-        (["hello"], "message 0 is not a mapping"),
+        ([], "'messages' must be a non-empty list of messages"),
+        ([{"role": "narrator", "content": "x"}], "messages\\[0\\].role: unknown message role 'narrator'"),
+        ([{"role": ["user"], "content": "x"}], "messages\\[0\\].role must be a string, got \\['user'\\]"),
+        ([{"role": "user", "content": ["a", "b"]}], "messages\\[0\\].content\\[0\\] is a 'str' part"),
+        ([{"role": "user", "content": [{"type": "image"}]}], "messages\\[0\\].content\\[0\\] is a 'image' part"),
+        ([{"role": "user", "content": 3}], "messages\\[0\\].content must be a string, a list of text parts or null"),
+        ([{"role": "user"}], "messages\\[0\\] has no 'content' field"),
+        ([{"content": "x"}], "messages\\[0\\] has no 'role' field"),
+        (["hello"], "messages\\[0\\] is not a mapping"),
     ],
 )
 def test_malformed_rows_fail_with_a_clear_error(tokenizer, messages, message):
@@ -167,7 +147,7 @@ def test_template_that_drops_a_message_is_an_error(tokenizer):
         "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
     )
     row = {"messages": [{"role": "system", "content": "secret"}, {"role": "user", "content": "hi"}]}
-    with pytest.raises(TaggingError, match="does not render message 0"):
+    with pytest.raises(TaggingError, match="does not render messages\\[0\\].content"):
         RoleTagger(tokenizer, "chat", chat_template=drops_system).tag(row)
 
 
@@ -196,13 +176,10 @@ def test_template_that_alters_content_tags_the_text_between_its_scaffold_pieces(
     shouting = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
     row = {"messages": [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "blue"}]}
     rendered = ChatRenderer(tokenizer, chat_template=shouting).render(row["messages"])
-    assert [rendered.text[s.start : s.end] for s in rendered.spans] == ["NAME A COLOUR", "BLUE"]
+    assert [rendered.text[s.start : s.end] for s in rendered.placed] == ["NAME A COLOUR", "BLUE"]
     tagged = RoleTagger(tokenizer, "chat", chat_template=shouting).tag(row)
-    text_of = {
-        role: tokenizer.decode([t for t, r in zip(tagged.input_ids, tagged.roles) if r == role]) for role in Role
-    }
-    assert text_of[Role.INSTRUCTION] == "NAME A COLOUR" and text_of[Role.RESPONSE] == "BLUE"
-    assert text_of[Role.EOT] == "<|im_end|>"
+    assert role_text(tagged, Role.INSTRUCTION) == "NAME A COLOUR" and role_text(tagged, Role.RESPONSE) == "BLUE"
+    assert role_text(tagged, Role.EOT) == "<|im_end|>"
 
 
 def test_whitespace_tokens_with_trimmed_offsets_keep_their_contents_role(tokenizer):
@@ -245,4 +222,4 @@ def test_a_stale_cached_scaffold_is_rendered_again(tokenizer):
     renderer.render(messages)
     renderer.template_kwargs = {"today": "1 Jan"}  # the clock moved on; the cached scaffold still says 31 Dec
     row = renderer.render(messages)
-    assert "Today is 1 Jan." in row.text and [row.text[s.start : s.end] for s in row.spans] == ["Hi", "Hello"]
+    assert "Today is 1 Jan." in row.text and [row.text[s.start : s.end] for s in row.placed] == ["Hi", "Hello"]

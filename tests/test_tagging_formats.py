@@ -47,14 +47,16 @@ def test_a_prompt_ending_in_a_space_leaves_the_completion_trained(tokenizer):
     assert text_of(tokenizer, tagged, Role.RESPONSE) == " four."
 
 
-def test_conversational_prompt_completion_with_tools_is_refused(tokenizer):
+def test_conversational_prompt_completion_with_tools_tags_them_system(tokenizer):
+    from tests.test_tagging_templates import QWEN25_STYLE
+
     row = {
         "prompt": [{"role": "user", "content": "Add 2 and 3."}],
         "completion": [{"role": "assistant", "content": "5"}],
         "tools": [{"type": "function", "function": {"name": "add"}}],
     }
-    with pytest.raises(TaggingError, match="tool definitions"):
-        RoleTagger(tokenizer, "prompt_completion").tag(row)
+    tagged = RoleTagger(tokenizer, "prompt_completion", chat_template=QWEN25_STYLE).tag(row)
+    assert '"name": "add"' in text_of(tokenizer, tagged, Role.SYSTEM)
 
 
 def test_a_completion_that_already_ends_with_eos_gets_no_second_one(tokenizer):

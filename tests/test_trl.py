@@ -17,9 +17,9 @@ from trl import SFTConfig, SFTTrainer
 from tests.trainer_case import ONE_SGD_STEP
 from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
 from wit_plugin.integrations.trl.data import prepare_dataset
-from wit_plugin.roles import WEIGHT_KEYS, Role, RoleWeights, WeightError
+from wit_plugin.options import OPTION_BY_NAME
+from wit_plugin.roles import Role, RoleWeights, WeightError
 from wit_plugin.tagging import RoleTagger
-from wit_plugin.trainer import TRAINING_KEYS
 from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
 
 PLAIN = [
@@ -88,8 +88,8 @@ def trained_positions(labels: torch.Tensor) -> set[tuple[int, int]]:
 
 
 def test_config_fields_are_the_weight_keys(tmp_path: Path) -> None:
-    wit_fields = {f.name for f in dataclasses.fields(WITConfig) if f.name.startswith("wit_")}
-    assert wit_fields == {*WEIGHT_KEYS, *TRAINING_KEYS}
+    wit_fields = {f.name: f.default for f in dataclasses.fields(WITConfig) if f.name.startswith("wit_")}
+    assert wit_fields == {name: option.default for name, option in OPTION_BY_NAME.items()}  # one schema
     options = {"wit_preset": "im", "wit_prompt_weight": 0.3, "wit_eot_weight": 2.0}
     assert wit_config(tmp_path, **options).role_weights == RoleWeights.from_options(options)
     assert wit_config(tmp_path).role_weights == RoleWeights.preset("wit")
@@ -97,7 +97,7 @@ def test_config_fields_are_the_weight_keys(tmp_path: Path) -> None:
     (parsed,) = HfArgumentParser(WITConfig).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--wit_preset", "it", "--wit_instruction_weight", "0.25", "--bf16", "False"]
     )
-    assert parsed.role_weights == RoleWeights(0.0, 0.0, 0.25, 1.0, 1.0)
+    assert parsed.role_weights == RoleWeights(0.0, 0.0, 0.25, 1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_chunked_nll_is_refused_or_mapped(tmp_path: Path) -> None:
         ({"compute_loss_func": lambda *a, **k: 0}, ValueError, "compute_loss_func"),
         ({"formatting_func": lambda row: row["prompt"]}, ValueError, "formatting_func"),
         ({"args": "sft"}, TypeError, "WITConfig"),
-        ({"train_dataset": Dataset.from_list([{**CHAT[0], "tools": "[]"}])}, ValueError, "'tools'"),
+        ({"train_dataset": Dataset.from_list([{**CHAT[0], "images": ["x.png"]}])}, ValueError, "'images'"),
         ({"train_dataset": Dataset.from_list([{"input_ids": [1, 2, 3]}])}, ValueError, ROLES_KEY),
         ({"args": "edited"}, WITOptionError, "loss_type"),
     ],
@@ -367,7 +367,10 @@ def test_gradient_accumulation_matches_one_batch(tmp_path: Path, model_path: Pat
 
 def test_train_logs_roles_saves_and_reloads(tmp_path: Path, model_path: Path, tokenizer: Any) -> None:
     model = fresh_model(model_path)
-    args = wit_config(tmp_path, **WIT, max_steps=2, logging_steps=1, per_device_train_batch_size=2)
+    # eager: TRL's entropy and mean_token_accuracy come from the logits, which the fused losses never build
+    args = wit_config(
+        tmp_path, **WIT, wit_loss_impl="eager", max_steps=2, logging_steps=1, per_device_train_batch_size=2
+    )
     trainer = WITSFTTrainer(
         model=model,
         args=args,

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from wit_plugin.roles import ROLE_DTYPE, Role, RoleWeights
+from wit_plugin.roles import Role, RoleWeights
 
 ROLES_KEY = "wit_roles"
+ROLE_DTYPE = torch.int8
 IGNORE_INDEX = -100
 
 

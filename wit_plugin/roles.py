@@ -3,6 +3,8 @@
 Datasets store a role *code* per token, never a weight, so the weights can change between runs without
 re-tokenising. Every preset of the paper family (standard instruction tuning, instruction modelling,
 weighted instruction tuning, continued pre-training) is a :class:`RoleWeights`.
+
+This module imports no framework (not even torch): the ``wit`` CLI reads it before deciding what to load.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class Role(IntEnum):
@@ -24,11 +27,12 @@ class Role(IntEnum):
     """
 
     TEMPLATE = 0  # chat scaffolding the template injects: role headers, default system prompts, BOS
-    SYSTEM = 1  # system message content
-    INSTRUCTION = 2  # user (and tool) message content
-    RESPONSE = 3  # assistant message content
-    EOT = 4  # the end-of-turn / EOS token that closes an assistant turn
-    PAD = 5  # padding, or the first token of a packed sequence: never a target
+    SYSTEM = 1  # system message content, and tool definitions the template renders
+    INSTRUCTION = 2  # user (and tool result) message content
+    RESPONSE = 3  # assistant output: content, rendered tool calls, the template's markup inside the turn
+    EOT = 4  # the text the template writes to close an assistant turn (<|im_end|>, <|eot_id|>, </s>...)
+    REASONING = 5  # assistant reasoning: ``reasoning_content`` or a template's thinking block
+    PAD = 6  # padding, or the first token of a packed sequence: never a target
 
     @property
     def label(self) -> str:
@@ -36,7 +40,8 @@ class Role(IntEnum):
 
 
 TRAINABLE_ROLES: tuple[Role, ...] = tuple(role for role in Role if role is not Role.PAD)
-ROLE_DTYPE = torch.int8
+PROMPT_GROUP: tuple[Role, ...] = (Role.TEMPLATE, Role.SYSTEM, Role.INSTRUCTION)  # λp in the WIT paper
+RESPONSE_GROUP: tuple[Role, ...] = (Role.RESPONSE, Role.EOT, Role.REASONING)  # λr: what the model generates
 
 # Message "role" strings as they appear in chat datasets, mapped to token roles.
 MESSAGE_ROLES: dict[str, Role] = {
@@ -57,13 +62,19 @@ class WeightError(ValueError):
     """Raised for weights that would make training silently wrong."""
 
 
-def _check_weight(value: Any, name: str) -> None:
+def check_weight(value: Any, name: str) -> None:
+    """A weight must be a finite number ≥ 0; the error names the key the user wrote."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WeightError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise WeightError(f"{name} must be finite, got {value}")
     if value < 0:
         raise WeightError(f"{name} must be >= 0, got {value}")
+
+
+PRESETS: tuple[str, ...] = ("it", "im", "wit", "cpt")
+DEFAULT_PROMPT_WEIGHT = 0.4  # the wit preset's λp and λr (the WIT paper's best region)
+DEFAULT_RESPONSE_WEIGHT = 0.6
 
 
 @dataclass(frozen=True)
@@ -75,24 +86,30 @@ class RoleWeights:
     instruction: float = 0.0
     response: float = 1.0
     eot: float = 1.0
+    reasoning: float = 1.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            _check_weight(getattr(self, field.name), f"wit weight for role '{field.name}'")
+            check_weight(getattr(self, field.name), f"wit weight for role '{field.name}'")
         if not any(self.as_tuple()):
             raise WeightError("all wit role weights are zero: no token would be trained")
 
     @classmethod
-    def preset(cls, name: str, prompt_weight: float = 0.4, response_weight: float = 0.6) -> RoleWeights:
+    def groups(cls, prompt: float, response: float) -> RoleWeights:
+        """λp on every prompt-group role, λr on every response-group role (the paper's two weights)."""
+        return cls(**{role.label: prompt for role in PROMPT_GROUP}, **{role.label: response for role in RESPONSE_GROUP})
+
+    @classmethod
+    def preset(cls, name: str) -> RoleWeights:
         """``it`` (response only), ``im`` (instruction modelling), ``wit`` (λp/λr), ``cpt`` (every token)."""
         if name == "it":
-            return cls(0.0, 0.0, 0.0, 1.0, 1.0)
+            return cls.groups(0.0, 1.0)
         if name == "im":
-            return cls(0.0, 1.0, 1.0, 1.0, 1.0)
+            return cls(**{**asdict(cls.groups(1.0, 1.0)), "template": 0.0})
         if name == "cpt":
-            return cls(1.0, 1.0, 1.0, 1.0, 1.0)
+            return cls.groups(1.0, 1.0)
         if name == "wit":
-            return cls(prompt_weight, prompt_weight, prompt_weight, response_weight, response_weight)
+            return cls.groups(DEFAULT_PROMPT_WEIGHT, DEFAULT_RESPONSE_WEIGHT)
         raise WeightError(f"unknown wit_preset {name!r}; choose one of {', '.join(PRESETS)}")
 
     @classmethod
@@ -100,40 +117,46 @@ class RoleWeights:
         """Resolve the user-facing weight keys (see :data:`WEIGHT_KEYS`) to weights; ``None`` means unset.
 
         Precedence, most specific last: ``wit_preset`` (default ``wit``), then the paper's group weights
-        ``wit_prompt_weight`` (template, system, instruction) and ``wit_response_weight`` (response, eot),
-        then the per-role ``wit_<role>_weight`` keys.
+        ``wit_prompt_weight`` (template, system, instruction) and ``wit_response_weight`` (response, eot,
+        reasoning), then the per-role ``wit_<role>_weight`` keys.
         """
-        preset = options.get("wit_preset") or "wit"
-        weights = asdict(cls.preset(preset))
+        weights = asdict(cls.preset(options.get("wit_preset") or "wit"))
         for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
             if options.get(key) is not None:
-                _check_weight(options[key], key)
-        prompt, response = options.get("wit_prompt_weight"), options.get("wit_response_weight")
-        if prompt is not None:
-            weights.update(template=prompt, system=prompt, instruction=prompt)
-        if response is not None:
-            weights.update(response=response, eot=response)
+                check_weight(options[key], key)
+        for key, group in zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP)):
+            if options.get(key) is not None:
+                weights.update({role.label: options[key] for role in group})
         for role in TRAINABLE_ROLES:
-            value = options.get(f"wit_{role.label}_weight")
-            if value is not None:
-                weights[role.label] = value
+            key = f"wit_{role.label}_weight"
+            if key not in GROUP_KEYS and options.get(key) is not None:
+                weights[role.label] = options[key]
         return cls(**weights)
 
     def as_tuple(self) -> tuple[float, ...]:
+        """Weights in role-code order (``PAD`` excluded)."""
         return tuple(getattr(self, role.label) for role in TRAINABLE_ROLES)
 
+    def by_code(self) -> tuple[float, ...]:
+        """Weight per role code, ``PAD`` included (always 0)."""
+        return (*self.as_tuple(), 0.0)
+
     def table(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Weight per role code, ``PAD`` included (always 0): index it with a role tensor."""
-        return torch.tensor([*self.as_tuple(), 0.0], dtype=torch.float32, device=device)
+        """Weight per role code as a tensor: index it with a role tensor."""
+        import torch
+
+        return torch.tensor(self.by_code(), dtype=torch.float32, device=device)
 
     def describe(self) -> str:
         return ", ".join(f"{role.label}={getattr(self, role.label):g}" for role in TRAINABLE_ROLES)
 
 
-PRESETS: tuple[str, ...] = ("it", "im", "wit", "cpt")
+# The response role's key is also the response group's (λr): it sets response, eot and reasoning.
 GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", "wit_response_weight")
-ROLE_KEYS: tuple[str, ...] = tuple(f"wit_{role.label}_weight" for role in TRAINABLE_ROLES)
-WEIGHT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(("wit_preset", *GROUP_KEYS, *ROLE_KEYS)))
+ROLE_KEYS: tuple[str, ...] = tuple(
+    key for key in (f"wit_{role.label}_weight" for role in TRAINABLE_ROLES) if key not in GROUP_KEYS
+)
+WEIGHT_KEYS: tuple[str, ...] = ("wit_preset", *GROUP_KEYS, *ROLE_KEYS)
 
 
 def message_role(name: object) -> Role:

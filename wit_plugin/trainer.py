@@ -21,19 +21,10 @@ from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutpu
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
+from wit_plugin.options import LOSS_IMPLS, ROLE_METRICS, defaults
 from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
 
 LOG = logging.getLogger(__name__)
-
-# ``eager``: CE from the model's logits. The others never materialise the logits in training (see
-# wit_plugin.loss.linear_ce): ``auto`` picks ``cce`` on CUDA with cut-cross-entropy installed, else ``chunked``,
-# and falls back to ``eager`` (with a warning) for architectures the hidden-states forward does not cover.
-LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "cce", "eager")
-# ``all``: per-role metrics for every role, zero-weight ones included (the fused loss then computes their CE
-# forward-only, for logging); ``weighted``: only roles that are trained, at no extra cost.
-ROLE_METRICS: tuple[str, ...] = ("all", "weighted")
-# The integrations' keys for the two choices above (beside roles.WEIGHT_KEYS for the weights).
-TRAINING_KEYS: tuple[str, ...] = ("wit_loss_impl", "wit_role_metrics")
 
 
 class WITTrainerMixin:
@@ -41,7 +32,12 @@ class WITTrainerMixin:
 
     wit_weights: RoleWeights
 
-    def setup_wit(self, weights: RoleWeights, loss_impl: str = "eager", role_metrics: str = "all") -> None:
+    def setup_wit(
+        self,
+        weights: RoleWeights,
+        loss_impl: str = defaults()["wit_loss_impl"],
+        role_metrics: str = defaults()["wit_role_metrics"],
+    ) -> None:
         """Install the weighted loss; call before training starts (the model must not be wrapped yet)."""
         if role_metrics not in ROLE_METRICS:
             raise ValueError(f"unknown wit_role_metrics {role_metrics!r}; choose one of {', '.join(ROLE_METRICS)}")

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import yaml
 
 from wit_plugin import __version__
-from wit_plugin.cli import inspect, posix, prepare
+from wit_plugin.cli import inspect_rows, posix, prepare
 
-SUBCOMMANDS = (prepare, inspect, posix)
+SUBCOMMANDS = (prepare, inspect_rows, posix)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party log lines that are noise on this command line: torchao failing to load kernels this machine has no
+# use for, torch deprecation notices about torchao's enums.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+class _OursOrWarnings(logging.Filter):
+    """wit_plugin's INFO lines; other packages' warnings and errors only (their INFO/DEBUG is noise here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("wit_plugin") or record.levelno >= logging.WARNING
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OursOrWarnings())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
+from wit_plugin import options
 from wit_plugin.cli.args import positive_int
-from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix, load_model
-from wit_plugin.evaluation.prompts import prompt_text
-from wit_plugin.evaluation.variants import load_prompt_sets, parse_kinds
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from wit_plugin.evaluation.posix import POSIXResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,17 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="Hugging Face model folder or id")
     parser.add_argument("--prompts", required=True, type=Path, help="JSONL of prompt sets or instruction rows")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="greedy response cap (default 32)")
     parser.add_argument("--variants", default="spelling,template", help="kinds: spelling, template, paraphrase")
     parser.add_argument(
         "--num-variants", type=positive_int, default=5, help="prompts per generated set, the original included (N)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=32,
-        help="prompts decoded together (whole sets: a larger set runs alone) and pairs scored per forward (default 32)",
+    options.add_arguments(
+        parser, [options.OPTION_BY_NAME["wit_posix_max_new_tokens"], options.OPTION_BY_NAME["wit_posix_batch_size"]]
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
@@ -48,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def summary_table(result: POSIXResult, width: int = 40) -> Table:
+    from rich.table import Table
+
+    from wit_plugin.evaluation.prompts import prompt_text
+
     table = Table(title=f"POSIX = {result.posix:.4f}", title_justify="left")
     table.add_column("set", justify="right", no_wrap=True, min_width=3)
     table.add_column("N", justify="right", no_wrap=True, min_width=2)
@@ -86,6 +85,13 @@ def plot_psi(result: POSIXResult, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wit_plugin.evaluation.posix import evaluate_posix, load_model
+    from wit_plugin.evaluation.variants import load_prompt_sets, parse_kinds
+
     if not args.prompts.is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}")
     if args.plot:
@@ -106,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             sets,
             tokenizer,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
+            max_new_tokens=args.wit_posix_max_new_tokens,
+            batch_size=args.wit_posix_batch_size,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     console.print(summary_table(result))

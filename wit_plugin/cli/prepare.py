@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from wit_plugin.cli.args import positive_int
-from wit_plugin.demo.data import DATA_NAME, write_dataset
-from wit_plugin.demo.model import MODEL_NAME, cache_dir, prepare_default_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wit_plugin.demo.data import DATA_NAME, write_dataset
+    from wit_plugin.demo.model import MODEL_NAME, cache_dir, prepare_default_model
+
     out = args.out or cache_dir()
     model = prepare_default_model(out / MODEL_NAME, force=args.force)
     data = write_dataset(out / DATA_NAME, args.rows, args.seed)

@@ -7,7 +7,7 @@ with the generation prompt appended, so the model answers as the assistant.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +79,6 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
         )
     text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for every non-blank line, so errors can point at the line."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object per line")  # noqa: TRY004 - bad file content
-            yield number, row
 
 
 def write_prompt_sets(path: str | Path, prompt_sets: Iterable[Sequence[Prompt]]) -> Path:

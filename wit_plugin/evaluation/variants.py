@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.evaluation.prompts import Prompt, PromptSet, read_jsonl, validate_prompt_set, validate_prompt_sets
+from wit_plugin.evaluation.prompts import Prompt, PromptSet, validate_prompt_set, validate_prompt_sets
+from wit_plugin.jsonl import read_jsonl
 
 KINDS = ("spelling", "template", "paraphrase")
 CHAT = "chat"

@@ -20,8 +20,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.loss.weighted import WeightedLoss, flat_targets, normaliser, role_stats
+from wit_plugin.options import FUSED_LOSS_IMPLS
 
-LOSS_IMPLS: tuple[str, ...] = ("auto", "chunked", "cce")
 # Every chunk streams the whole head (and its gradient) through memory, so a chunk needs a few hundred rows
 # for its matmuls to stay compute-bound; past ~512 rows it only costs memory (bench/loss.py on CPU: a
 # Llama-3 head needs ~500 rows to match materialised logits in speed, SmolLM2's is flat from 256 rows).
@@ -42,8 +42,8 @@ def resolve_loss_impl(name: str, device: torch.device | str) -> str:
     at least 0.8.1 its backward scales the gradient computed in the forward by one scalar, so with
     ``reduction='none'`` and per-token weights its gradients are wrong.
     """
-    if name not in LOSS_IMPLS:
-        raise ValueError(f"unknown wit loss implementation {name!r}; choose one of {', '.join(LOSS_IMPLS)}")
+    if name not in ("auto", *FUSED_LOSS_IMPLS):
+        raise ValueError(f"unknown fused loss implementation {name!r}; choose auto, {', '.join(FUSED_LOSS_IMPLS)}")
     on_cuda = torch.device(device).type == "cuda"
     if name == "cce" and not (on_cuda and cce_available()):
         raise ValueError(

@@ -7,9 +7,13 @@ from typing import Any
 
 from wit_plugin.tagging.formats import RowFormat
 from wit_plugin.tagging.registry import detect_format, get_format
-from wit_plugin.tagging.spans import TaggedSequence, TaggingError, special_token_ids, tag_rendered
+from wit_plugin.tagging.spans import TaggedSequence, TaggingError, tag_rendered
 
-__all__ = ["RoleTagger", "TaggedSequence", "TaggingError"]
+__all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError"]
+
+# Bumped whenever the same row can be tagged differently (v2: reasoning role, text ends of turn, tool calls and
+# definitions): prepared-dataset caches keyed on it (Axolotl's hash, TRL's map fingerprint) are then not reused.
+TAGGING_VERSION = 2
 
 
 class RoleTagger:
@@ -26,7 +30,6 @@ class RoleTagger:
         self.max_length = max_length
         self.options = options
         self._format: RowFormat | None = get_format(row_format)(tokenizer, **options) if row_format else None
-        self._special_ids = special_token_ids(tokenizer)
 
     @property
     def format_name(self) -> str | None:
@@ -35,7 +38,7 @@ class RoleTagger:
     def tag(self, row: Mapping[str, Any]) -> TaggedSequence:
         if self._format is None:
             self._format = detect_format(row)(self.tokenizer, **self.options)
-        tagged = tag_rendered(self.tokenizer, self._format.render(row), self._special_ids)
+        tagged = tag_rendered(self.tokenizer, self._format.render(row))
         if self.max_length is not None and len(tagged.input_ids) > self.max_length:
             tagged = tagged.truncated(self.max_length)
         return tagged

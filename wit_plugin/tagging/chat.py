@@ -1,16 +1,26 @@
 """Exact role tagging for any Hugging Face chat template.
 
-The template is rendered twice: once with every non-empty content replaced by a unique sentinel, which
-yields the *scaffold* (the text the template adds around contents: role headers, default system prompts,
-end-of-turn tokens), and once for real. Walking the real text along the scaffold places each message's
-content exactly, even when the same words occur in a default system prompt. Templates that trim content
-are handled (the trimmed content is what the text holds); a template that alters content in another way
-gets the whole text between its two scaffold pieces as that message's content.
+The template is rendered twice: once with every text the row supplies (message contents, their text parts,
+reasoning) replaced by a unique sentinel, which yields the *scaffold* (the text the template adds around them:
+role headers, default system prompts, rendered tool calls, end-of-turn markers), and once for real. Walking the
+real text along the scaffold places each text exactly, even when the same words occur in a default system
+prompt. Templates that trim texts are handled; a template that alters a text in another way gets the whole
+text between its two scaffold pieces as that text.
+
+Around the placed texts, what the template writes is read off the template itself, once per template
+(:class:`TurnMarkers`): the text that opens an assistant turn (its generation prompt) and the text that closes
+one (its end of turn: ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``..., a special token or not).
+Everything between the two is assistant output (``response``: rendered tool calls, a thinking block's markers)
+except reasoning (``reasoning``); the closing text is ``eot``. Tool definitions the template renders are
+``system``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,17 +29,50 @@ from typing import Any
 from wit_plugin.roles import Role, message_role
 from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
 
+LOG = logging.getLogger(__name__)
+
 _SENTINEL = "\ue000{}\ue001"  # private-use code points: no template or dataset text contains them
 _SENTINEL_PATTERN = re.compile("\ue000(\\d+)\ue001")
 _MAX_CACHED_SCAFFOLDS = 4096  # conversation shapes; datasets usually have a handful
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A text of the row that the scaffold places through a sentinel."""
+
+    message: int
+    role: Role
+    text: str
+    field: str  # where it is in the row, for errors: ``messages[2].content``
+    required: bool  # a non-empty content must be rendered; reasoning may be dropped (earlier turns)
+
+
+@dataclass(frozen=True)
+class TurnMarkers:
+    """What a chat template writes around an assistant turn (``""`` where it writes nothing we can find)."""
+
+    opening: str  # the generation prompt: ``<|im_start|>assistant\\n``
+    closing: str  # the end of turn: ``<|im_end|>``
+
+
+@dataclass
+class _Message:
+    index: int
+    role: str  # the template's role name (after role_map)
+    real: dict[str, Any]  # the message as the template renders it
+    content: str | list[str]  # the content, or its text parts
+    reasoning: str  # reasoning text ("" when none)
+    split_think: bool  # the reasoning came out of a thinking block in the content
 
 
 @dataclass
 class ChatRenderer:
-    """Renders conversations with one chat template and locates each message's content.
+    """Renders conversations with one chat template and locates every text the row supplies.
 
     ``role_map`` renames dataset roles (``human`` → ``user``) before rendering; ``template_kwargs`` go to
-    ``apply_chat_template`` (e.g. ``tools``).
+    ``apply_chat_template``; ``eot_tokens`` (Axolotl's option), when given, are the texts that close an assistant
+    turn instead of the template's own end of turn.
     """
 
     tokenizer: Any
@@ -37,115 +80,285 @@ class ChatRenderer:
     role_map: Mapping[str, str] = field(default_factory=dict)
     role_field: str = "role"
     content_field: str = "content"
+    messages_field: str = "messages"
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    eot_tokens: Sequence[str] = ()
     _scaffolds: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _markers: TurnMarkers | None = field(default=None, repr=False)
 
-    def render(self, messages: Sequence[Mapping[str, Any]]) -> RenderedRow:
-        """Render ``messages`` and return the text with each content's span and each assistant turn's end."""
-        normalised = self._normalise(messages)
-        text = self._apply(normalised)
-        self._check_extra_fields(normalised, text)
+    @property
+    def markers(self) -> TurnMarkers:
+        if self._markers is None:
+            self._markers = self._probe()
+            if not self._markers.closing and not self.eot_tokens:
+                LOG.warning(
+                    "wit: the chat template writes nothing wit_plugin can find after an assistant turn, so no token "
+                    "is tagged eot and the model does not learn where a turn ends; set Axolotl's `eot_tokens` "
+                    "(or use a template with an end-of-turn marker)"
+                )
+        return self._markers
+
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], tools: Any = None, template_kwargs: Mapping[str, Any] | None = None
+    ) -> RenderedRow:
+        """Render ``messages`` (with tool definitions ``tools``, if any) and place every role in the text."""
+        parsed = self._normalise(messages)
+        kwargs = {**self.template_kwargs, **(template_kwargs or {})}
+        if tools is not None:
+            kwargs["tools"] = tools
+        real = [message.real for message in parsed]
+        text = self._apply(real, **kwargs)
         try:
-            return self._place(text, normalised)
+            placed = self._place(text, parsed, kwargs)
         except TaggingError:
             # A cached scaffold can go stale when the template renders today's date (Llama 3.1's default
             # system prompt): render the scaffold afresh once before calling the row untaggable.
             self._scaffolds.clear()
-            return self._place(text, normalised)
-
-    def _place(self, text: str, messages: list[dict[str, Any]]) -> RenderedRow:
-        try:  # every content placed, empty ones too: an empty assistant turn still has its end-of-turn
-            return _locate(text, self._scaffold(messages, mark_empty=True), messages)
-        except TaggingError:  # the template renders empty contents differently (e.g. skips them)
-            return _locate(text, self._scaffold(messages, mark_empty=False), messages)
-
-    def _normalise(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-            raise TaggingError(f"a conversation must be a non-empty list of messages, got {messages!r:.200}")
-        normalised = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, Mapping):
-                raise TaggingError(f"message {index} is not a mapping: {message!r:.200}")
-            if self.role_field not in message or self.content_field not in message:
-                raise TaggingError(
-                    f"message {index} needs '{self.role_field}' and '{self.content_field}' fields, "
-                    f"has {sorted(message)}"
-                )
-            role = message[self.role_field]
-            if not isinstance(role, str):
-                raise TaggingError(f"message {index} role must be a string, got {role!r:.80}")
-            role = self.role_map.get(role, role)
-            try:
-                message_role(role)
-            except ValueError as error:
-                raise TaggingError(f"message {index}: {error}") from None
-            content = message[self.content_field]
-            if not isinstance(content, str):
-                raise TaggingError(f"message {index} ({role}) content must be a string, got {type(content).__name__}")
-            # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
-            extra = {
-                k: v for k, v in message.items() if k not in (self.role_field, self.content_field) and v is not None
-            }
-            normalised.append({**extra, "role": role, "content": content})
-        return normalised
-
-    def _check_extra_fields(self, messages: list[dict[str, Any]], text: str) -> None:
-        """Message fields besides role and content (``reasoning_content``, ``tool_calls``...) are fine while the
-        template ignores them; rendered, they would land in the scaffold and be trained as template text."""
-        extra = sorted({key for m in messages for key in m if key not in ("role", "content")})
-        if extra and self._apply([{"role": m["role"], "content": m["content"]} for m in messages]) != text:
-            raise TaggingError(
-                f"the chat template renders message field(s) {extra} besides the contents; wit_plugin tags "
-                "message contents only, so that text would be weighted as template: drop those fields, or "
-                "write them into the content"
-            )
-
-    def _apply(self, messages: list[dict[str, Any]]) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, **self.template_kwargs
-        )
-
-    def _scaffold(self, messages: list[dict[str, Any]], mark_empty: bool) -> list[str]:
-        """Split the sentinel rendering into [text, message index, text, message index, ..., text]."""
-        sentinel_messages = [
-            {**m, "content": _SENTINEL.format(i) if m["content"] or mark_empty else ""} for i, m in enumerate(messages)
+            placed = self._place(text, parsed, kwargs)
+        row = RenderedRow(text=text)
+        if kwargs.get("tools"):
+            without = {key: value for key, value in kwargs.items() if key != "tools"}
+            row.spans += _inserted(self._apply(real, **without), text, Role.SYSTEM)
+        row.turns_without_end = self._assistant_turns(text, parsed, placed, row.spans)
+        row.placed = [
+            piece for slot, start, end in placed for piece in _split_thinking(text, Span(start, end, slot.role))
         ]
+        row.spans += row.placed
+        return row
+
+    # --- normalisation -------------------------------------------------------------------------------------
+
+    def _normalise(self, messages: Sequence[Mapping[str, Any]]) -> list[_Message]:
+        where = self.messages_field
+        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+            raise TaggingError(f"'{where}' must be a non-empty list of messages, got {messages!r:.200}")
+        return [self._message(index, message) for index, message in enumerate(messages)]
+
+    def _message(self, index: int, message: Any) -> _Message:
+        where = f"{self.messages_field}[{index}]"
+        if not isinstance(message, Mapping):
+            raise TaggingError(f"{where} is not a mapping: {message!r:.200}")
+        if self.role_field not in message:
+            raise TaggingError(f"{where} has no '{self.role_field}' field; fields: {sorted(message)}")
+        role = message[self.role_field]
+        if not isinstance(role, str):
+            raise TaggingError(f"{where}.{self.role_field} must be a string, got {role!r:.80}")
+        role = self.role_map.get(role, role)
         try:
-            key = json.dumps(sentinel_messages, sort_keys=True)
-        except TypeError:  # extra fields that JSON cannot hold: render without the cache
-            return _SENTINEL_PATTERN.split(self._apply(sentinel_messages))
+            token_role = message_role(role)
+        except ValueError as error:
+            raise TaggingError(f"{where}.{self.role_field}: {error}") from None
+        # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
+        real = {
+            key: value
+            for key, value in message.items()
+            if key not in (self.role_field, self.content_field) and value is not None
+        }
+        real["role"] = role
+        content = message.get(self.content_field)
+        if content is None and (self.content_field in message or real.get("tool_calls")):
+            content = ""  # `content: null` beside tool calls: rendered as an empty content
+        if content is None:
+            raise TaggingError(f"{where} has no '{self.content_field}' field; fields: {sorted(message)}")
+        texts = _content_texts(content, f"{where}.{self.content_field}")
+        real["content"] = content
+        reasoning = real.get("reasoning_content", "")
+        if not isinstance(reasoning, str):
+            raise TaggingError(f"{where}.reasoning_content must be a string, got {type(reasoning).__name__}")
+        split_think = False
+        if token_role is Role.RESPONSE and isinstance(texts, str) and THINK_CLOSE in texts and not reasoning:
+            # A thinking block written into the content: templates that know reasoning (Qwen3) render it as such
+            before, texts = texts.split(THINK_CLOSE, 1)[0], texts.split(THINK_CLOSE)[-1].lstrip("\n")
+            reasoning, split_think = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n"), True
+        return _Message(index, role, real, texts, reasoning, split_think)
+
+    # --- rendering -----------------------------------------------------------------------------------------
+
+    def _apply(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False, **kwargs: Any) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **kwargs,
+            )
+        except TaggingError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever a template raises (jinja2 TemplateError, TypeError...)
+            raise TaggingError(f"the chat template fails on this row: {type(error).__name__}: {error}") from None
+
+    def _scaffold(self, messages: list[_Message], kwargs: Mapping[str, Any], mark_empty: bool) -> tuple[list, list]:
+        """The sentinel rendering split into [text, slot, text, slot, ..., text], and the slots."""
+        slots: list[Slot] = []
+
+        def sentinel(message: _Message, role: Role, text: str, where: str, required: bool) -> str:
+            if not text and not mark_empty:
+                return text
+            slots.append(Slot(message.index, role, text, where, required and bool(text)))
+            return _SENTINEL.format(len(slots) - 1)
+
+        rendered = []
+        for message in messages:
+            where = f"{self.messages_field}[{message.index}]"
+            role = message_role(message.role)
+            item = dict(message.real)
+            if isinstance(message.content, list):
+                parts = [part for part in message.real["content"] if _is_text_part(part)]
+                item["content"] = [
+                    {**part, "text": sentinel(message, role, text, f"{where}.content[{k}].text", True)}
+                    for k, (part, text) in enumerate(zip(parts, message.content))
+                ]
+            else:
+                item["content"] = sentinel(message, role, message.content, f"{where}.content", True)
+            if message.reasoning:
+                item["reasoning_content"] = sentinel(
+                    message, Role.REASONING, message.reasoning, f"{where}.reasoning_content", False
+                )
+            rendered.append(item)
+        try:
+            key = json.dumps([rendered, kwargs], sort_keys=True)
+        except TypeError:  # values that JSON cannot hold: render without the cache
+            return _SENTINEL_PATTERN.split(self._apply(rendered, **kwargs)), slots
         if key not in self._scaffolds:
             if len(self._scaffolds) >= _MAX_CACHED_SCAFFOLDS:
                 self._scaffolds.clear()
-            self._scaffolds[key] = _SENTINEL_PATTERN.split(self._apply(sentinel_messages))
-        return self._scaffolds[key]
+            self._scaffolds[key] = _SENTINEL_PATTERN.split(self._apply(rendered, **kwargs))
+        return self._scaffolds[key], slots
+
+    def _place(self, text: str, messages: list[_Message], kwargs: Mapping[str, Any]) -> list[tuple[Slot, int, int]]:
+        try:  # every text placed, empty ones too: an empty assistant turn still has its end of turn
+            return _locate(text, *self._scaffold(messages, kwargs, mark_empty=True))
+        except TaggingError:  # the template renders empty texts differently (e.g. skips them)
+            return _locate(text, *self._scaffold(messages, kwargs, mark_empty=False))
+
+    # --- assistant turns ------------------------------------------------------------------------------------
+
+    def _probe(self) -> TurnMarkers:
+        """The template's generation prompt and end of turn, from renderings of small conversations."""
+        user, assistant, user2 = (_SENTINEL.format(k) for k in range(3))
+        opening = closing = ""
+        try:
+            prompt = [{"role": "user", "content": user}]
+            plain, opened = self._apply(prompt), self._apply(prompt, add_generation_prompt=True)
+            opening = opened[len(plain) :] if opened.startswith(plain) else ""
+            final = self._apply([*prompt, {"role": "assistant", "content": assistant}])
+            middle = self._apply(
+                [*prompt, {"role": "assistant", "content": assistant}, {"role": "user", "content": user2}]
+            )
+            after_final = final.split(assistant, 1)[1] if assistant in final else ""
+            after_middle = middle.split(assistant, 1)[1].split(user2, 1)[0] if assistant in middle else ""
+            closing = os.path.commonprefix([after_final, after_middle]).rstrip()
+        except TaggingError as error:
+            LOG.info("wit: could not probe the chat template's turn markers (%s)", error)
+        return TurnMarkers(opening, closing)
+
+    def _closing(self, text: str, start: int, stop: int) -> tuple[int, int] | None:
+        """The first end-of-turn text in ``text[start:stop]``."""
+        found = []
+        for marker in self.eot_tokens or ([self.markers.closing] if self.markers.closing else []):
+            position = text.find(marker, start, stop)
+            if position >= 0:
+                found.append((position, position + len(marker)))
+        return min(found) if found else None
+
+    def _assistant_turns(
+        self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]], spans: list[Span]
+    ) -> int:
+        """Add each assistant turn's output (``response``) and end (``eot``) to ``spans``; returns the number of
+        assistant turns whose end was not found."""
+        bounds: dict[int, tuple[int, int]] = {}
+        for slot, start, end in placed:
+            low, high = bounds.get(slot.message, (start, end))
+            bounds[slot.message] = (min(low, start), max(high, end))
+        opening, missing, cursor = self.markers.opening, 0, 0
+        for message in messages:
+            if message_role(message.role) is not Role.RESPONSE:
+                continue
+            before = [b[1] for index, b in bounds.items() if index < message.index]
+            after = [b[0] for index, b in bounds.items() if index > message.index]
+            low, high = max([cursor, *before]), min([len(text), *after])
+            own = bounds.get(message.index)
+            if own is not None:
+                opened = _find_opening(text, opening, low, own[0], last=True)
+                begin = own[0] if opened is None else opened
+                search_from = own[1]
+            else:  # nothing of it placed (a tool call without content): find the turn by its opening
+                opened = _find_opening(text, opening, low, high, last=False)
+                if opened is None:
+                    missing += 1
+                    continue
+                begin = search_from = opened
+            closing = self._closing(text, search_from, high)
+            stop = closing[0] if closing else search_from
+            if stop > begin:
+                spans.append(Span(begin, stop, Role.RESPONSE))
+            if closing:
+                spans.append(Span(*closing, Role.EOT))
+                cursor = closing[1]
+            else:
+                missing += 1
+                cursor = stop
+        return missing
 
 
-def _locate(text: str, pieces: list[str], messages: list[dict[str, Any]]) -> RenderedRow:
-    row = RenderedRow(text=text)
+def _find_opening(text: str, opening: str, start: int, stop: int, last: bool) -> int | None:
+    """Where the assistant output starts after ``opening`` in ``text[start:stop]`` (its last or first occurrence).
+
+    A template may write its generation prompt differently inside a turn (Qwen3's ``<think>\n\n`` opens a
+    thinking block that is filled in a finished turn), so the longest prefix of it that occurs counts.
+    """
+    find = text.rfind if last else text.find
+    for length in range(len(opening), 0, -1):
+        found = find(opening[:length], start, stop)
+        if found >= 0:
+            return found + length
+    return None
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, Mapping) and part.get("type", "text") == "text" and "text" in part
+
+
+def _content_texts(content: Any, where: str) -> str | list[str]:
+    """A content as its text, or its text parts' texts; anything else is an error naming the field."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence) and not isinstance(content, bytes):
+        texts = []
+        for k, part in enumerate(content):
+            if not _is_text_part(part):
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise TaggingError(f"{where}[{k}] is a {kind!r} part; only text parts can be tagged")
+            if not isinstance(part["text"], str):
+                raise TaggingError(f"{where}[{k}].text must be a string, got {type(part['text']).__name__}")
+            texts.append(part["text"])
+        return texts
+    raise TaggingError(f"{where} must be a string, a list of text parts or null, got {type(content).__name__}")
+
+
+def _locate(text: str, pieces: list[str], slots: list[Slot]) -> list[tuple[Slot, int, int]]:
     rendered_indices = {int(index) for index in pieces[1::2]}
-    for index, message in enumerate(messages):
-        if message["content"] and index not in rendered_indices:
-            raise TaggingError(f"the chat template does not render message {index} ({message['role']})")
+    for index, slot in enumerate(slots):
+        if slot.required and index not in rendered_indices:
+            raise TaggingError(f"the chat template does not render {slot.field}")
     if not text.startswith(pieces[0]):
         raise TaggingError("the chat template renders this conversation differently from its scaffold")
+    placed = []
     position = len(pieces[0])
     for k in range(1, len(pieces), 2):
-        message = messages[int(pieces[k])]
+        slot = slots[int(pieces[k])]
         following, is_last = pieces[k + 1], k + 2 == len(pieces)
-        end = _content_end(text, position, message["content"], following, is_last)
-        role = message_role(message["role"])
-        row.spans.append(Span(position, end, role))
-        if role is Role.RESPONSE:
-            row.turn_ends.append(end)
+        end = _content_end(text, position, slot.text, following, is_last)
+        placed.append((slot, position, end))
         position = end + len(following)
     if position != len(text):
         raise TaggingError("the chat template renders this conversation differently from its scaffold")
-    return row
+    return placed
 
 
 def _content_end(text: str, start: int, content: str, following: str, is_last: bool) -> int:
-    """Where a content placed at ``start`` ends: exact, or as trimmed by the template, else up to the scaffold."""
+    """Where a text placed at ``start`` ends: exact, or as trimmed by the template, else up to the scaffold."""
     for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
         end = start + len(candidate)
         fits = text.startswith(candidate, start) and text.startswith(following, end)
@@ -155,3 +368,27 @@ def _content_end(text: str, start: int, content: str, following: str, is_last: b
     if end < start or not text.startswith(following, end):
         raise TaggingError("the chat template renders this conversation differently from its scaffold")
     return end
+
+
+def _inserted(without: str, text: str, role: Role) -> list[Span]:
+    """Spans of ``text`` that ``without`` lacks (what rendering tool definitions added)."""
+    matcher = difflib.SequenceMatcher(None, without, text, autojunk=False)
+    return [
+        Span(j1, j2, role) for tag, _, _, j1, j2 in matcher.get_opcodes() if tag in ("insert", "replace") and j2 > j1
+    ]
+
+
+def _split_thinking(text: str, span: Span) -> list[Span]:
+    """A response whose own text holds a thinking block (``<think>…</think>``, rendered as written): its inner
+    text is reasoning, the rest (markers included) response."""
+    close = text.find(THINK_CLOSE, span.start, span.end) if span.role is Role.RESPONSE else -1
+    if close < 0:
+        return [span]
+    opened = text.rfind(THINK_OPEN, span.start, close)
+    begin = opened + len(THINK_OPEN) if opened >= 0 else span.start
+    pieces = [
+        Span(span.start, begin, Role.RESPONSE),
+        Span(begin, close, Role.REASONING),
+        Span(close, span.end, Role.RESPONSE),
+    ]
+    return [piece for piece in pieces if piece.end > piece.start]

@@ -51,9 +51,10 @@ class _SegmentWriter:
 
     def add(self, text: str, role: Role = Role.TEMPLATE) -> None:
         if role is not Role.TEMPLATE and text:
-            self.row.spans.append(Span(self._length, self._length + len(text), role))
-        if role is Role.RESPONSE:
-            self.row.turn_ends.append(self._length + len(text))
+            span = Span(self._length, self._length + len(text), role)
+            self.row.spans.append(span)
+            if role is not Role.EOT:
+                self.row.placed.append(span)
         self.parts.append(text)
         self._length += len(text)
 
@@ -63,31 +64,34 @@ class _SegmentWriter:
 
 
 def _add_response(writer: _SegmentWriter, tokenizer: Any, response: str) -> None:
-    """The response, closed by EOS (end of turn) unless the text already ends with it."""
+    """The response, closed by EOS (its end of turn) unless the text already ends with it."""
     if not tokenizer.eos_token:
         raise TaggingError("the tokenizer has no eos_token to close the response with")
     eos = tokenizer.eos_token
-    response = response.removesuffix(eos)
-    writer.add(response, Role.RESPONSE)
-    writer.add(eos)
+    writer.add(response.removesuffix(eos), Role.RESPONSE)
+    writer.add(eos, Role.EOT)
 
 
-def _has_tools(tools: Any) -> bool:
-    """Tool definitions present; like Axolotl, a JSON string is parsed first (``"[]"`` is no tools)."""
+def parse_tools(tools: Any) -> Any:
+    """Tool definitions as the template gets them; like Axolotl, a JSON string is parsed first. ``None`` (or an
+    empty list or string) means no tools."""
     if isinstance(tools, str):
+        if not tools.strip():
+            return None
         try:
-            tools = json.loads(tools) if tools.strip() else None
+            tools = json.loads(tools)
         except json.JSONDecodeError:
-            return True  # text a template would render as it is
-    return bool(tools)
+            return tools  # text a template renders as it is
+    return tools or None
 
 
 class ChatFormat(RowFormat):
     """Conversations (``messages``), rendered with the tokenizer's (or a given) chat template.
 
     Options: ``field_messages``, ``chat_template``, ``role_map``, ``role_field``, ``content_field``,
-    ``template_kwargs``, ``field_tools`` (rows with tool definitions there are refused: a template renders them
-    as prompt text this tagger does not place).
+    ``template_kwargs``, ``field_tools`` (a row's tool definitions, rendered by the template and tagged
+    ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own).
+    A row's ``chat_template_kwargs`` (TRL's per-row template arguments) are passed to the template too.
     """
 
     name = "chat"
@@ -103,7 +107,9 @@ class ChatFormat(RowFormat):
             role_map=options.get("role_map") or {},
             role_field=options.get("role_field") or "role",
             content_field=options.get("content_field") or "content",
+            messages_field=self.field_messages,
             template_kwargs=options.get("template_kwargs") or {},
+            eot_tokens=tuple(options.get("eot_tokens") or ()),
         )
         if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
@@ -114,13 +120,11 @@ class ChatFormat(RowFormat):
         return self.render_messages(row, row[self.field_messages])
 
     def render_messages(self, row: Mapping[str, Any], messages: Any) -> RenderedRow:
-        """``messages`` of ``row`` rendered, unless the row also carries tool definitions (refused)."""
-        if _has_tools(row.get(self.field_tools)):
-            raise TaggingError(
-                f"the row has tool definitions ('{self.field_tools}'), which wit_plugin cannot tag yet: "
-                "drop them from the dataset"
-            )
-        return self.renderer.render(messages)
+        """``messages`` of ``row``, with the row's tool definitions and template arguments, if any."""
+        kwargs = row.get("chat_template_kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise TaggingError(f"'chat_template_kwargs' must be a mapping, got {type(kwargs).__name__}")
+        return self.renderer.render(messages, tools=parse_tools(row.get(self.field_tools)), template_kwargs=kwargs)
 
 
 class AlpacaFormat(RowFormat):

@@ -1,19 +1,21 @@
 """Character spans → per-token roles, through the tokenizer's offset mapping.
 
-Every tagger renders a row to one string and says which character spans are which message's content; this
-module tokenises that string once and gives each token a role. No token-subsequence searching: a token's
-role comes from the characters it covers.
+Every tagger renders a row to one string and says which character spans have which role; this module
+tokenises that string once and gives each token a role. No token-subsequence searching: a token's role comes
+from the characters it covers.
+
+Spans are applied in order, a later one overriding an earlier one where they overlap (the chat renderer adds
+tool definitions, then assistant output and ends of turn, then the placed texts). Characters of no span are
+``template``.
 
 Boundary policy (a token covering characters of two roles): **content wins**. A token that covers any
-content character takes that content's role (the role of its first character if that is content, else of
-its last). So every content character lands in a token of its own role, except where two *different*
-contents touch with no template text between them (a prompt ending in a space, then its completion): a
-token covering both takes the later content's role, the one the model is asked to produce. Tokens the
-tokenizer adds itself (BOS) are template; other tokens that cover no character (whitespace, with
-tokenizers that trim offsets past it) take the role of the character just before their offset.
-
-End-of-turn: the first special token after an assistant message's content, with at most white space
-between them (``<|im_end|>``, ``<|eot_id|>``, ``</s>``, ``<end_of_turn>``...), gets :attr:`Role.EOT`.
+non-template character takes that role (the role of its first character if that is not template, else of its
+last). So every content character lands in a token of its own role, except where two *different* roles touch
+with no template text between them (a prompt ending in a space, then its completion; a response's last
+character and its end-of-turn text): a token covering both takes the later one's role, the one the model is
+asked to produce. Tokens the tokenizer adds itself (BOS) are template; other tokens that cover no character
+(whitespace, with tokenizers that trim offsets past it) take the role of the character just before their
+offset.
 """
 
 from __future__ import annotations
@@ -42,20 +44,25 @@ class Span:
 
 @dataclass
 class RenderedRow:
-    """A row rendered to text, with its content spans and where assistant turns end."""
+    """A row rendered to text, with its role spans (later spans win where they overlap)."""
 
     text: str
     spans: list[Span] = field(default_factory=list)
-    turn_ends: list[int] = field(default_factory=list)  # char offsets right after assistant contents
     add_special_tokens: bool = False  # let the tokenizer add BOS/EOS (plain-text formats)
+    turns_without_end: int = 0  # assistant turns whose end-of-turn text was not found
+    placed: list[Span] = field(default_factory=list)  # where the row's own texts are (contents, reasoning)
 
 
 @dataclass
 class TaggedSequence:
-    """Token ids and their role codes, always the same length."""
+    """Token ids and their role codes, always the same length; ``text`` and ``offsets`` (each token's
+    ``[start, end)`` in it) say what the tokens cover, for inspection."""
 
     input_ids: list[int]
     roles: list[int]
+    text: str = ""
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    turns_without_end: int = 0
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.roles):
@@ -63,7 +70,26 @@ class TaggedSequence:
 
     def truncated(self, max_length: int) -> TaggedSequence:
         """Cut every per-token column at the same place (Axolotl's own truncation cuts only its columns)."""
-        return TaggedSequence(self.input_ids[:max_length], self.roles[:max_length])
+        return TaggedSequence(
+            self.input_ids[:max_length],
+            self.roles[:max_length],
+            self.text,
+            self.offsets[:max_length],
+            self.turns_without_end,
+        )
+
+    def token_texts(self) -> list[str]:
+        """Exactly the characters each token covers, so that their concatenation is the whole text.
+
+        Offsets can overlap (a multi-byte character split over two byte-level tokens: both report the whole
+        character) or leave gaps (trimmed whitespace); each character goes to the first token starting at or
+        before it, and text before the first token or after the last belongs to its neighbour.
+        """
+        if not len(self.offsets):
+            return []
+        cuts = np.maximum.accumulate(np.maximum(self.offsets[:, 0], 0)).tolist()
+        cuts[0] = 0
+        return [self.text[a:b] for a, b in zip(cuts, [*cuts[1:], len(self.text)])]
 
     def as_features(self) -> dict[str, list[int]]:
         """Columns for a tokenised dataset: labels are the ids; the collator masks them by weight."""
@@ -75,16 +101,7 @@ class TaggedSequence:
         }
 
 
-def special_token_ids(tokenizer: Any) -> np.ndarray:
-    """Ids the tokenizer treats as special (control tokens such as ``<|im_end|>``)."""
-    ids = set(tokenizer.all_special_ids)
-    for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
-        if getattr(added, "special", False):
-            ids.add(int(token_id))
-    return np.fromiter(sorted(ids), dtype=np.int64)
-
-
-def tag_rendered(tokenizer: Any, row: RenderedRow, special_ids: np.ndarray | None = None) -> TaggedSequence:
+def tag_rendered(tokenizer: Any, row: RenderedRow) -> TaggedSequence:
     """Tokenise ``row.text`` once and give each token the role of the characters it covers."""
     encoding = tokenizer(
         row.text,
@@ -96,11 +113,7 @@ def tag_rendered(tokenizer: Any, row: RenderedRow, special_ids: np.ndarray | Non
     offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     special = np.asarray(encoding["special_tokens_mask"], dtype=bool)
     roles = token_roles(len(row.text), row.spans, offsets, special)
-    if row.turn_ends:
-        if special_ids is None:
-            special_ids = special_token_ids(tokenizer)
-        mark_turn_ends(row.text, row.turn_ends, input_ids, offsets, roles, special_ids)
-    return TaggedSequence(input_ids.tolist(), roles.tolist())
+    return TaggedSequence(input_ids.tolist(), roles.tolist(), row.text, offsets, row.turns_without_end)
 
 
 def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray, special: np.ndarray) -> np.ndarray:
@@ -119,25 +132,3 @@ def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray, sp
     roles[empty] = last[empty]
     roles[empty & special] = Role.TEMPLATE
     return roles
-
-
-def mark_turn_ends(
-    text: str,
-    turn_ends: Sequence[int],
-    input_ids: np.ndarray,
-    offsets: np.ndarray,
-    roles: np.ndarray,
-    special_ids: np.ndarray,
-) -> None:
-    """Tag as EOT the first special token after each assistant content, across white space only."""
-    starts = offsets[:, 0]
-    is_special = np.isin(input_ids, special_ids)
-    for end in turn_ends:
-        # First token starting at or after the content end; one straddling the end is content already.
-        index = int(np.searchsorted(starts, end, side="left"))
-        while index < len(input_ids) and not is_special[index]:
-            if text[offsets[index, 0] : offsets[index, 1]].strip():
-                break  # visible template text before any special token: the turn has no EOT token
-            index += 1
-        if index < len(input_ids) and is_special[index] and roles[index] == Role.TEMPLATE:
-            roles[index] = Role.EOT

@@ -1,38 +1,54 @@
-"""The plugin's YAML keys, validated by Axolotl's config schema (pydantic)."""
+"""The plugin's YAML keys as a pydantic model, which Axolotl merges into its config schema.
+
+The fields are derived from :data:`wit_plugin.options.OPTIONS` (one definition of every key); each
+cross-option rule is one named validator calling the shared check for that concern.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
-from wit_plugin.roles import WEIGHT_KEYS, RoleWeights
-from wit_plugin.trainer import LOSS_IMPLS, ROLE_METRICS
-
-NonNegative = Field(default=None, ge=0, allow_inf_nan=False)
+from wit_plugin import options
 
 
-class WITArgs(BaseModel):
+def _field(option: options.Option) -> tuple[Any, Any]:
+    kind: Any = option.annotation
+    if option.choices and not option.multiple:
+        kind = Literal[option.choices] if option.default is not None else Literal[option.choices] | None
+    constraints = {"ge": option.minimum} if option.minimum is not None else {}
+    if option.type is float:
+        constraints["allow_inf_nan"] = False
+    return kind, Field(default=option.default, description=option.help, **constraints)
+
+
+_WITFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "_WITFields", **{option.name: _field(option) for option in options.OPTIONS}
+)
+
+
+class WITArgs(_WITFields):  # type: ignore[misc, valid-type]
     """``wit_*`` keys. Unset weights fall back to the preset (default ``wit``: λp=0.4, λr=0.6)."""
 
-    wit_preset: Literal["it", "im", "wit", "cpt"] | None = None
-    wit_prompt_weight: float | None = NonNegative
-    wit_response_weight: float | None = NonNegative
-    wit_template_weight: float | None = NonNegative
-    wit_system_weight: float | None = NonNegative
-    wit_instruction_weight: float | None = NonNegative
-    wit_eot_weight: float | None = NonNegative
-    # auto: fused linear CE (chunked on CPU, cut-cross-entropy on CUDA when installed), eager as the fallback
-    wit_loss_impl: Literal[LOSS_IMPLS] = "auto"  # type: ignore[valid-type]
-    wit_role_metrics: Literal[ROLE_METRICS] = "all"  # type: ignore[valid-type]
-    # POSIX prompt sensitivity on held-out prompt sets (JSONL, {"prompts": [...]} per line) every N steps
-    wit_posix_prompts: str | None = None
-    wit_posix_steps: int | None = Field(default=None, ge=1)
-    wit_posix_max_new_tokens: int | None = Field(default=None, ge=1)
+    @model_validator(mode="after")
+    def weights_resolve(self) -> WITArgs:
+        options.check_weights(self.model_dump())
+        return self
 
     @model_validator(mode="after")
-    def _weights_resolve(self) -> WITArgs:
-        RoleWeights.from_options(self.model_dump(include=set(WEIGHT_KEYS)))  # not all zero, finite, >= 0
+    def conditions_are_known(self) -> WITArgs:
+        options.OPTION_BY_NAME["wit_crosstask_conditions"].check(self.wit_crosstask_conditions)
+        return self
+
+    @model_validator(mode="after")
+    def posix_has_prompts(self) -> WITArgs:
+        options.check_posix(self.model_dump())
+        return self
+
+    @model_validator(mode="after")
+    def crosstask_has_data(self) -> WITArgs:
+        options.check_crosstask(self.model_dump())
         return self
 
 

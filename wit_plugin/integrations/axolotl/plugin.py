@@ -9,8 +9,9 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from wit_plugin.integrations.axolotl.args import WIT_KEYS
-from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin import options
+from wit_plugin.integrations.axolotl.strategies import LOADER, MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
 
 LOG = logging.getLogger(__name__)
@@ -18,6 +19,14 @@ LOG = logging.getLogger(__name__)
 STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
 STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_MODULES.items()}
 OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
+
+
+def strategy_module(kind: str) -> str | None:
+    """The strategy module (``chat_template``...) a dataset ``type`` names, if it is one of ours."""
+    module = kind.removesuffix(f".{LOADER}")
+    return module.rsplit(".", 1)[-1] if module in OWN_TYPES else None
+
+
 # Options that compute the loss their own way (and would bypass the role weights) or train something else.
 CONFLICTS = {
     "rl": "RL/preference training (DPO, ORPO, KTO, GRPO...) has its own loss",
@@ -32,7 +41,6 @@ CONFLICTS = {
     "pretraining_dataset": "streaming pretraining datasets are not role-tagged; use a dataset with `type: completion`",
     "tokenizer_use_mistral_common": "mistral-common tokenizers give no offset mapping to tag roles with",
     "train_on_inputs": "the role weights decide what is trained: use `wit_preset: im` / `cpt` or `wit_prompt_weight`",
-    "eot_tokens": "wit_plugin tags each turn's end itself (the first special token after an assistant content)",
     "trainer_cls": "wit_plugin installs its own trainer class, which a custom one would replace",
 }
 PARALLEL_CONFLICTS = {
@@ -40,7 +48,6 @@ PARALLEL_CONFLICTS = {
     "sequence_parallel_degree": "sequences split across ranks",
     "tensor_parallel_size": "the LM head and logits split across ranks",
 }
-FUSED_LOSSES = ("chunked", "cce")
 AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when register() sees the config
 
 
@@ -50,14 +57,13 @@ class WITConfigError(ValueError):
 
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
-    unknown = sorted(key for key in cfg if str(key).startswith("wit_") and key not in WIT_KEYS)
-    if unknown:
-        raise WITConfigError(f"unknown wit_plugin option(s) {unknown}; valid: {sorted(WIT_KEYS)}")
-    RoleWeights.from_options(cfg)
+    options.check_known_keys(cfg)
+    options.check_values(cfg)
+    options.check_weights(cfg)
     problems = [f"`{key}`: {why}" for key, why in CONFLICTS.items() if cfg.get(key)]
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
     sharding = parameter_sharding(cfg)
-    if sharding and cfg.get("wit_loss_impl") in FUSED_LOSSES:
+    if sharding and cfg.get("wit_loss_impl") in options.FUSED_LOSS_IMPLS:
         problems.append(
             f"`wit_loss_impl: {cfg.get('wit_loss_impl')}` with {sharding}: the fused loss needs the whole LM head "
             "weight; use `eager` (or `auto`, which picks it)"
@@ -68,13 +74,11 @@ def check_config(cfg: Any) -> None:
             "`excess_length_strategy: truncate` with an `eval_sequence_len` of its own: the role column is cut at "
             "`sequence_len`, and Axolotl would cut the eval split's other columns elsewhere"
         )
-    if "tools" in (cfg.get("chat_template_kwargs") or {}):
-        problems.append("`chat_template_kwargs.tools`: tool definitions would be weighted as template text")
-    posix_options = [key for key in ("wit_posix_steps", "wit_posix_max_new_tokens") if cfg.get(key) is not None]
-    if posix_options and not cfg.get("wit_posix_prompts"):
-        problems.append(f"{posix_options} set without `wit_posix_prompts`: no POSIX would be computed")
-    if cfg.get("wit_posix_prompts") and not Path(cfg["wit_posix_prompts"]).is_file():
-        problems.append(f"`wit_posix_prompts`: no file at {cfg['wit_posix_prompts']}")
+    for check in (options.check_posix, options.check_crosstask):
+        try:
+            check(cfg)
+        except options.OptionError as error:
+            problems.append(str(error))
     problems += [
         f"plugin `{name}` replaces the loss and bypasses the per-token weights"
         for name in cfg.get("plugins") or []
@@ -97,20 +101,38 @@ def parameter_sharding(cfg: Any) -> str | None:
 
 
 def map_dataset_types(cfg: Any) -> None:
-    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error."""
+    """Point every dataset at its role-tagging strategy's versioned loader; anything we cannot tag is an error."""
     for key in ("datasets", "test_datasets"):
-        for dataset in cfg.get(key) or []:
+        for index, dataset in enumerate(cfg.get(key) or []):
             kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
             if not isinstance(kind, str):
-                raise WITConfigError(f"{key}: custom dataset type definitions cannot be role-tagged: {kind!r}")
-            if kind in OWN_TYPES:
-                continue
-            if kind not in STOCK_TYPES:
+                raise WITConfigError(f"{key}[{index}].type: custom type definitions cannot be role-tagged: {kind!r}")
+            module = strategy_module(kind) or STOCK_TYPE_MODULES.get(kind)
+            if module is None:
                 raise WITConfigError(
-                    f"{key}: dataset type {kind!r} cannot be role-tagged by wit_plugin; supported: "
+                    f"{key}[{index}].type: {kind!r} cannot be role-tagged by wit_plugin; supported: "
                     f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
                 )
-            dataset["type"] = STOCK_TYPES[kind]
+            dataset["type"] = f"{STRATEGIES}.{module}.{LOADER}"
+
+
+def check_dataset_files(cfg: Any) -> None:
+    """Every local JSON Lines dataset parses, or the error names its file and line (``datasets`` itself reports
+    only that generation failed)."""
+    for key in ("datasets", "test_datasets"):
+        for dataset in cfg.get(key) or []:
+            files = [dataset.get("path"), *(dataset.get("data_files") or [])]
+            for path in files:
+                if isinstance(path, str) and path.endswith((".jsonl", ".json")) and Path(path).is_file():
+                    check_jsonl(path) if path.endswith(".jsonl") else _check_json(path)
+
+
+def _check_json(path: str) -> None:
+    """A ``.json`` dataset is one JSON document, or JSON Lines under another name."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        check_jsonl(path)
 
 
 class WITPlugin(BasePlugin):
@@ -119,6 +141,7 @@ class WITPlugin(BasePlugin):
     def register(self, cfg: dict) -> None:
         check_config(cfg)
         map_dataset_types(cfg)
+        check_dataset_files(cfg)
         LOG.info("wit_plugin: role weights %s", RoleWeights.from_options(cfg).describe())
 
     def get_input_args(self) -> str:
@@ -156,10 +179,21 @@ class WITPlugin(BasePlugin):
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        loss_impl, sharding = cfg.wit_loss_impl or "auto", parameter_sharding(cfg)
+        loss_impl, sharding = options.resolved(cfg, "wit_loss_impl"), parameter_sharding(cfg)
         if loss_impl == "auto" and sharding:
             LOG.info("wit_plugin: %s shards the LM head, so the loss is computed eagerly", sharding)
             loss_impl = "eager"
         trainer.setup_wit(
-            RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=cfg.wit_role_metrics or "all"
+            RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
         )
+        audit_datasets(trainer, cfg.get("chat_template"))
+
+
+def audit_datasets(trainer: Any, template: str | None) -> None:
+    """Warn once per dataset about assistant turns left without an end-of-turn token."""
+    from wit_plugin.collation import ROLES_KEY
+    from wit_plugin.tagging.audit import audit_turn_ends
+
+    for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+        if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
+            audit_turn_ends(dataset[ROLES_KEY]).warn(name, template)

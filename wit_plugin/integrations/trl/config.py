@@ -1,67 +1,63 @@
-"""``WITConfig``: TRL's ``SFTConfig`` plus the ``wit_*`` weight keys, checked when the config is built.
+"""``WITConfig``: TRL's ``SFTConfig`` plus every ``wit_*`` option, checked when the config is built.
 
-The keys, presets and precedence are the Axolotl plugin's (:meth:`RoleWeights.from_options` resolves both),
-so a weight that would make training silently wrong fails here, not at the first step. SFTConfig options
-that would compute the loss some other way, or decide on their own which tokens are trained, fail too.
+The fields come from :data:`wit_plugin.options.OPTIONS` (the same keys, defaults and checks as the Axolotl
+plugin), so a weight that would make training silently wrong fails here, not at the first step. SFTConfig
+options that would compute the loss some other way, or decide on their own which tokens are trained, fail too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from trl import SFTConfig
 
-from wit_plugin.roles import PRESETS, WEIGHT_KEYS, RoleWeights
-from wit_plugin.trainer import LOSS_IMPLS, ROLE_METRICS
+from wit_plugin import options
+from wit_plugin.roles import PROMPT_GROUP, RoleWeights
+
+T = TypeVar("T")
 
 
-class WITOptionError(ValueError):
+class WITOptionError(options.OptionError):
     """A TRL option that would bypass or contradict the role weights."""
 
 
+def with_wit_options(cls: type[T]) -> type[T]:
+    """Add one dataclass field per ``wit_*`` option to ``cls`` (before ``@dataclass`` processes it)."""
+    for option in options.OPTIONS:
+        cls.__annotations__[option.name] = option.annotation
+        setattr(cls, option.name, field(default=option.default, metadata={"help": option.help}))
+    return cls
+
+
 @dataclass
+@with_wit_options
 class WITConfig(SFTConfig):
-    """SFTConfig with the WIT role weights. Unset weights fall back to the preset (default ``wit``: λp=0.4, λr=0.6).
+    """SFTConfig with the WIT role weights and evaluation options (see README's YAML reference).
 
     ``loss_type`` defaults to ``"nll"`` (TRL 1.9 defaults to ``"chunked_nll"``, which never builds the logits
-    the weighted loss needs) and must stay so.
+    an eager weighted loss needs) and must stay so.
     """
 
-    wit_preset: str | None = field(
-        default=None, metadata={"help": f"Role-weight preset: {', '.join(PRESETS)} (default wit)."}
-    )
-    wit_prompt_weight: float | None = field(
-        default=None, metadata={"help": "λp: weight of template, system and instruction tokens (wit preset: 0.4)."}
-    )
-    wit_response_weight: float | None = field(
-        default=None, metadata={"help": "λr: weight of response and end-of-turn tokens (wit preset: 0.6)."}
-    )
-    wit_template_weight: float | None = field(default=None, metadata={"help": "Weight of chat-template tokens."})
-    wit_system_weight: float | None = field(default=None, metadata={"help": "Weight of system-message tokens."})
-    wit_instruction_weight: float | None = field(default=None, metadata={"help": "Weight of user/tool-message tokens."})
-    wit_eot_weight: float | None = field(default=None, metadata={"help": "Weight of the token closing a response."})
-    wit_loss_impl: str = field(
-        default="eager",
-        metadata={"help": f"{', '.join(LOSS_IMPLS)}. Fused ones save memory but log no entropy/mean_token_accuracy."},
-    )
-    wit_role_metrics: str = field(default="all", metadata={"help": f"Per-role metrics: {', '.join(ROLE_METRICS)}."})
-    loss_type: str | None = field(
-        default="nll", metadata={"help": "Must be 'nll': WIT computes its weighted NLL from the model's logits."}
-    )
+    loss_type: str | None = field(default="nll", metadata={"help": "Must be 'nll': WIT computes its own weighted NLL."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_options(self)
 
     @property
+    def wit_options(self) -> dict[str, Any]:
+        return {option.name: getattr(self, option.name) for option in options.OPTIONS}
+
+    @property
     def role_weights(self) -> RoleWeights:
-        return RoleWeights.from_options({key: getattr(self, key) for key in WEIGHT_KEYS})
+        return options.check_weights(self.wit_options)
 
 
 def check_options(args: WITConfig) -> RoleWeights:
-    """Resolve the weights and reject conflicting SFTConfig options, naming each; returns the weights."""
-    weights = args.role_weights
-    prompt_side = {"template": weights.template, "system": weights.system, "instruction": weights.instruction}
+    """Check the wit options and reject conflicting SFTConfig options, naming each; returns the weights."""
+    weights = options.check_all(args.wit_options)
+    prompt_side = {role.label: getattr(weights, role.label) for role in PROMPT_GROUP}
     problems = []
     if args.loss_type != "nll":
         problems.append(f"loss_type={args.loss_type!r}: WIT computes its own weighted NLL; use loss_type='nll'")
@@ -79,10 +75,6 @@ def check_options(args: WITConfig) -> RoleWeights:
             f"completion_only_loss=False trains every token but the weights are {weights.describe()}; "
             "use wit_preset='cpt' or leave completion_only_loss unset"
         )
-    if args.wit_loss_impl not in LOSS_IMPLS:
-        problems.append(f"wit_loss_impl={args.wit_loss_impl!r}: choose one of {', '.join(LOSS_IMPLS)}")
-    if args.wit_role_metrics not in ROLE_METRICS:
-        problems.append(f"wit_role_metrics={args.wit_role_metrics!r}: choose one of {', '.join(ROLE_METRICS)}")
     packs = args.packing or args.eval_packing
     if packs and args.packing_strategy == "wrapped":
         problems.append("packing_strategy='wrapped' cuts sequences without boundaries; use 'bfd' or 'bfd_split'")

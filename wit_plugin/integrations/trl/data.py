@@ -19,17 +19,13 @@ from trl.data_utils import get_dataset_column_names, is_conversational_from_valu
 
 from wit_plugin.collation import ROLES_KEY
 from wit_plugin.roles import Role, RoleWeights
-from wit_plugin.tagging import RoleTagger
+from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
+from wit_plugin.tagging.audit import audit_turn_ends
 
 AnyDataset = Dataset | IterableDataset
 TOKEN_COLUMNS = ("input_ids", ROLES_KEY)
-# Row fields whose meaning the taggers do not render: per-row tools or template arguments, images.
-UNSUPPORTED_FIELDS = {
-    "tools": "per-row tool definitions",
-    "chat_template_kwargs": "per-row chat-template arguments",
-    "image": "vision-language data",
-    "images": "vision-language data",
-}
+# Row fields whose meaning the taggers do not render.
+UNSUPPORTED_FIELDS = {"image": "vision-language data", "images": "vision-language data"}
 
 
 def check_row(row: Mapping[str, Any]) -> None:
@@ -44,8 +40,12 @@ def _map_kwargs(dataset: AnyDataset, num_proc: int | None, desc: str) -> dict[st
     return {"num_proc": num_proc, "desc": desc} if isinstance(dataset, Dataset) else {}
 
 
-def _tag_row(row: Mapping[str, Any], tagger: RoleTagger) -> dict[str, list[int]]:
-    tagged = tagger.tag(row)
+def _tag_row(row: Mapping[str, Any], index: int, tagger: RoleTagger, name: str, version: int) -> dict[str, list[int]]:
+    """``version`` (:data:`TAGGING_VERSION`) is unused here but part of the map's cache fingerprint."""
+    try:
+        tagged = tagger.tag(row)
+    except TaggingError as error:
+        raise TaggingError(f"{name} dataset, row {index}: {error}") from None
     return {"input_ids": tagged.input_ids, ROLES_KEY: tagged.roles}
 
 
@@ -61,7 +61,8 @@ def tag_dataset(dataset: AnyDataset, tokenizer: Any, text_field: str, num_proc: 
     tagger = RoleTagger(tokenizer, row_format="text" if custom_text else None, field=text_field)
     kwargs = _map_kwargs(dataset, num_proc, f"Role-tagging {name} dataset")
     columns = get_dataset_column_names(dataset)
-    return dataset.map(_tag_row, fn_kwargs={"tagger": tagger}, remove_columns=columns, **kwargs)
+    fn_kwargs = {"tagger": tagger, "name": name, "version": TAGGING_VERSION}
+    return dataset.map(_tag_row, with_indices=True, fn_kwargs=fn_kwargs, remove_columns=columns, **kwargs)
 
 
 def _truncate(row: Mapping[str, Any], cut: slice) -> dict[str, Any]:
@@ -110,6 +111,8 @@ def prepare_dataset(
             cut = truncation_slice(args.truncation_mode, args.max_length)
             kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Truncating {name} dataset")
             dataset = dataset.map(_truncate, fn_kwargs={"cut": cut}, **kwargs)
+        if isinstance(dataset, Dataset):
+            audit_turn_ends(dataset[ROLES_KEY]).warn(name)
         kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Dropping {name} rows without weighted tokens")
         dataset = dataset.filter(_has_target, fn_kwargs={"trained": trained}, **kwargs)
         if packing:

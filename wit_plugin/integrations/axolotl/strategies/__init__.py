@@ -1,21 +1,26 @@
 """Axolotl dataset strategies that tag every token with its role.
 
-Axolotl resolves a dataset ``type: pkg.module`` by importing the module and calling its ``load``; each
-submodule here is one such type. Users keep writing ``type: chat_template`` / ``alpaca``: the plugin's
-``register`` rewrites those to these modules (which also changes the prepared-dataset cache hash).
+Axolotl resolves a dataset ``type: pkg.module`` by importing the module and calling its ``load`` (or
+``type: pkg.module.load_x``: its ``load_x``); each submodule here is one such type. Users keep writing
+``type: chat_template`` / ``alpaca``: the plugin's ``register`` rewrites those to
+``<module>.load_v<TAGGING_VERSION>``, a name that is part of Axolotl's prepared-dataset hash, so datasets tagged
+by an older tagger (fewer roles, other ends of turn) are never reused.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from wit_plugin.tagging import RoleTagger
+from wit_plugin.jsonl import describe_row, find_row
+from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggedSequence, TaggingError
 
 LOG = logging.getLogger(__name__)
+LOADER = f"load_v{TAGGING_VERSION}"  # the versioned name Axolotl is pointed at (see the module docstring)
 
 # Each strategy module here and the row format it tags; and the stock Axolotl types each one replaces.
 MODULE_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "prompt_completion": "prompt_completion", "text": "text"}
@@ -42,18 +47,48 @@ UNSUPPORTED_OPTIONS = (
 
 
 class RoleTaggingStrategy:
-    """Axolotl prompt strategy: a row → ``input_ids``, ``attention_mask``, ``labels``, ``wit_roles``."""
+    """Axolotl prompt strategy: a row → ``input_ids``, ``attention_mask``, ``labels``, ``wit_roles``.
+
+    A row the tagger refuses is reported with its dataset file and line (found again in the file, since
+    Axolotl maps rows without their index), and the first row whose assistant turn has no end of turn is named
+    in a warning.
+    """
 
     filter_rows = None
     supports_batched = False
 
-    def __init__(self, tagger: RoleTagger, tokenizer: Any, sequence_len: int) -> None:
+    def __init__(self, tagger: RoleTagger, tokenizer: Any, sequence_len: int, source: str | None = None) -> None:
         self.tagger = tagger
         self.tokenizer = tokenizer
         self.sequence_len = sequence_len
+        self.source = source
+        self._warned_turn_end = False
+
+    def tag(self, row: Mapping[str, Any]) -> TaggedSequence:
+        try:
+            tagged = self.tagger.tag(row)
+        except TaggingError as error:
+            raise TaggingError(f"{self.locate(row)}: {error}") from None
+        if tagged.turns_without_end and not self._warned_turn_end:
+            self._warned_turn_end = True
+            LOG.warning(
+                "wit: %s: %d assistant turn(s) without an end-of-turn text (chat template: %s); the dataset total "
+                "follows once the dataset is prepared",
+                self.locate(row),
+                tagged.turns_without_end,
+                self.tagger.options.get("chat_template_name") or "the tokenizer's",
+            )
+        return tagged
+
+    def locate(self, row: Mapping[str, Any]) -> str:
+        """``file:line`` of ``row``, or the dataset and the row's start when the file does not hold it as is."""
+        line = find_row(self.source, row) if self.source and Path(self.source).is_file() else None
+        if line is not None:
+            return f"{self.source}:{line}"
+        return f"dataset {self.source or '?'}, row {describe_row(row)}"
 
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, list[int]]:
-        return self.tagger.tag(prompt).as_features()
+        return self.tag(prompt).as_features()
 
 
 class ChunkedTextStrategy(RoleTaggingStrategy):
@@ -65,7 +100,7 @@ class ChunkedTextStrategy(RoleTaggingStrategy):
     def tokenize_prompt(self, prompt: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
         columns: dict[str, list[list[int]]] = {}
         for values in zip(*prompt.values()):
-            features = self.tagger.tag(dict(zip(prompt, values))).as_features()
+            features = self.tag(dict(zip(prompt, values))).as_features()
             for key, column in features.items():
                 pieces = [
                     column[start : start + self.sequence_len] for start in range(0, len(column), self.sequence_len)
@@ -114,12 +149,14 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
     )
     return {
         "chat_template": get_chat_template_from_config(cfg=cfg, ds_cfg=ds_cfg, tokenizer=tokenizer),
+        "chat_template_name": ds_cfg.get("chat_template") or cfg.get("chat_template"),
         "field_messages": ds_cfg.get("field_messages") or "messages",
         "role_field": mappings.get("role") or ds_cfg.get("message_field_role") or "role",
         "content_field": mappings.get("content") or ds_cfg.get("message_field_content") or "content",
         "role_map": role_map,
         "field_tools": ds_cfg.get("field_tools") or "tools",
         "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
+        "eot_tokens": list(cfg.get("eot_tokens") or []),
     }
 
 
@@ -150,6 +187,17 @@ def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
         _require_plugin()
         tagger = dataset_tagger(tokenizer, cfg, ds_cfg, row_format)
         strategy = ChunkedTextStrategy if row_format == "text" else RoleTaggingStrategy
-        return strategy(tagger, tokenizer, cfg.sequence_len)
+        return strategy(tagger, tokenizer, cfg.sequence_len, source=_as_dict(ds_cfg).get("path"))
 
     return load
+
+
+def versioned(load: Callable[..., RoleTaggingStrategy]) -> Callable[[str], Any]:
+    """A strategy module's ``__getattr__``: :data:`LOADER` (the hash-visible name) is its ``load``."""
+
+    def module_getattr(name: str) -> Any:
+        if name == LOADER:
+            return load
+        raise AttributeError(name)
+
+    return module_getattr

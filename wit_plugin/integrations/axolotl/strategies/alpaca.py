@@ -1,5 +1,6 @@
 """Axolotl dataset type for alpaca rows, tagged by role."""
 
-from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, make_loader
+from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, make_loader, versioned
 
 load = make_loader(MODULE_FORMATS["alpaca"])
+__getattr__ = versioned(load)

@@ -1,0 +1,61 @@
+"""Checks over a whole tagged dataset, for what one row cannot tell: how many assistant turns end untrained.
+
+Per row, the tagger warns when a template has no end-of-turn text at all; the adapters run
+:func:`audit_turn_ends` over the prepared dataset so that the count of turns without an ``eot`` token is
+reported once, with the first row that has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wit_plugin.roles import Role
+
+LOG = logging.getLogger(__name__)
+_OUTPUT = np.array([Role.RESPONSE, Role.REASONING, Role.EOT], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TurnEndAudit:
+    turns: int  # assistant turns (maximal runs of response, reasoning and eot tokens) that end inside a row
+    without_end: int  # of those, turns with no eot token
+    first_row: int | None  # the first row holding one
+
+    def warn(self, dataset: str, template: str | None = None) -> None:
+        """Log a warning if any turn ends without an eot token (once, with the count)."""
+        if not self.without_end:
+            return
+        LOG.warning(
+            "wit: %d of %d assistant turns in the %s dataset have no end-of-turn token (first in row %s)%s; the "
+            "model will not learn where those turns end: give the template's end-of-turn text as `eot_tokens`",
+            self.without_end,
+            self.turns,
+            dataset,
+            self.first_row,
+            f" with chat template {template}" if template else "",
+        )
+
+
+def audit_turn_ends(rows: Iterable[Sequence[int]]) -> TurnEndAudit:
+    """Count assistant turns without an ``eot`` token. A turn cut by the end of its row (truncation, packing)
+    is not counted: its end may simply lie beyond the row."""
+    turns = without_end = 0
+    first_row = None
+    for index, row in enumerate(rows):
+        roles = np.asarray(row, dtype=np.int64)
+        output = np.isin(roles, _OUTPUT)
+        if not output.any():
+            continue
+        edges = np.diff(np.concatenate([[0], output.astype(np.int8), [0]]))
+        for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            if end == len(roles):
+                continue
+            turns += 1
+            if not (roles[start:end] == Role.EOT).any():
+                without_end += 1
+                first_row = index if first_row is None else first_row
+    return TurnEndAudit(turns, without_end, first_row)
