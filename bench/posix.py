@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from wit_plugin.demo.model import prepare_default_model
-from wit_plugin.evaluation.posix import evaluate_posix, load_model, psi
-from wit_plugin.evaluation.prompts import PromptSet, render_prompt
-from wit_plugin.evaluation.scoring import SpecialIds, cut_at_eos
-from wit_plugin.evaluation.variants import CHAT, make_prompt_set
+from wit_plugin.evaluation.engine import SpecialIds, cut_at_eos
+from wit_plugin.evaluation.models import load_model
+from wit_plugin.evaluation.posix import evaluate_posix, psi
+from wit_plugin.evaluation.posix.prompts import PromptSet, render_prompt
+from wit_plugin.evaluation.posix.variants import CHAT, make_prompt_set
 
 INSTRUCTIONS = (
     "Name the capital city of France and give one fact about it.",

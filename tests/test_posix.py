@@ -17,17 +17,18 @@ from hypothesis import strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from wit_plugin.evaluation.callback import POSIXCallback, posix_callback_from_options
+from wit_plugin.evaluation.callback import POSIXCallback, evaluation_callbacks
+from wit_plugin.evaluation.engine import SpecialIds, prefill, render_prompt, score, shared_prefix
 from wit_plugin.evaluation.posix import evaluate_posix, psi
-from wit_plugin.evaluation.prompts import prompt_text, render_prompt, write_prompt_sets
-from wit_plugin.evaluation.scoring import SpecialIds, prefill, score, shared_prefix
-from wit_plugin.evaluation.variants import (
+from wit_plugin.evaluation.posix.prompts import prompt_text, write_prompt_sets
+from wit_plugin.evaluation.posix.variants import (
     CHAT,
     TEMPLATES,
     load_prompt_sets,
     make_prompt_set,
     misspell,
 )
+from wit_plugin.options import OptionError
 
 CAPITAL = "What is the capital of France? Answer in one short sentence."
 SKY = "Explain why the sky is blue."
@@ -477,15 +478,19 @@ def test_cli_writes_trace_and_plot(smol_path, tmp_path, capsys):
 
 
 def test_callback_options(tmp_path):
-    assert posix_callback_from_options({}) is None
-    assert posix_callback_from_options({"wit_posix_prompts": None, "wit_posix_steps": 5}) is None
+    assert evaluation_callbacks({}) == []
+    with pytest.raises(OptionError, match="set without `wit_posix_prompts`"):
+        evaluation_callbacks({"wit_posix_prompts": None, "wit_posix_steps": 5})
     path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
-    callback = posix_callback_from_options({"wit_posix_prompts": str(path)})
+    (callback,) = evaluation_callbacks({"wit_posix_prompts": str(path)})
     assert (callback.every_n_steps, callback.max_new_tokens, callback.prompt_sets) == (100, 32, [[SKY, CAPITAL]])
     for key in ("wit_posix_steps", "wit_posix_max_new_tokens"):
         for bad in (0, -1):  # 0 is an error too, not the default
             with pytest.raises(ValueError, match="must be at least 1"):
-                posix_callback_from_options({"wit_posix_prompts": str(path), key: bad})
+                POSIXCallback(
+                    str(path),
+                    **{"every_n_steps": 1, key.removeprefix("wit_posix_").replace("steps", "every_n_steps"): bad},
+                )
 
 
 def test_callback_logs_posix_during_training(smol_path, tmp_path):
@@ -508,7 +513,7 @@ def test_callback_logs_posix_during_training(smol_path, tmp_path):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             self.seen.append(model.training)
 
-    posix = posix_callback_from_options(
+    (posix,) = evaluation_callbacks(
         {"wit_posix_prompts": str(sets_path), "wit_posix_steps": 1, "wit_posix_max_new_tokens": 4}
     )
     assert isinstance(posix, POSIXCallback) and posix.every_n_steps == 1 and posix.max_new_tokens == 4

@@ -341,7 +341,15 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option], un
         if option.type is bool:
             parser.add_argument(flag, dest=option.name, action="store_true", default=default, help=text)
             continue
-        parser.add_argument(flag, dest=option.name, type=_argument_type(option), default=default, help=text)
+        metavar = "{" + ",".join(option.choices) + "}" if option.choices and not option.multiple else None
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            type=_argument_type(option),
+            default=default,
+            help=text,
+            metavar=metavar or option.flag.upper().replace("-", "_"),
+        )
 
 
 def _argument_type(option: Option) -> Any:

@@ -157,6 +157,6 @@ class WITTrainerMixin:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         logs.update(self.wit_logs(logs))
         for callback in self.callback_handler.callbacks:  # type: ignore[attr-defined]
-            if hasattr(callback, "pop_pending_logs"):  # e.g. POSIXCallback's value since the last log
+            if hasattr(callback, "pop_pending_logs"):  # an EvaluationCallback's values since the last log
                 logs.update(callback.pop_pending_logs())
         super().log(logs, *args, **kwargs)  # type: ignore[misc]

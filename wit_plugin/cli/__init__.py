@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import yaml
 
 from wit_plugin import __version__
-from wit_plugin.cli import inspect_rows, posix, prepare
+from wit_plugin.cli import crosstask, inspect_rows, posix, prepare
 
-SUBCOMMANDS = (prepare, inspect_rows, posix)
+SUBCOMMANDS = (prepare, inspect_rows, posix, crosstask)
 
 
 def build_parser() -> argparse.ArgumentParser:

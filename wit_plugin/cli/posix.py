@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from wit_plugin.evaluation.posix import POSIXResult
+    from wit_plugin.evaluation.posix.exemplars import ExemplarPOSIX
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     options.add_arguments(
         parser, [options.OPTION_BY_NAME["wit_posix_max_new_tokens"], options.OPTION_BY_NAME["wit_posix_batch_size"]]
     )
+    parser.add_argument(
+        "--pool", type=Path, help="task file of labelled examples: run POSIX with exemplar blocks from it"
+    )
+    parser.add_argument(
+        "--exemplars",
+        default="none,cross,in-task",
+        help="with --pool: conditions none, cross (other tasks' demos), in-task (the set's own task; sets carry "
+        "a 'task') (default none,cross,in-task)",
+    )
+    options.add_arguments(parser, options.flagged(["wit_crosstask_shots", "wit_crosstask_select"]))
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
@@ -45,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def summary_table(result: POSIXResult, width: int = 40) -> Table:
     from rich.table import Table
 
-    from wit_plugin.evaluation.prompts import prompt_text
+    from wit_plugin.evaluation.posix.prompts import prompt_text
 
     table = Table(title=f"POSIX = {result.posix:.4f}", title_justify="left")
     table.add_column("set", justify="right", no_wrap=True, min_width=3)
@@ -84,13 +95,29 @@ def plot_psi(result: POSIXResult, path: Path) -> Path:
     return path
 
 
+def exemplar_table(outcome: ExemplarPOSIX) -> Table:
+    from rich.table import Table
+
+    table = Table(title="POSIX by exemplar block", title_justify="left")
+    for column in ("exemplars", "sets", "POSIX", "vs none"):
+        table.add_column(column, justify="right" if column != "exemplars" else "left", no_wrap=True)
+    base = outcome.results.get("none")
+    for name, result in outcome.results.items():
+        change = f"{result.posix - base.posix:+.4f}" if base is not None and name != "none" else "–"
+        table.add_row(name, str(len(result.sets)), f"{result.posix:.4f}", change)
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
+    import json
+
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from wit_plugin.evaluation.posix import evaluate_posix, load_model
-    from wit_plugin.evaluation.variants import load_prompt_sets, parse_kinds
+    from wit_plugin.evaluation.models import load_model
+    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
 
     if not args.prompts.is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}")
@@ -104,6 +131,35 @@ def run(args: argparse.Namespace) -> int:
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
     console = Console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
+    if args.pool:
+        from wit_plugin.evaluation.crosstask.tasks import load_items
+        from wit_plugin.evaluation.posix.exemplars import evaluate_posix_with_exemplars, parse_conditions
+
+        conditions, pool = parse_conditions(args.exemplars), load_items(args.pool)
+        model, tokenizer = load_model(args.model, args.device)
+        with console.status("POSIX under each exemplar block"):
+            outcome = evaluate_posix_with_exemplars(
+                model,
+                tokenizer,
+                sets,
+                prompt_set_tasks(args.prompts),
+                pool,
+                conditions,
+                args.wit_crosstask_shots,
+                args.wit_crosstask_select,
+                args.seed,
+                args.wit_posix_max_new_tokens,
+                args.wit_posix_batch_size,
+            )
+        for note in outcome.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(exemplar_table(outcome))
+        if args.out:
+            args.out.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            console.print(f"trace: {args.out}")
+        if args.plot and "none" in outcome.results:
+            console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
+        return 0
     model, tokenizer = load_model(args.model, args.device)
     columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:

@@ -1,20 +1,9 @@
-"""Evaluation beyond the training loss: POSIX prompt sensitivity (library, variants, trainer callback)."""
+"""Evaluation beside the training loss: one engine, several evaluators.
 
-from __future__ import annotations
-
-from wit_plugin.evaluation.callback import POSIXCallback
-from wit_plugin.evaluation.posix import POSIXResult, Response, SetResult, evaluate_posix, load_model, psi
-from wit_plugin.evaluation.prompts import Prompt, PromptSet, validate_prompt_sets
-
-__all__ = [
-    "POSIXCallback",
-    "POSIXResult",
-    "Prompt",
-    "PromptSet",
-    "Response",
-    "SetResult",
-    "evaluate_posix",
-    "load_model",
-    "psi",
-    "validate_prompt_sets",
-]
+* :mod:`~wit_plugin.evaluation.engine`: prompts to token ids, batched prefill with a shared KV cache, greedy
+  decoding, continuation scoring, mean-pooled hidden states (exact: pads never scored, log-softmax in fp32).
+* :mod:`~wit_plugin.evaluation.models`: one loader for model and adapter folders.
+* :mod:`~wit_plugin.evaluation.posix`: POSIX prompt sensitivity, with or without exemplar blocks.
+* :mod:`~wit_plugin.evaluation.crosstask`: cross-task in-context accuracy.
+* :mod:`~wit_plugin.evaluation.callback`: any evaluator every N optimiser steps during training.
+"""

@@ -1,8 +1,10 @@
-"""POSIX during training: a ``TrainerCallback`` that scores held-out prompt sets every N optimiser steps.
+"""Any evaluator during training: a ``TrainerCallback`` that runs it every N optimiser steps and logs its metrics.
 
-The value joins the next log line as ``posix``: wit_plugin's trainers merge it before logging (so it is
-printed, reported and kept in ``state.log_history``); under any other trainer the callback's ``on_log``
-adds it to that line's history entry.
+An evaluator has ``evaluate(model, tokenizer) -> {metric: value}``. The values join the next log line:
+wit_plugin's trainers merge them before logging (so they are printed, reported and kept in
+``state.log_history``); under any other trainer the callback's ``on_log`` adds them to that line's history
+entry. Both adapters build the callbacks from the same ``wit_posix_*`` / ``wit_crosstask_*`` options
+(:func:`evaluation_callbacks`).
 """
 
 from __future__ import annotations
@@ -10,62 +12,49 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix
-from wit_plugin.evaluation.prompts import Prompt, validate_prompt_sets
-from wit_plugin.evaluation.variants import load_prompt_sets
+from wit_plugin import options
 
 LOG = logging.getLogger(__name__)
 
 
-class POSIXCallback(TrainerCallback):
-    """Computes POSIX with the trainer's own model and tokenizer when ``global_step % every_n_steps == 0``.
+class Evaluator(Protocol):
+    name: str
 
-    Generation and scoring run in eval mode without gradients; the model's train/eval state is restored.
-    All ranks evaluate (sharded models need every rank in the forward pass); the main process logs.
+    def evaluate(self, model: Any, tokenizer: Any) -> dict[str, float]: ...
+
+
+class EvaluationCallback(TrainerCallback):
+    """Runs ``evaluator`` with the trainer's own model and tokenizer when ``global_step % every_n_steps == 0``.
+
+    Evaluators run in eval mode without gradients and restore the model's train/eval state. All ranks evaluate
+    (sharded models need every rank in the forward pass); the main process logs.
     """
 
-    def __init__(
-        self,
-        prompt_sets: str | Path | Sequence[Sequence[Prompt]],
-        every_n_steps: int,
-        max_new_tokens: int = 32,
-        batch_size: int = 32,
-    ) -> None:
-        if every_n_steps < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"POSIX every_n_steps and max_new_tokens must be at least 1, got {every_n_steps} and {max_new_tokens}"
-            )
-        if isinstance(prompt_sets, (str, Path)):
-            self.prompt_sets = load_prompt_sets(prompt_sets)
-        else:
-            self.prompt_sets = validate_prompt_sets(prompt_sets)
+    def __init__(self, evaluator: Evaluator, every_n_steps: int) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"{evaluator.name}: every_n_steps must be at least 1, got {every_n_steps}")
+        self.evaluator = evaluator
         self.every_n_steps = every_n_steps
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.last_result: POSIXResult | None = None
         self._pending: dict[str, float] = {}
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.global_step % self.every_n_steps:
             return
-        model = kwargs["model"]
         tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor wraps its tokenizer
         if tokenizer is None:
-            raise ValueError("POSIXCallback needs the trainer's tokenizer (processing_class)")
-        self.last_result = evaluate_posix(
-            model, self.prompt_sets, tokenizer, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
-        )
-        self._pending = {"posix": self.last_result.posix}
-        LOG.info("step %d: posix %.4f", state.global_step, self.last_result.posix)
+            raise ValueError(f"the {self.evaluator.name} callback needs the trainer's tokenizer (processing_class)")
+        metrics = self.evaluator.evaluate(kwargs["model"], tokenizer)
+        self._pending.update(metrics)
+        LOG.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def pop_pending_logs(self) -> dict[str, float]:
-        """The value not logged yet. wit_plugin's trainers merge it into their next log line (printed,
-        reported, kept in the history); with another trainer :meth:`on_log` attaches it to that line."""
+        """The values not logged yet. wit_plugin's trainers merge them into their next log line (printed,
+        reported, kept in the history); with another trainer :meth:`on_log` attaches them to that line."""
         pending, self._pending = self._pending, {}
         return pending
 
@@ -84,18 +73,70 @@ class POSIXCallback(TrainerCallback):
                 state.log_history[-1].update(pending)
 
 
-POSIX_KEYS: tuple[str, ...] = ("wit_posix_prompts", "wit_posix_steps", "wit_posix_max_new_tokens")
+class POSIXCallback(EvaluationCallback):
+    """POSIX on held-out prompt sets (a JSONL path, or the sets) every N steps, logged as ``posix``."""
+
+    def __init__(
+        self,
+        prompt_sets: str | Path | Sequence[Sequence[Any]],
+        every_n_steps: int,
+        max_new_tokens: int = options.defaults()["wit_posix_max_new_tokens"],
+        batch_size: int = options.defaults()["wit_posix_batch_size"],
+    ) -> None:
+        from wit_plugin.evaluation.posix.evaluate import POSIXEvaluator
+
+        super().__init__(POSIXEvaluator(prompt_sets, max_new_tokens, batch_size), every_n_steps)
+
+    @property
+    def prompt_sets(self) -> list[Any]:
+        return self.evaluator.prompt_sets
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.evaluator.max_new_tokens
+
+    @property
+    def last_result(self) -> Any:
+        return self.evaluator.last_result
 
 
-def posix_callback_from_options(options: Mapping[str, Any]) -> POSIXCallback | None:
-    """The callback configured by ``wit_posix_prompts`` (path), ``wit_posix_steps`` (default 100) and
-    ``wit_posix_max_new_tokens`` (default 32); ``None`` when no prompts are configured."""
-    path = options.get("wit_posix_prompts")
-    if not path:
-        return None
-    steps, max_new_tokens = options.get("wit_posix_steps"), options.get("wit_posix_max_new_tokens")
-    return POSIXCallback(
-        path,
-        every_n_steps=100 if steps is None else int(steps),
-        max_new_tokens=32 if max_new_tokens is None else int(max_new_tokens),
-    )
+class CrossTaskCallback(EvaluationCallback):
+    """Cross-task accuracy on a pool and targets every N steps, logged as ``crosstask/<task>/<condition>`` and
+    ``crosstask/<condition>`` (mean over tasks)."""
+
+    def __init__(
+        self, pool: str | Path, targets: str | Path, every_n_steps: int, values: Mapping[str, Any] | None = None
+    ) -> None:
+        from wit_plugin.evaluation.crosstask.evaluate import CrossTaskEvaluator
+
+        super().__init__(CrossTaskEvaluator(pool, targets, values), every_n_steps)
+
+    @property
+    def last_result(self) -> Any:
+        return self.evaluator.last_result
+
+
+def evaluation_callbacks(values: Mapping[str, Any]) -> list[EvaluationCallback]:
+    """The callbacks the ``wit_posix_*`` and ``wit_crosstask_*`` options ask for (none when their data is unset)."""
+    options.check_posix(values)
+    options.check_crosstask(values)
+    callbacks: list[EvaluationCallback] = []
+    if values.get("wit_posix_prompts"):
+        callbacks.append(
+            POSIXCallback(
+                values["wit_posix_prompts"],
+                every_n_steps=options.resolved(values, "wit_posix_steps"),
+                max_new_tokens=options.resolved(values, "wit_posix_max_new_tokens"),
+                batch_size=options.resolved(values, "wit_posix_batch_size"),
+            )
+        )
+    if values.get("wit_crosstask_pool"):
+        callbacks.append(
+            CrossTaskCallback(
+                values["wit_crosstask_pool"],
+                values["wit_crosstask_targets"],
+                every_n_steps=options.resolved(values, "wit_crosstask_steps"),
+                values=values,
+            )
+        )
+    return callbacks

@@ -166,10 +166,9 @@ class WITPlugin(BasePlugin):
         return AxolotlWITTrainer
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
-        from wit_plugin.evaluation.callback import posix_callback_from_options
+        from wit_plugin.evaluation.callback import evaluation_callbacks
 
-        callback = posix_callback_from_options(cfg)
-        return [callback] if callback is not None else []
+        return evaluation_callbacks(cfg)
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         from wit_plugin.trainer import WITTrainerMixin

@@ -22,6 +22,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
 from wit_plugin.collation import IGNORE_INDEX
+from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
 from wit_plugin.trainer import WITTrainerMixin
@@ -96,6 +97,8 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
             )
         self.setup_wit(weights, loss_impl=args.wit_loss_impl, role_metrics=args.wit_role_metrics)
+        for callback in evaluation_callbacks(args.wit_options):  # wit_posix_* / wit_crosstask_*, as in Axolotl
+            self.add_callback(callback)
 
     def _prepare_dataset(
         self,

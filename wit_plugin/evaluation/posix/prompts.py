@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-Messages = list[dict[str, str]]
-Prompt = str | Messages
+from wit_plugin.evaluation.engine import Prompt
+
 PromptSet = list[Prompt]
 
 
@@ -65,20 +65,6 @@ def validate_prompt_sets(prompt_sets: Sequence[Sequence[Prompt]]) -> list[Prompt
     if not prompt_sets:
         raise ValueError("POSIX needs at least one prompt set (a list of lists of prompts)")
     return [validate_prompt_set(prompts, f"prompt set {index}") for index, prompts in enumerate(prompt_sets)]
-
-
-def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """Token ids the model is conditioned on: a raw string as the tokenizer encodes it (special tokens such
-    as BOS included), a message list through the chat template with the assistant turn opened."""
-    if isinstance(prompt, str):
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "chat message prompts need a tokenizer with a chat template, and this one has none; "
-            "pass raw string prompts instead"
-        )
-    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def write_prompt_sets(path: str | Path, prompt_sets: Iterable[Sequence[Prompt]]) -> Path:

@@ -1,5 +1,6 @@
-"""The forward passes behind POSIX: one prefill per group of prompts, greedy decoding from it, and scoring of
-other prompts' responses on top of the same prefill.
+"""The evaluation engine shared by every evaluator (POSIX, cross-task): prompts to token ids, one prefill per
+group of prompts, greedy decoding from it, scoring of continuations (responses, answer options) on top of the
+same prefill, and mean-pooled hidden states.
 
 Every prompt runs through the model once (KV cache kept). A prefix that many prompts share (a chat
 template's system turn, say) runs once and its cache is repeated, so the padded batch holds only what
@@ -13,13 +14,55 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 Tokens = tuple[int, ...]
+Prompt = str | list[dict[str, str]]  # raw text, or chat messages rendered with the generation prompt
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while evaluating, then every module's own train/eval state back as it was (a frozen
+    submodule kept in eval mode stays so; ``model.train()`` would switch it on)."""
+    states = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in states:
+            module.training = training
+
+
+@contextmanager
+def timed(work: Counter[str], key: str) -> Iterator[None]:
+    """Adds the block's wall time to ``work[key]``."""
+    clock = time.perf_counter()
+    try:
+        yield
+    finally:
+        work[key] += time.perf_counter() - clock
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids the model is conditioned on: a raw string as the tokenizer encodes it (special tokens such
+    as BOS included), a message list through the chat template with the assistant turn opened."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "chat message prompts need a tokenizer with a chat template, and this one has none; "
+            "pass raw string prompts instead"
+        )
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass(frozen=True)
@@ -275,3 +318,48 @@ def score(model: Any, start: Prefill, pairs: Sequence[tuple[int, Tokens]], pad: 
         for index, value in zip(chunk, sums.tolist()):
             scores[index] = value
     return scores
+
+
+@torch.no_grad()
+def mean_hidden_states(
+    model: Any, rows: Sequence[Tokens], batch_size: int, layers: Sequence[int] | None = None, pad: int = 0
+) -> np.ndarray:
+    """``[rows, layers, hidden]`` float32: each row's hidden states averaged over its tokens, at each of
+    ``layers`` (indices into the model's ``hidden_states``: 0 is the embeddings, -1 the final layer; default
+    all). Rows run right padded, ``batch_size`` at a time; pads are masked and never averaged."""
+    device = model.device
+    out: list[np.ndarray] = []
+    order = sorted(range(len(rows)), key=lambda index: len(rows[index]))
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin : begin + batch_size]
+        ids, mask = _pad([rows[index] for index in chunk], pad, device, left=False)
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        picked = hidden if layers is None else [hidden[layer] for layer in layers]
+        weights = (mask / mask.sum(-1, keepdim=True)).unsqueeze(-1).to(picked[0].dtype)
+        pooled = torch.stack([(states * weights).sum(1) for states in picked], dim=1)
+        out.append(pooled.float().cpu().numpy())
+    result = np.concatenate(out) if out else np.zeros((0, 0, 0), dtype=np.float32)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return result[inverse] if len(order) else result
+
+
+def layer_count(model: Any) -> int:
+    """How many ``hidden_states`` the model returns (its layers plus the embeddings)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers) + 1
+
+
+def option_scores(logprob_sums: Sequence[float], lengths: Sequence[int], scoring: str) -> list[float]:
+    """Scores of answer options: summed log-probability (``sum``) or per token (``mean``)."""
+    if scoring == "sum":
+        return list(logprob_sums)
+    if scoring == "mean":
+        return [value / max(length, 1) for value, length in zip(logprob_sums, lengths)]
+    raise ValueError(f"unknown scoring {scoring!r}; choose mean or sum")
+
+
+def tokens_of(tokenizer: Any, texts: Mapping[str, str] | Sequence[str]) -> list[Tokens]:
+    """Token ids of continuations (no special tokens added)."""
+    return [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]

@@ -11,10 +11,8 @@ where L_{y_j} is the length of y_j in tokens (up to and including its EOS). POSI
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wit_plugin.evaluation.prompts import Prompt, render_prompt, validate_prompt_sets
-from wit_plugin.evaluation.scoring import SpecialIds, Tokens, greedy, prefill, score
+from wit_plugin.evaluation.engine import SpecialIds, Tokens, eval_mode, greedy, prefill, render_prompt, score, timed
+from wit_plugin.evaluation.models import load_model
+from wit_plugin.evaluation.posix.prompts import Prompt, validate_prompt_sets
 
 Progress = Callable[[int, int], None]
 
@@ -97,25 +96,31 @@ def psi(logprobs: np.ndarray | Sequence[Sequence[float]], lengths: Sequence[int]
     return float(deviation.sum() / (n * (n - 1)))
 
 
-@contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Dropout off while evaluating, then every module's own train/eval state back as it was (a frozen
-    submodule kept in eval mode stays so; ``model.train()`` would switch it on)."""
-    states = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in states:
-            module.training = training
+class POSIXEvaluator:
+    """POSIX as a training-time evaluator (see :class:`~wit_plugin.evaluation.callback.EvaluationCallback`)."""
 
+    name = "posix"
 
-def load_model(path: str | PathLike[str], device: str | None = None) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(
+        self, prompt_sets: str | PathLike[str] | Sequence[Sequence[Prompt]], max_new_tokens: int, batch_size: int
+    ) -> None:
+        from wit_plugin.evaluation.posix.variants import load_prompt_sets
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError(
+                f"POSIX max_new_tokens and batch_size must be at least 1, got {max_new_tokens}, {batch_size}"
+            )
+        if isinstance(prompt_sets, (str, PathLike)):
+            self.prompt_sets = load_prompt_sets(prompt_sets)
+        else:
+            self.prompt_sets = validate_prompt_sets(prompt_sets)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.last_result: POSIXResult | None = None
+
+    def evaluate(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        self.last_result = evaluate_posix(model, self.prompt_sets, tokenizer, self.max_new_tokens, self.batch_size)
+        return {"posix": self.last_result.posix}
 
 
 def evaluate_posix(
@@ -173,16 +178,6 @@ def _groups(sizes: list[int], limit: int) -> Iterator[list[int]]:
         yield group
 
 
-@contextmanager
-def _timed(work: Counter[str], key: str) -> Iterator[None]:
-    """Adds the block's wall time to ``work[key]``."""
-    clock = time.perf_counter()
-    try:
-        yield
-    finally:
-        work[key] += time.perf_counter() - clock
-
-
 def _evaluate_group(
     model: Any,
     group: list[list[Tokens]],
@@ -195,15 +190,15 @@ def _evaluate_group(
     the remaining pairs scored on the same prefill. Adds the phases' seconds and tokens to ``work``."""
     distinct = list(dict.fromkeys(x for members in group for x in members))
     row = {x: index for index, x in enumerate(distinct)}
-    with _timed(work, "prefill_s"):
+    with timed(work, "prefill_s"):
         start = prefill(model, distinct, special.pad)
-    with _timed(work, "decode_s"):
+    with timed(work, "decode_s"):
         generated = greedy(model, start, special, max_new_tokens)
     response = {x: generated[row[x]][0] for x in distinct}
     logprobs = {(index, y): value for index, (y, value) in enumerate(generated)}
     needed = dict.fromkeys((row[x], response[other]) for members in group for x in members for other in members)
     pending = [pair for pair in needed if pair not in logprobs]
-    with _timed(work, "score_s"):
+    with timed(work, "score_s"):
         logprobs.update(zip(pending, score(model, start, pending, special.pad, batch_size)))
     work["prompt_tokens"] += start.tokens_run
     work["decode_steps"] += max(len(y) for y, _ in generated) - 1

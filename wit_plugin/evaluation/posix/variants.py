@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.evaluation.prompts import Prompt, PromptSet, validate_prompt_set, validate_prompt_sets
+from wit_plugin.evaluation.posix.prompts import Prompt, PromptSet, validate_prompt_set, validate_prompt_sets
 from wit_plugin.jsonl import read_jsonl
 
 KINDS = ("spelling", "template", "paraphrase")
@@ -118,7 +118,15 @@ def intent_of(row: Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(text, str) and text.strip():
         extra = row.get("input")
         return (f"{text}\n\n{extra}" if isinstance(extra, str) and extra.strip() else text), RAW
-    raise ValueError("row needs 'prompts', 'messages', 'instruction' or 'prompt'")
+    if isinstance(row.get("task"), str) and isinstance(row.get("input"), str) and row["input"].strip():
+        return row["input"], RAW  # a cross-task file's row: its input is the prompt
+    raise ValueError("row needs 'prompts', 'messages', 'instruction', 'prompt', or 'task' and 'input'")
+
+
+def prompt_set_tasks(path: str | Path) -> list[str | None]:
+    """The ``task`` of each row of a prompt-set file (``None`` where a row names none), in the order of
+    :func:`load_prompt_sets`'s sets: exemplar blocks pick in-task and cross-task demos by it."""
+    return [row.get("task") if isinstance(row.get("task"), str) else None for _, row in read_jsonl(path)]
 
 
 def load_prompt_sets(

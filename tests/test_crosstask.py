@@ -1,0 +1,389 @@
+"""Cross-task evaluation on small tasks made here: data checks, demo rules, exact option scores, the trace."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
+from wit_plugin.evaluation.crosstask.prompts import normalise
+from wit_plugin.evaluation.crosstask.select import tfidf_cosine
+from wit_plugin.evaluation.crosstask.tasks import TaskFileError
+from wit_plugin.evaluation.stats import bootstrap_ci, spearman
+
+CAPITALS = "Name the capital city of the country."
+OPPOSITES = "Give the word with the opposite meaning."
+SENTIMENT = "Say whether the review is positive or negative."
+SUMS = "Add the two numbers."
+
+
+def row(task, text, label, options=None, definition=None, **extra):
+    data = {"task": task, "input": text, "label": label, **extra}
+    if options is not None:
+        data["options"] = options
+    if definition is not None:
+        data["definition"] = definition
+    return data
+
+
+POOL = [
+    row("capitals", "Country: Italy\nCapital:", "Rome", ["Rome", "Paris", "Madrid"], CAPITALS),
+    row("capitals", "Country: Spain\nCapital:", "Madrid", ["Rome", "Paris", "Madrid"]),
+    row("capitals", "Country: Japan\nCapital:", "Tokyo", ["Tokyo", "Seoul", "Beijing"]),
+    row("opposites", "Word: hot\nOpposite:", "cold", ["cold", "warm"], OPPOSITES),
+    row("opposites", "Word: up\nOpposite:", "down", ["down", "high"]),
+    row("opposites", "Word: day\nOpposite:", "night", ["night", "noon"]),
+    row("sentiment", "Review: A wonderful, moving film.\nSentiment:", "positive", ["positive", "negative"], SENTIMENT),
+    row("sentiment", "Review: Dull and far too long.\nSentiment:", "negative", ["positive", "negative"]),
+    row("sums", "2 + 2 =", "4", definition=SUMS),
+    row("sums", "5 + 1 =", "6"),
+]
+TARGETS = [
+    row("capitals", "Country: France\nCapital:", "Paris", ["Rome", "Paris", "Madrid"], CAPITALS),
+    row("capitals", "Country: Germany\nCapital:", "Berlin", ["Berlin", "Vienna", "Oslo"]),
+    row("opposites", "Word: big\nOpposite:", "small", ["small", "tall"], OPPOSITES),
+    row("sentiment", "Review: I loved every minute.\nSentiment:", "positive", ["positive", "negative"], SENTIMENT),
+    row("sums", "3 + 4 =", "7", definition=SUMS),
+    row("colours", "The colour of snow is", "white", ["white", "green", "red"], "Name the colour."),
+]
+ALL = "zero,cross,mixed,random,gold,pseudo"
+
+
+def write(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    return write(folder / "pool.jsonl", POOL), write(folder / "targets.jsonl", TARGETS)
+
+
+@pytest.fixture(scope="module")
+def evaluated(model, tokenizer, files):
+    pool, targets = (load_items(path) for path in files)
+    settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": ALL, "wit_crosstask_shots": 2})
+    return pool, targets, settings, evaluate_crosstask(model, tokenizer, pool, targets, settings)
+
+
+# --- task files -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (row("t", "x", "c", ["a", "b"]), "field 'label' 'c' is not among the options"),
+        (row("t", "x", "a", ["a"]), "field 'options' needs at least 2 options, got 1"),
+        (row("t", "  ", "a"), "field 'input' is empty"),
+        ({"input": "x", "label": "a"}, "field 'task' must be a string, got NoneType"),
+        (row("t", "x", "a", ["a", "a"]), "field .options. lists an option twice"),
+        ({**row("t", "x", "a"), "answer": "a"}, "unknown field\\(s\\) \\['answer'\\]"),
+        (row("t", "x", 3), "field 'label' must be a string, got int"),
+    ],
+)
+def test_bad_rows_name_their_file_line_and_field(tmp_path, bad, message):
+    path = write(tmp_path / "tasks.jsonl", [row("t", "fine", "a", ["a", "b"]), bad])
+    with pytest.raises(TaskFileError, match=f"^{path}:2: {message}"):
+        load_items(path)
+
+
+def test_ids_default_to_file_line_and_must_be_unique(tmp_path):
+    path = write(tmp_path / "tasks.jsonl", [row("t", "a", "x"), row("t", "b", "y", id="7")])
+    items = load_items(path)
+    assert [item.id for item in items] == [f"{path}:1", "7"]
+    write(path, [row("t", "a", "x", id="7"), row("t", "b", "y", id="7")])
+    with pytest.raises(TaskFileError, match=f"{path}:2: field 'id' '7' is used again \\(first at {path}:1\\)"):
+        load_items(path)
+    path.write_text('{"task": "t"\n')
+    with pytest.raises(ValueError, match=f"{path}:1: not valid JSON"):
+        load_items(path)
+
+
+# --- demos -----------------------------------------------------------------------------------------------------
+
+
+def test_demo_rules_hold_for_every_item(evaluated, tokenizer):
+    pool, targets, _, result = evaluated
+    by_id = {item.id: item for item in [*pool, *targets]}
+    for entry in result.to_dict()["items"]:
+        target = by_id[entry["id"]]
+        prompt = tokenizer.decode(entry["prompt_ids"])
+        assert target.input in prompt and prompt.rstrip().endswith(target.input.rstrip())
+        for demo in entry["demos"]:
+            shown = by_id[demo["id"]]
+            assert not shown.same_item(target)  # never its own demo
+            assert f"{shown.input} " in prompt  # every demo's text is in the prompt
+            if entry["condition"] in ("cross", "mixed", "random"):
+                assert demo["task"] != target.task  # cross-task demos never come from the target's task
+            if entry["condition"] in ("gold", "pseudo"):
+                assert demo["task"] == target.task
+        expected = {"zero": 0, "mixed": 2, "random": 2}.get(entry["condition"])
+        if expected is not None:
+            assert len(entry["demos"]) == expected
+        if entry["condition"] == "cross":
+            assert len({d["task"] for d in entry["demos"]}) == 1  # one source task per prompt
+        if entry["condition"] == "mixed":
+            assert len({d["task"] for d in entry["demos"]}) == 2  # one demo from each of K tasks
+    gold = [e for e in result.items if e.condition == "gold"]
+    assert all(f"{d.item.input} {d.item.label}\n" in tokenizer.decode(e.prompt_ids) for e in gold for d in e.demos)
+
+
+def test_cross_runs_every_source_task_and_fills_the_gain_matrix(evaluated):
+    _, targets, _, result = evaluated
+    cross = [e for e in result.items if e.condition == "cross"]
+    for target in targets:
+        sources = {e.source for e in cross if e.item.id == target.id}
+        assert sources == {"capitals", "opposites", "sentiment", "sums"} - {target.task}
+    matrix = result.gain_matrix
+    zero = {r["task"]: r["accuracy"] for r in result.results if r["condition"] == "zero"}
+    for i, source in enumerate(matrix["sources"]):
+        for j, task in enumerate(matrix["targets"]):
+            cells = [float(e.correct) for e in cross if e.source == source and e.item.task == task]
+            if cells:
+                assert matrix["accuracy"][i][j] == pytest.approx(np.mean(cells))
+                assert matrix["gain"][i][j] == pytest.approx(np.mean(cells) - zero[task])
+    assert {r["layer"] for r in result.activation} == set(range(31))  # SmolLM2: embeddings + 30 layers
+
+
+def test_pseudo_labels_are_the_cross_task_majority_vote(evaluated):
+    _, _, _, result = evaluated
+    assert result.pseudo_labels
+    for record in result.pseudo_labels:
+        votes = list(record["votes"].values())
+        top = max(votes.count(v) for v in votes)
+        assert votes.count(record["pseudo_label"]) == top
+        assert record["correct"] == (record["pseudo_label"] == record["label"])
+    labels = {r["id"]: r["pseudo_label"] for r in result.pseudo_labels}
+    for entry in result.items:
+        if entry.condition == "pseudo":
+            assert all(demo.label == labels[demo.item.id] for demo in entry.demos)
+    assert "colours: no pool rows of this task, so no gold/pseudo in-task demos" in result.notes
+    assert not any(e.item.task == "colours" and e.condition in ("gold", "pseudo") for e in result.items)
+
+
+# --- scoring ---------------------------------------------------------------------------------------------------
+
+
+def test_option_logprobs_equal_a_one_at_a_time_float64_computation(evaluated, model):
+    _, _, settings, result = evaluated
+    reference = copy.deepcopy(model).double().eval()
+    checked = 0
+    for entry in result.items:
+        if entry.option_ids is None or checked >= 6:
+            continue
+        for ids, value in zip(entry.option_ids, entry.option_logprobs):
+            sequence = torch.tensor([list(entry.prompt_ids) + list(ids)])
+            with torch.no_grad():  # the logits of the positions that predict the option's tokens
+                logits = reference(sequence, logits_to_keep=len(ids) + 1).logits[0, :-1]
+            logprobs = torch.log_softmax(logits, dim=-1)
+            expected = sum(logprobs[k, token].item() for k, token in enumerate(ids))
+            assert value == pytest.approx(expected, abs=1e-4)
+        scores = [v / len(ids) for v, ids in zip(entry.option_logprobs, entry.option_ids)]  # mean: the default
+        assert entry.prediction == entry.item.options[int(np.argmax(scores))]
+        checked += 1
+    assert checked == 6 and settings.scoring == "mean"
+
+
+def test_sum_scoring_picks_by_total_log_probability(model, tokenizer, files):
+    pool, targets = (load_items(path) for path in files)
+    settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero", "wit_crosstask_scoring": "sum"})
+    result = evaluate_crosstask(model, tokenizer, pool, targets, settings)
+    assert result.to_dict()["scoring"] == "sum"
+    for entry in result.items:
+        if entry.option_logprobs is not None:
+            assert entry.prediction == entry.item.options[int(np.argmax(entry.option_logprobs))]
+
+
+def test_items_without_options_are_generated_and_matched_exactly(evaluated):
+    _, _, _, result = evaluated
+    generated = [e for e in result.items if e.item.options is None]
+    assert generated and all(e.generated is not None and e.option_logprobs is None for e in generated)
+    assert all(e.prediction == normalise(e.generated) for e in generated)
+    assert normalise("  Paris. It is") == "paris" and normalise("Seven\nmore") == "seven" and normalise("a-b") == "a"
+
+
+def test_results_trace_and_determinism(evaluated, model, tokenizer, tmp_path):
+    pool, targets, settings, result = evaluated
+    trace = json.loads(result.write_trace(tmp_path / "trace.json").read_text())
+    assert trace["scoring"] == "mean"
+    for entry in trace["results"]:
+        assert {"task", "condition", "accuracy", "n", "ci95"} <= set(entry)
+        low, high = entry["ci95"]
+        assert low <= entry["accuracy"] <= high
+    item_keys = {"task", "id", "condition", "prompt_ids", "options", "option_ids", "option_logprobs"}
+    item_keys |= {"prediction", "label", "demos"}
+    assert all(item_keys <= set(entry) for entry in trace["items"])
+    for entry in trace["results"]:  # accuracy is the mean of the items' correctness
+        items = [e for e in result.items if e.item.task == entry["task"] and e.condition == entry["condition"]]
+        assert entry["n"] == len(items) and entry["accuracy"] == pytest.approx(np.mean([e.correct for e in items]))
+    again = evaluate_crosstask(model, tokenizer, pool, targets, settings).to_dict()
+    first = result.to_dict()
+    first.pop("work"), again.pop("work")
+    assert again == first  # same seed, same everything
+
+
+def test_selection_methods(model, tokenizer, files):
+    pool, targets = (load_items(path) for path in files)
+    scores = tfidf_cosine(["Country: France\nCapital:"], [p.input for p in pool])
+    assert int(np.argmax(scores[0])) in (0, 1, 2)  # shares "country" and "capital" with the capitals rows
+    picks = {}
+    for select in ("similar", "lexical", "random"):
+        settings = CrossTaskSettings.from_options(
+            {"wit_crosstask_conditions": "cross", "wit_crosstask_select": select, "wit_crosstask_seed": 3}
+        )
+        result = evaluate_crosstask(model, tokenizer, pool, targets[:1], settings)
+        picks[select] = [d.item.id for e in result.items for d in e.demos]
+    again = CrossTaskSettings.from_options(
+        {"wit_crosstask_conditions": "cross", "wit_crosstask_select": "random", "wit_crosstask_seed": 4}
+    )
+    other = [d.item.id for e in evaluate_crosstask(model, tokenizer, pool, targets[:1], again).items for d in e.demos]
+    assert len(picks["random"]) == len(other)
+
+
+def test_similar_selection_uses_the_models_mean_pooled_final_hidden_states(model, tokenizer):
+    from wit_plugin.evaluation.crosstask.select import embed_inputs
+
+    texts = ["Country: Italy\nCapital:", "Word: hot"]
+    states = embed_inputs(model, tokenizer, texts, batch_size=2)
+    for index, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(states.layer(-1)[index], hidden.mean(0).numpy(), atol=1e-4)
+
+
+def test_statistics():
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    d = np.array([1, 2, 3, 4, 5]) - np.array([2, 1, 4, 3, 5])
+    assert spearman(x, y) == pytest.approx(1 - 6 * (d**2).sum() / (5 * (25 - 1)))
+    assert spearman([1, 2], [3, 4]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    low, high = bootstrap_ci([0, 1, 1, 0, 1], seed=0)
+    assert 0 <= low <= 0.6 <= high <= 1 and bootstrap_ci([0, 1, 1, 0, 1], seed=0) == (low, high)
+
+
+# --- POSIX with exemplars, training callbacks, the command line -------------------------------------------------
+
+
+def test_posix_with_exemplar_blocks(model, tokenizer, files):
+    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix.exemplars import evaluate_posix_with_exemplars, with_block
+
+    pool = load_items(files[0])
+    sets = [
+        ["Country: Norway\nCapital:", "Q: Country: Norway\nCapital:\nA:"],
+        [[{"role": "user", "content": "Word: fast\nOpposite:"}], "Word: fast\nOpposite:"],
+        ["Tell me a fact.", "Tell me one fact."],
+    ]
+    outcome = evaluate_posix_with_exemplars(
+        model,
+        tokenizer,
+        sets,
+        ["capitals", "opposites", None],
+        pool,
+        ("none", "cross", "in-task"),
+        1,
+        "lexical",
+        0,
+        3,
+        8,
+    )
+    assert outcome.evaluated == {"none": [0, 1, 2], "cross": [0, 1, 2], "in-task": [0, 1]}
+    assert "in-task: 1 set(s) without a task that has pool rows were skipped" in outcome.notes
+    by_id = {item.id: item for item in pool}
+    for index, demos in zip(outcome.evaluated["cross"], outcome.demos["cross"]):
+        assert all(by_id[d["id"]].task != ["capitals", "opposites", None][index] for d in demos)
+    assert [by_id[d["id"]].task for (d,) in outcome.demos["in-task"]] == ["capitals", "opposites"]
+    (demo,) = outcome.demos["in-task"][0]
+    shown = by_id[demo["id"]]
+    block = f"Definition: {shown.definition}\n{shown.input} {shown.label}\n"
+    expected = evaluate_posix(model, [[with_block(p, block) for p in sets[0]]], tokenizer, 3, 8)
+    assert outcome.results["in-task"].sets[0].psi == pytest.approx(expected.sets[0].psi, abs=1e-4)  # other batch
+    assert outcome.results["in-task"].sets[0].prompts[1].startswith(block)  # the same block before every prompt
+    chat = outcome.results["in-task"].sets[1].prompts[0]
+    assert chat[0]["content"].startswith("Definition: " + OPPOSITES)  # inside the first user message
+
+
+def test_crosstask_callback_logs_accuracy_per_task_during_training(model_path, files, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from wit_plugin.evaluation.callback import CrossTaskCallback, evaluation_callbacks
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoded = tokenizer(["The sky is blue.", "Water is wet."], padding="max_length", max_length=8)
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": i}
+        for i, m in zip(encoded["input_ids"], encoded["attention_mask"])
+    ]
+    values = {
+        "wit_crosstask_pool": str(files[0]),
+        "wit_crosstask_targets": str(files[1]),
+        "wit_crosstask_steps": 1,
+        "wit_crosstask_conditions": "zero",
+        "wit_crosstask_limit": 1,
+    }
+    (callback,) = evaluation_callbacks(values)
+    assert isinstance(callback, CrossTaskCallback) and callback.every_n_steps == 1
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[callback])
+    trainer.train()
+    (logged,) = [entry for entry in trainer.state.log_history if "crosstask/zero" in entry]
+    assert set(logged) >= {f"crosstask/{task}/zero" for task in ("capitals", "opposites", "sentiment", "sums")}
+    assert logged["crosstask/capitals/zero"] == callback.last_result.accuracy("capitals", "zero")
+
+
+def test_trl_config_adds_the_evaluation_callbacks(model_path, files, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from wit_plugin.evaluation.callback import CrossTaskCallback
+    from wit_plugin.trl import WITConfig, WITSFTTrainer
+
+    args = WITConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        report_to="none",
+        wit_crosstask_pool=str(files[0]),
+        wit_crosstask_targets=str(files[1]),
+        wit_crosstask_steps=7,
+    )
+    rows = Dataset.from_list([{"prompt": "2 + 2 =", "completion": " 4"}])
+    trainer = WITSFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_path),
+        args=args,
+        train_dataset=rows,
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+    )
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, CrossTaskCallback)]
+    assert callback.every_n_steps == 7
+
+
+def test_cli_writes_tables_trace_and_plot(model_path, files, tmp_path, capsys):
+    from wit_plugin.cli import main
+
+    out, picture = tmp_path / "trace.json", tmp_path / "gain.png"
+    command = ["crosstask", "--model", str(model_path), "--pool", str(files[0]), "--targets", str(files[1])]
+    assert (
+        main([*command, "--conditions", "zero,cross", "--limit", "1", "--out", str(out), "--plot", str(picture)]) == 0
+    )
+    shown = capsys.readouterr().out
+    assert "cross-task accuracy" in shown and "gain over zero-shot by source task" in shown
+    trace = json.loads(out.read_text())
+    assert {entry["condition"] for entry in trace["items"]} == {"zero", "cross"}
+    assert picture.stat().st_size > 10_000
+    with pytest.raises(SystemExit):  # checked while parsing, before the model loads
+        main([*command, "--conditions", "zero,bogus"])
+    assert "argument --conditions: unknown --conditions 'zero,bogus'" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""``wit crosstask``: accuracy on novel tasks with in-context demos from other tasks (ACL 2024)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wit_plugin import options
+
+FLAGS = tuple(name for name, option in options.OPTION_BY_NAME.items() if option.group == "crosstask" and option.flag)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "crosstask",
+        help="cross-task in-context accuracy: demos from other tasks, in-task gold and pseudo-labelled demos",
+        description=(
+            "Evaluate a causal LM on the --targets items under each condition: zero-shot; cross (demos of one other "
+            "task, every source task in turn); mixed (one demo from each of K tasks); random cross-task demos; gold "
+            "in-task demos; pseudo (the same in-task rows labelled by cross-task majority vote). Task files are "
+            'JSONL rows {"task", "input", "label", "options"?, "definition"?, "id"?}.'
+        ),
+    )
+    parser.add_argument("--model", required=True, help="model folder (or PEFT adapter folder)")
+    parser.add_argument("--pool", required=True, type=Path, help="JSONL of labelled examples: where demos come from")
+    parser.add_argument("--targets", required=True, type=Path, help="JSONL of items to evaluate")
+    options.add_arguments(parser, options.flagged(FLAGS))
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--out", type=Path, help="write the trace JSON (every item, prompt ids, option log-probs)")
+    parser.add_argument("--plot", type=Path, help="write a PNG: accuracy bars and the source x target gain map")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
+    from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
+    from wit_plugin.evaluation.crosstask.select import model_cache_key
+    from wit_plugin.evaluation.models import load_model
+
+    if args.plot:
+        import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
+    settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
+    pool, targets = load_items(args.pool), load_items(args.targets)
+    console = Console()
+    console.print(
+        f"{len(pool)} pool rows of {len({p.task for p in pool})} tasks, {len(targets)} targets of "
+        f"{len({t.task for t in targets})} tasks; loading {args.model}",
+        highlight=False,
+    )
+    model, tokenizer = load_model(args.model, args.device)
+    columns = (TextColumn("cross-task"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("crosstask", total=None)
+        result = evaluate_crosstask(
+            model,
+            tokenizer,
+            pool,
+            targets,
+            settings,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            embedding_cache_key=model_cache_key(args.model),
+        )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(results_table(result))
+    if result.gain_matrix["sources"]:
+        console.print(gain_table(result))
+    if result.activation:
+        console.print(activation_table(result))
+    if result.pseudo_labels:
+        correct = sum(r["correct"] for r in result.pseudo_labels)
+        console.print(f"pseudo-labels: {correct} of {len(result.pseudo_labels)} equal the gold label")
+    if args.out:
+        console.print(f"trace: {result.write_trace(args.out)}")
+    if args.plot:
+        console.print(f"plot:  {plot(result, args.plot)}")
+    return 0

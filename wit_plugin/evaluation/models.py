@@ -1,0 +1,64 @@
+"""One model loader for every evaluator and ``wit compare``: a model folder, or a PEFT adapter folder on top of
+its base model."""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ModelLoadError(ValueError):
+    """A folder that holds no loadable model (the message names it)."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_adapter(path: str | PathLike[str]) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | PathLike[str]) -> str | None:
+    """The base model an adapter folder was trained on, as its ``adapter_config.json`` records it."""
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    return config.get("base_model_name_or_path")
+
+
+def load_model(
+    path: str | PathLike[str], device: str | None = None, base: str | PathLike[str] | None = None
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA when available).
+
+    An adapter folder loads its base model (``base`` if given, else the adapter's recorded base) and applies the
+    adapter; the tokenizer comes from the adapter folder when it has one (training saves it there, with any
+    added tokens), else from the base.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    try:
+        if is_adapter(path):
+            from peft import PeftModel
+
+            base_path = base or adapter_base(path)
+            if base_path is None:
+                raise ModelLoadError(f"{path} is an adapter without a recorded base model: pass the base model")
+            has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base_path)
+            model = AutoModelForCausalLM.from_pretrained(base_path)
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+            model = PeftModel.from_pretrained(model, path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        raise ModelLoadError(f"cannot load a model from {path}: {error}") from None
+    return model.to(device or default_device()).eval(), tokenizer
