@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from wit_plugin.compat import cache_kwargs, output_cache
 from wit_plugin.demo.model import prepare_default_model
 from wit_plugin.evaluation.engine import SpecialIds, cut_at_eos
 from wit_plugin.evaluation.models import load_model
@@ -87,9 +88,9 @@ def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tu
     ids = torch.randint(0, model.config.vocab_size, (16, 64))
     per_token = _best_seconds(lambda: model(ids, logits_to_keep=1)) / ids.numel()
     per_scored = _best_seconds(lambda: model(ids).logits.logsumexp(-1)) / ids.numel()
-    cache = model(ids[:1], use_cache=True).past_key_values
+    cache = output_cache(model(ids[:1], use_cache=True))
     step = ids[:1, :1]
-    per_pass = _best_seconds(lambda: model(step, past_key_values=copy.deepcopy(cache), use_cache=True))
+    per_pass = _best_seconds(lambda: model(step, use_cache=True, **cache_kwargs(copy.deepcopy(cache))))
     rates = {"ms/token": 1e3 * per_token, "ms/scored token": 1e3 * per_scored, "ms/weight pass": 1e3 * per_pass}
     tokens = (work["prompt_tokens"] + generated_tokens - work["decode_steps"]) * per_token
     tokens += work["scored_tokens"] * per_scored

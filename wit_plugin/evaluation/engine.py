@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wit_plugin.compat import cache_kwargs, output_cache
+
 Tokens = tuple[int, ...]
 Prompt = str | list[dict[str, str]]  # raw text, or chat messages rendered with the generation prompt
 
@@ -214,7 +216,7 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     keep = _logits_to_keep(model)
     prefix, cache = shared_prefix(prompts) if _shares_prefixes(model) else (), None
     if prefix:
-        cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep).past_key_values
+        cache = output_cache(model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep))
         if not plain_attention(cache):
             prefix, cache = (), None
     length = len(prefix)
@@ -228,10 +230,10 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
         cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))
         mask = torch.cat([(offsets[:, None] > 0).long().expand(-1, length), mask], dim=1)
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **keep
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kwargs(cache), **keep
     )
     tokens_run = length + int(mask[:, length:].sum())
-    return Prefill(out.past_key_values, mask, mask.sum(-1), out.logits[:, -1, :], tokens_run)
+    return Prefill(output_cache(out), mask, mask.sum(-1), out.logits[:, -1, :], tokens_run)
 
 
 @torch.no_grad()
@@ -260,7 +262,7 @@ def greedy(model: Any, start: Prefill, special: SpecialIds, max_new_tokens: int)
             input_ids=chosen[:, None],
             attention_mask=mask,
             position_ids=positions[:, None] + step,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             use_cache=True,
         ).logits[:, -1, :]
     responses = [cut_at_eos(row, special.eos) for row in tokens.tolist()]
@@ -310,7 +312,7 @@ def score(model: Any, start: Prefill, pairs: Sequence[tuple[int, Tokens]], pad: 
                 input_ids=inputs,
                 attention_mask=torch.cat([start.mask.index_select(0, rows), target_mask[:, :-1]], dim=1),
                 position_ids=positions,
-                past_key_values=start.rows(rows),
+                **cache_kwargs(start.rows(rows)),
                 use_cache=True,
             ).logits
             logits = torch.cat([logits, rest], dim=1)

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
+from wit_plugin.compat import forward_cache_name, output_cache
+
 # Causal LMs whose forward is exactly ``logits = lm_head(model(...).last_hidden_state)`` (+ Gemma's softcap),
-# checked against transformers 5.16.1. MoE models are not here: their forward also adds a router loss.
+# checked against transformers 5.16.1–5.24.0. MoE models are not here: their forward also adds a router loss.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
 
 
@@ -31,7 +33,7 @@ class HiddenStatesOutput(ModelOutput):
     """What the patched forward returns: the causal LM's output with ``last_hidden_state`` for logits."""
 
     last_hidden_state: torch.Tensor | None = None
-    past_key_values: Any = None
+    cache: Any = None  # named as transformers >= 5.24 names it (see wit_plugin.compat)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
@@ -138,7 +140,7 @@ def _hidden_states_forward(
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-    past_key_values: Any = None,
+    cache: Any = None,
     inputs_embeds: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     use_cache: bool | None = None,
@@ -148,11 +150,12 @@ def _hidden_states_forward(
     """The supported ``*ForCausalLM.forward`` up to, not including, the LM head."""
     if labels is not None:
         raise ValueError("the hidden-states forward computes no loss: give the labels to the fused loss instead")
+    if cache is not None:  # a caller's ``past_key_values=`` (transformers < 5.24) arrives in kwargs unchanged
+        kwargs[forward_cache_name(module.model.forward)] = cache
     outputs = module.model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
         inputs_embeds=inputs_embeds,
         use_cache=use_cache,
         **kwargs,
@@ -160,7 +163,7 @@ def _hidden_states_forward(
     keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
     return HiddenStatesOutput(
         last_hidden_state=outputs.last_hidden_state[:, keep, :],
-        past_key_values=outputs.past_key_values,
+        cache=output_cache(outputs),
         hidden_states=outputs.hidden_states,
         attentions=outputs.attentions,
     )

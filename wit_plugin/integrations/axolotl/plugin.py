@@ -38,6 +38,9 @@ CONFLICTS = {
     "cut_cross_entropy": "cut_cross_entropy bypasses the per-token weights",
     "chunked_cross_entropy": "chunked_cross_entropy bypasses the per-token weights",
     "use_eaft": "EAFT replaces the loss function",
+    "use_dft": "DFT replaces the loss function (its compute_loss_func would be silently replaced by WIT's)",
+    "diffusion_lm": "diffusion LM training has its own trainer and objective",
+    "balance_labels": "label balancing bins rows by their `labels` count, which the role weights do not follow",
     "pretraining_dataset": "streaming pretraining datasets are not role-tagged; use a dataset with `type: completion`",
     "tokenizer_use_mistral_common": "mistral-common tokenizers give no offset mapping to tag roles with",
     "train_on_inputs": "the role weights decide what is trained: use `wit_preset: im` / `cpt` or `wit_prompt_weight`",
@@ -62,6 +65,8 @@ def check_config(cfg: Any) -> None:
     options.check_weights(cfg)
     problems = [f"`{key}`: {why}" for key, why in CONFLICTS.items() if cfg.get(key)]
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
+    if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
+        problems.append("`context_parallel.size` > 1: sequences split across ranks")
     sharding = parameter_sharding(cfg)
     if sharding and cfg.get("wit_loss_impl") in options.FUSED_LOSS_IMPLS:
         problems.append(

@@ -22,6 +22,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
 from wit_plugin.collation import IGNORE_INDEX
+from wit_plugin.compat import pop_trl_private_inputs, trl_token_divisor
 from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
@@ -34,7 +35,7 @@ class LogitsSFTTrainer(SFTTrainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        inputs.pop("_prediction_loss_only", None)  # TRL 1.9's prediction_step hint for its own compute_loss
+        pop_trl_private_inputs(inputs)
         inputs["use_cache"] = False  # as TRL: no cache in training, and packed rows must not build one
         labels = inputs["labels"]  # Trainer.compute_loss pops it
         loss, outputs = Trainer.compute_loss(
@@ -63,8 +64,7 @@ class LogitsSFTTrainer(SFTTrainer):
                 local = inputs["attention_mask"].sum()
             else:  # padding-free: one row, every position counts
                 local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
-            # TRL 1.16 counts a tensor-parallel group's replicated batch once; 1.9 has no such correction.
-            self._total_train_tokens += gather(local).sum().item() // getattr(self, "_tp_size", 1)
+            self._total_train_tokens += gather(local).sum().item() // trl_token_divisor(self)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
 

@@ -1,0 +1,79 @@
+"""Every difference between the supported releases, in one place.
+
+Supported: Axolotl 0.19–0.21, transformers 5.16–5.24, TRL 1.9–1.16 (README's table). Each difference is
+detected from what the installed package *has*, never from a version number, so a backport or a patch release
+takes the right branch.
+
+* transformers 5.24 renames the KV cache ``past_key_values`` → ``cache`` in model outputs and forwards (the old
+  keyword is accepted, with a warning per call, until 5.40; a ``ModelOutput`` subclass can no longer declare a
+  ``past_key_values`` field at all).
+* transformers 5.20 loads every ``gguf_file`` through a GGUF quantizer that ``save_pretrained`` refuses; a
+  dequantizing ``GgufConfig`` gives the plain weights (identical tensors to the 5.16 conversion).
+* TRL 1.9 hands its own ``compute_loss`` a ``_prediction_loss_only`` input; TRL 1.16 counts a tensor-parallel
+  group's tokens once (``_tp_size``).
+* Axolotl 0.21 logs ``ppl = exp(loss)`` unless a trainer sets ``reports_token_perplexity = False`` (0.19 always
+  logs it; the attribute is then ignored).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from typing import Any
+
+# --- transformers: the KV cache's name -------------------------------------------------------------------------
+
+
+@cache
+def cache_field() -> str:
+    """The name model outputs give their KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def output_cache(outputs: Any) -> Any:
+    """A model output's KV cache, read under the installed name (the old one logs a deprecation on 5.24)."""
+    return getattr(outputs, cache_field())
+
+
+def cache_kwargs(cache_value: Any) -> dict[str, Any]:
+    """The keyword a model forward takes its KV cache under."""
+    return {cache_field(): cache_value}
+
+
+def forward_cache_name(forward: Any) -> str:
+    """The cache parameter of a particular forward (a decoder may keep the old name longer than its outputs)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+# --- transformers: GGUF ---------------------------------------------------------------------------------------
+
+
+def gguf_load_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` arguments that load a GGUF file as plain, savable weights."""
+    import transformers
+
+    if hasattr(transformers, "GgufConfig"):  # >= 5.20: dequantize, so the quantizer is dropped after loading
+        return {"quantization_config": transformers.GgufConfig(dequantize=True)}
+    return {}
+
+
+# --- TRL ----------------------------------------------------------------------------------------------------------
+
+
+def pop_trl_private_inputs(inputs: dict[str, Any]) -> None:
+    """Drop what TRL's ``prediction_step`` adds for its own ``compute_loss`` (TRL 1.9: ``_prediction_loss_only``)."""
+    inputs.pop("_prediction_loss_only", None)
+
+
+def trl_token_divisor(trainer: Any) -> int:
+    """TRL 1.16 counts a tensor-parallel group's replicated batch once; TRL 1.9 has no such correction."""
+    return int(getattr(trainer, "_tp_size", 1) or 1)
+
+
+# --- Axolotl ------------------------------------------------------------------------------------------------------
+
+# Class attributes of wit_plugin's Axolotl trainer: Axolotl 0.21 logs ``ppl = exp(loss)`` unless told not to, and
+# exp of a weighted loss is not a perplexity (0.19 ignores the attribute and always logs it).
+AXOLOTL_TRAINER_ATTRIBUTES: dict[str, Any] = {"reports_token_perplexity": False}
