@@ -18,10 +18,10 @@ import torch
 
 from wit_plugin.compat import cache_kwargs, output_cache
 from wit_plugin.demo.model import prepare_default_model
-from wit_plugin.evaluation.engine import SpecialIds, cut_at_eos
+from wit_plugin.evaluation.engine import SpecialIds, cut_at_eos, render_prompt
 from wit_plugin.evaluation.models import load_model
 from wit_plugin.evaluation.posix import evaluate_posix, psi
-from wit_plugin.evaluation.posix.prompts import PromptSet, render_prompt
+from wit_plugin.evaluation.posix.prompts import PromptSet
 from wit_plugin.evaluation.posix.variants import CHAT, make_prompt_set
 
 INSTRUCTIONS = (

@@ -17,6 +17,7 @@ pytest.importorskip("axolotl")
 from wit_plugin.demo.data import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+AXOLOTL_TRAIN = [str(Path(sys.executable).parent / "axolotl"), "train"]  # this interpreter's own Axolotl
 ROLE_KEYS = [
     f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")
 ]
@@ -40,6 +41,8 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
     config.write_text(yaml.safe_dump(cfg))
     env = {
         **os.environ,
+        # `axolotl train` starts `accelerate` from PATH: this interpreter's scripts first, whichever stack it is
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
         "AXOLOTL_DO_NOT_TRACK": "1",
         "WANDB_MODE": "disabled",
@@ -98,7 +101,7 @@ def test_axolotl_train_without_sample_packing(model_path, tmp_path):
     logs, out = train(
         model_path,
         tmp_path,
-        ["axolotl", "train"],
+        AXOLOTL_TRAIN,
         sample_packing=False,
         wit_preset="im",
         wit_prompt_weight=None,
@@ -118,7 +121,7 @@ def test_chunked_loss_step_equals_eager_step_through_axolotl(model_path, tmp_pat
         logs, _ = train(
             model_path,
             tmp_path / impl,
-            ["axolotl", "train"],
+            AXOLOTL_TRAIN,
             wit_loss_impl=impl,
             max_steps=1,
             sample_packing=True,

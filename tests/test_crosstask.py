@@ -387,3 +387,20 @@ def test_cli_writes_tables_trace_and_plot(model_path, files, tmp_path, capsys):
     with pytest.raises(SystemExit):  # checked while parsing, before the model loads
         main([*command, "--conditions", "zero,bogus"])
     assert "argument --conditions: unknown --conditions 'zero,bogus'" in capsys.readouterr().err
+
+
+def test_models_without_full_attention_score_on_the_kv_cache_with_the_same_values(model, tokenizer, files, monkeypatch):
+    """Sliding-window and recurrent models cannot take prefix trees: prompts are prefilled and options scored on
+    the cache instead; both ways give the same log-probabilities."""
+    from wit_plugin.evaluation.crosstask import evaluate as module
+
+    pool, targets = (load_items(path) for path in files)
+    settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero,mixed"})
+    trees = evaluate_crosstask(model, tokenizer, pool, targets, settings)
+    monkeypatch.setattr(module, "plain_attention_model", lambda model: False)
+    cached = evaluate_crosstask(model, tokenizer, pool, targets, settings)
+    assert "tree_tokens" in trees.work and "tree_tokens" not in cached.work
+    for a, b in zip(trees.items, cached.items):
+        assert (a.item.id, a.condition, a.prediction) == (b.item.id, b.condition, b.prediction)
+        if a.option_logprobs is not None:
+            assert a.option_logprobs == pytest.approx(b.option_logprobs, abs=1e-4)

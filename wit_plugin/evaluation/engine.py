@@ -16,9 +16,9 @@ import copy
 import inspect
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -365,3 +365,118 @@ def option_scores(logprob_sums: Sequence[float], lengths: Sequence[int], scoring
 def tokens_of(tokenizer: Any, texts: Mapping[str, str] | Sequence[str]) -> list[Tokens]:
     """Token ids of continuations (no special tokens added)."""
     return [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+
+
+def plain_attention_model(model: Any) -> bool:
+    """Whether every layer of ``model`` is full attention over positions, decided from its config: only then
+    does an arbitrary attention mask (:func:`score_tree`) mean what it says. Sliding-window and recurrent
+    layers (conv, SSM, linear attention) do not read such a mask."""
+    from transformers import DynamicCache
+
+    try:
+        return plain_attention(DynamicCache(config=model.config))
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+@dataclass
+class _Tree:
+    """Token sequences merged into a prefix tree, laid out as one row: token, parent (-1: root), depth."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    children: list[dict[int, int]] = field(default_factory=list)
+    roots: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> _Tree:
+        return cls()
+
+    def add(self, parent: int, token: int) -> int:
+        """The node for ``token`` under ``parent``, created if new."""
+        siblings = self.children[parent] if parent >= 0 else self.roots
+        if token not in siblings:
+            siblings[token] = len(self.tokens)
+            self.tokens.append(token)
+            self.parents.append(parent)
+            self.depths.append(self.depths[parent] + 1 if parent >= 0 else 0)
+            self.children.append({})
+        return siblings[token]
+
+    def path(self, tokens: Sequence[int], parent: int = -1) -> int:
+        for token in tokens:
+            parent = self.add(parent, token)
+        return parent
+
+
+@torch.no_grad()
+def score_tree(
+    model: Any,
+    prompts: Sequence[Tokens],
+    continuations: Sequence[Sequence[Tokens]],
+    row_tokens: int = 512,
+    work: Counter[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[float]]:
+    """``[i][j]`` = Σ log P(continuations[i][j] | prompts[i]), every prompt run once and every shared prefix
+    (a demo block several prompts start with, an option's first words) run once.
+
+    Prompts, in lexicographic order, and their continuations are merged into prefix trees of about
+    ``row_tokens`` tokens; each tree is one row whose attention mask lets a token see exactly its ancestors, with
+    its depth as position, so each token's state is what it would be in its own sequence. The nodes whose logits
+    are needed (a prompt's last token, a continuation's tokens but the last) go at the end of the row, so the LM
+    head runs on them alone. Only for models of full attention (:func:`plain_attention_model`). ``work`` gets
+    the tokens run (``tree_tokens``); ``progress`` the number of prompts finished with each row.
+    """
+    device = model.device
+    keep = "logits_to_keep" in _logits_to_keep(model)
+    order = sorted(range(len(prompts)), key=lambda index: prompts[index])
+    results: list[list[float]] = [[0.0] * len(options) for options in continuations]
+    begin = 0
+    while begin < len(order):
+        tree, targets, end = _Tree.empty(), [], begin  # targets: (prompt, option, position, node predicting it, token)
+        while end < len(order) and (end == begin or len(tree.tokens) < row_tokens):
+            index = order[end]
+            last = tree.path(prompts[index])
+            for option_index, option in enumerate(continuations[index]):
+                parent = last
+                for position, token in enumerate(option):
+                    targets.append((index, option_index, parent, token))
+                    if position + 1 < len(option):
+                        parent = tree.add(parent, token)
+            end += 1
+        start, begin = begin, end
+        needed = sorted({parent for _, _, parent, _ in targets})
+        needed_set = set(needed)
+        rest = [node for node in range(len(tree.tokens)) if node not in needed_set]
+        layout = rest + needed  # needed nodes last: the LM head runs on the row's tail only
+        slot = {node: position for position, node in enumerate(layout)}
+        size = len(layout)
+        ancestors = np.zeros((size, size), dtype=bool)
+        for node in range(len(tree.tokens)):  # parents are created before children
+            row = slot[node]
+            parent = tree.parents[node]
+            if parent >= 0:
+                ancestors[row] = ancestors[slot[parent]]
+            ancestors[row, row] = True
+        dtype = next(model.parameters()).dtype
+        mask = torch.full((1, 1, size, size), torch.finfo(dtype).min, dtype=dtype)
+        mask[0, 0][torch.from_numpy(ancestors)] = 0.0
+        ids = torch.tensor([[tree.tokens[node] for node in layout]], device=device)
+        positions = torch.tensor([[tree.depths[node] for node in layout]], device=device)
+        extra = {"logits_to_keep": len(needed)} if keep else {}
+        logits = model(
+            input_ids=ids, attention_mask=mask.to(device), position_ids=positions, use_cache=False, **extra
+        ).logits[0, -len(needed) :]
+        row_of = {node: position for position, node in enumerate(needed)}
+        rows = torch.tensor([row_of[parent] for _, _, parent, _ in targets], device=device)
+        tokens = torch.tensor([token for _, _, _, token in targets], device=device)
+        values = _log_softmax_at(logits.index_select(0, rows), tokens).double().tolist()
+        for (index, option_index, _, _), value in zip(targets, values):
+            results[index][option_index] += value
+        if work is not None:
+            work["tree_tokens"] += size
+        if progress is not None:
+            progress(end - start)
+    return results

@@ -71,6 +71,11 @@ def role_stats(token_loss: torch.Tensor, target_roles: torch.Tensor) -> RoleStat
     return RoleStats(loss_sum, tokens)
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half precision up to fp32 for the CE; fp32 and fp64 as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def weighted_token_loss(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
@@ -84,7 +89,10 @@ def weighted_token_loss(
     """
     targets = flat_targets(input_ids, roles, weight_table)
     token_loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.tokens, reduction="none", ignore_index=IGNORE_INDEX
+        at_least_fp32(logits.reshape(-1, logits.shape[-1])),
+        targets.tokens,
+        reduction="none",
+        ignore_index=IGNORE_INDEX,
     )
     loss = (targets.weights * token_loss).sum() / normaliser(targets.weights, num_items_in_batch)
     scored = targets.roles != Role.PAD

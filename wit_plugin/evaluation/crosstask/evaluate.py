@@ -50,9 +50,12 @@ from wit_plugin.evaluation.engine import (
     eval_mode,
     greedy,
     option_scores,
+    partition,
+    plain_attention_model,
     prefill,
     render_prompt,
     score,
+    score_tree,
     timed,
 )
 from wit_plugin.evaluation.stats import bootstrap_ci, spearman
@@ -399,9 +402,11 @@ def _pseudo_labels(
 
 
 class _Runner:
-    """Runs requests through the engine: unique prompts prefilled ``batch_size`` at a time (sorted so that a
-    batch shares its definition prefix and pads little); prompts with options have every option scored on their
-    prefill, the others are decoded greedily from it (raw prompts stop at the end of the answer's line)."""
+    """Runs requests through the engine, every unique prompt once. Prompts with options: on full-attention
+    models every prompt and option goes into prefix trees (``score_tree``: a demo block several prompts start
+    with runs once, and no KV cache is copied); on others prompts are prefilled in batches of similar length and
+    their options scored on the cache. Prompts without options are prefilled likewise and decoded greedily (raw
+    prompts stop at the end of the answer's line)."""
 
     def __init__(self, model: Any, tokenizer: Any, settings: CrossTaskSettings, work: Counter[str]) -> None:
         self.model, self.tokenizer, self.settings, self.work = model, tokenizer, settings, work
@@ -424,15 +429,50 @@ class _Runner:
             if request.item.options is not None:
                 request.option_ids = [self.option_ids(option) for option in request.item.options]
             groups.setdefault((request.prompt_ids, request.option_ids is None), []).append(request)
-        size = self.settings.batch_size
         with eval_mode(self.model), torch.no_grad():
-            for generate in (False, True):
-                prompts = sorted((ids for ids, gen in groups if gen is generate), key=lambda ids: (ids[:12], len(ids)))
-                for begin in range(0, len(prompts), size):
-                    batch = prompts[begin : begin + size]
-                    members = [groups[(prompt, generate)] for prompt in batch]
-                    (self._generate if generate else self._score)(batch, members)
-                    advance(sum(len(m) for m in members))
+            scored = [ids for ids, generate in groups if not generate]
+            if scored and plain_attention_model(self.model):
+                self._score_tree(scored, {ids: groups[(ids, False)] for ids in scored}, advance)
+            else:
+                self._batched(scored, False, groups, advance)
+            self._batched([ids for ids, generate in groups if generate], True, groups, advance)
+
+    def _batched(
+        self, prompts: list[Tokens], generate: bool, groups: dict[tuple[Tokens, bool], list[Request]], advance: Any
+    ) -> None:
+        """Prefill batches of similar length, then score options on the cache or decode from it."""
+        prompts = sorted(prompts, key=len)
+        begin = 0
+        for end in partition([len(ids) + 1 for ids in prompts], self.settings.batch_size):
+            batch, begin = prompts[begin:end], end
+            members = [groups[(prompt, generate)] for prompt in batch]
+            (self._generate if generate else self._score)(batch, members)
+            advance(sum(len(m) for m in members))
+
+    def _score_tree(self, prompts: list[Tokens], members: dict[Tokens, list[Request]], advance: Any) -> None:
+        """Every option of every prompt in prefix trees, one forward per tree (see ``score_tree``)."""
+        options = [list(dict.fromkeys(ids for r in members[p] for ids in r.option_ids)) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda index: prompts[index])
+        done = 0
+
+        def rows_done(count: int) -> None:
+            nonlocal done
+            advance(sum(len(members[prompts[i]]) for i in order[done : done + count]))
+            done += count
+
+        with timed(self.work, "score_s"):
+            values = score_tree(self.model, prompts, options, work=self.work, progress=rows_done)
+        for prompt, ids_list, sums in zip(prompts, options, values):
+            by_ids = dict(zip(ids_list, sums))
+            for request in members[prompt]:
+                self._decide(request, [by_ids[ids] for ids in request.option_ids])
+
+    def _decide(self, request: Request, logprobs: list[float]) -> None:
+        request.option_logprobs = logprobs
+        lengths = [len(ids) for ids in request.option_ids]
+        request.prediction = request.item.options[
+            int(np.argmax(option_scores(logprobs, lengths, self.settings.scoring)))
+        ]
 
     def _score(self, batch: list[Tokens], members: list[list[Request]]) -> None:
         with timed(self.work, "prefill_s"):
@@ -446,10 +486,7 @@ class _Runner:
         self.work["option_tokens"] += sum(len(ids) for _, ids in pairs)
         for row, group in enumerate(members):
             for request in group:
-                request.option_logprobs = [sums[(row, ids)] for ids in request.option_ids]
-                lengths = [len(ids) for ids in request.option_ids]
-                scores = option_scores(request.option_logprobs, lengths, self.settings.scoring)
-                request.prediction = request.item.options[int(np.argmax(scores))]
+                self._decide(request, [sums[(row, ids)] for ids in request.option_ids])
 
     def _generate(self, batch: list[Tokens], members: list[list[Request]]) -> None:
         with timed(self.work, "prefill_s"):
