@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import torch
+from harness import best_seconds
 
 from wit_plugin.compat import cache_kwargs, output_cache
 from wit_plugin.demo.model import prepare_default_model
@@ -66,15 +67,6 @@ def one_pair_at_a_time(
     return psis, responses, seconds
 
 
-def _best_seconds(run: Any, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tuple[float, float, dict[str, float]]:
     """Seconds an exact evaluator of this kind needs for this workload on this machine, at its best rates.
 
@@ -86,11 +78,11 @@ def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tu
     left even if decoding cost nothing beyond its tokens (ideal speculative decoding).
     """
     ids = torch.randint(0, model.config.vocab_size, (16, 64))
-    per_token = _best_seconds(lambda: model(ids, logits_to_keep=1)) / ids.numel()
-    per_scored = _best_seconds(lambda: model(ids).logits.logsumexp(-1)) / ids.numel()
+    per_token = best_seconds(lambda: model(ids, logits_to_keep=1)) / ids.numel()
+    per_scored = best_seconds(lambda: model(ids).logits.logsumexp(-1)) / ids.numel()
     cache = output_cache(model(ids[:1], use_cache=True))
     step = ids[:1, :1]
-    per_pass = _best_seconds(lambda: model(step, use_cache=True, **cache_kwargs(copy.deepcopy(cache))))
+    per_pass = best_seconds(lambda: model(step, use_cache=True, **cache_kwargs(copy.deepcopy(cache))))
     rates = {"ms/token": 1e3 * per_token, "ms/scored token": 1e3 * per_scored, "ms/weight pass": 1e3 * per_pass}
     tokens = (work["prompt_tokens"] + generated_tokens - work["decode_steps"]) * per_token
     tokens += work["scored_tokens"] * per_scored

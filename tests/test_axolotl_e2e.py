@@ -15,9 +15,10 @@ import yaml
 
 pytest.importorskip("axolotl")
 from wit_plugin.demo.data import write_dataset
+from wit_plugin.runs import read_record
 
 REPO = Path(__file__).resolve().parents[1]
-AXOLOTL_TRAIN = [str(Path(sys.executable).parent / "axolotl"), "train"]  # this interpreter's own Axolotl
+AXOLOTL_TRAIN = [sys.executable, "-m", "axolotl.cli.main", "train"]  # this interpreter's own Axolotl
 ROLE_KEYS = [
     f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("template", "instruction", "response", "eot")
 ]
@@ -67,6 +68,9 @@ def check_run(logs: list[dict], out: Path, model_path: Path) -> None:
         assert float(entry["loss"]) > 0
         assert all(key in entry for key in ROLE_KEYS), sorted(entry)
         assert int(entry["wit/tokens_response"]) > 0
+    record = read_record(out)  # what the run trained with, for `wit compare`
+    assert record["framework"] == "axolotl" and record["finished"] and record["tagging"]["format"] == "chat"
+    assert "wit/loss_response" in record["train"]
     trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     changed = [not torch.equal(a, b) for a, b in zip(trained.parameters(), base.parameters())]

@@ -15,7 +15,6 @@ from axolotl.integrations.base import PluginManager
 from axolotl.utils.dict import DictDefault
 
 from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types
-from wit_plugin.integrations.axolotl.strategies import LOADER
 from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
 from wit_plugin.options import OptionError
 from wit_plugin.roles import Role, WeightError
@@ -47,7 +46,8 @@ def test_plugin_keys_are_the_shared_option_schema():
 
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
-    assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template.{LOADER}"
+    assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
+    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v2")
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
@@ -121,9 +121,9 @@ def test_options_that_bypass_the_weights_are_errors(base_cfg, override, message)
 def test_stock_dataset_types_map_to_role_tagging_strategies(stock, ours):
     cfg = {"datasets": [{"path": "x", "type": stock}], "test_datasets": [{"path": "y", "type": stock}]}
     map_dataset_types(cfg)
-    assert cfg["datasets"][0]["type"] == cfg["test_datasets"][0]["type"] == f"{STRATEGIES}.{ours}.{LOADER}"
-    map_dataset_types(cfg)  # idempotent: our own (versioned) types stay
-    assert cfg["datasets"][0]["type"] == f"{STRATEGIES}.{ours}.{LOADER}"
+    assert cfg["datasets"][0]["type"] == cfg["test_datasets"][0]["type"] == f"{STRATEGIES}.{ours}"
+    map_dataset_types(cfg)  # idempotent: our own types stay
+    assert cfg["datasets"][0]["type"] == f"{STRATEGIES}.{ours}"
 
 
 @pytest.mark.parametrize("kind", ["sharegpt", "alpaca_chat.load_qa", "chat_template.argilla", {"field": "x"}])
@@ -281,6 +281,17 @@ def test_yaml_examples_pass_the_plugins_checks(example, base_cfg):
     if example.name.endswith("_cpu.yml"):  # fully validated by Axolotl on this machine too
         cfg.update({k: base_cfg[k] for k in ("base_model", "output_dir", "dataset_prepared_path", "datasets")})
         load_cfg(DictDefault(cfg))
+
+
+def test_crosstask_callback_is_added_when_tasks_are_configured(tmp_path):
+    from wit_plugin.evaluation.callback import CrossTaskCallback
+    from wit_plugin.integrations.axolotl.plugin import WITPlugin
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"task": "t", "input": "2 + 2 =", "label": "4", "options": ["4", "5"]}\n')
+    keys = {"wit_crosstask_pool": str(tasks), "wit_crosstask_targets": str(tasks), "wit_crosstask_steps": 3}
+    (callback,) = WITPlugin().add_callbacks_post_trainer(DictDefault(keys), trainer=None)
+    assert isinstance(callback, CrossTaskCallback) and callback.every_n_steps == 3
 
 
 def test_posix_callback_is_added_when_prompts_are_configured(tmp_path):

@@ -404,3 +404,15 @@ def test_models_without_full_attention_score_on_the_kv_cache_with_the_same_value
         assert (a.item.id, a.condition, a.prediction) == (b.item.id, b.condition, b.prediction)
         if a.option_logprobs is not None:
             assert a.option_logprobs == pytest.approx(b.option_logprobs, abs=1e-4)
+
+
+def test_chat_prompts_are_one_user_turn_and_options_follow_the_assistant_header(model, tokenizer, files):
+    pool, targets = (load_items(path) for path in files)
+    settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero", "wit_crosstask_chat": True})
+    result = evaluate_crosstask(model, tokenizer, pool, targets[:1], settings)
+    (entry,) = result.items
+    prompt = tokenizer.decode(entry.prompt_ids)
+    assert prompt.endswith(
+        f"<|im_start|>user\nDefinition: {CAPITALS}\nCountry: France\nCapital:<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert [tokenizer.decode(ids) for ids in entry.option_ids] == ["Rome", "Paris", "Madrid"]  # no leading space

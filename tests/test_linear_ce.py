@@ -242,7 +242,7 @@ def test_cce_path_weights_cce_per_token_losses(monkeypatch: pytest.MonkeyPatch) 
     batch = make_batch(13)
     loss, grad_h, grad_w, _ = reference(batch, weighted_count(batch))
     result, got_h, got_w, _ = fused(batch, impl="cce")
-    assert calls == [{"reduction": "none", "softcap": None}]
+    assert calls == [{"reduction": "none", "softcap": None, "filter_eps": None}]  # exact gradients, no filtering
     assert_rel_close(result.loss, loss, 1e-5)
     assert_rel_close(got_h, grad_h, 1e-5)
     assert_rel_close(got_w, grad_w, 1e-5)
@@ -252,6 +252,13 @@ def test_cce_path_weights_cce_per_token_losses(monkeypatch: pytest.MonkeyPatch) 
         batch["hidden"][0], batch["weight"], targets, every_row, 1, impl="cce", include_zero_weight=True
     )
     assert len(calls) == 2 and logged.rows.numel() == every_row.numel()
+    bias = torch.zeros(batch["weight"].shape[0])  # CCE's kernels take no bias: `auto` computes it chunked
+    with_bias = fused_weighted_cross_entropy(
+        batch["hidden"][0], batch["weight"], targets, every_row, 1, bias=bias, impl="auto"
+    )
+    assert len(calls) == 2 and torch.isfinite(with_bias.loss)
+    with pytest.raises(ValueError, match="'cce' cannot take an LM-head bias"):
+        fused_weighted_cross_entropy(batch["hidden"][0], batch["weight"], targets, every_row, 1, bias=bias, impl="cce")
 
 
 def test_resolve_loss_impl() -> None:

@@ -39,6 +39,15 @@ LLAMA31_STYLE = (
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}"
 )
+QWEN_TURN_END = (  # tool calls, the end of an assistant turn, tool results, other turns, the generation prompt
+    "{%- for call in m.tool_calls or [] %}\n<tool_call>\n"
+    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}\n</tool_call>'
+    "{%- endfor %}<|im_end|>\n"
+    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
 QWEN25_STYLE = (
     "{%- if tools %}<|im_start|>system\n"
     "{%- if messages[0].role == 'system' %}{{ messages[0].content }}{%- else %}You are a helpful assistant.{%- endif %}"
@@ -48,13 +57,7 @@ QWEN25_STYLE = (
     "{%- for m in messages %}"
     "{%- if m.role == 'system' and loop.first %}"
     "{%- elif m.role == 'assistant' %}<|im_start|>assistant{%- if m.content %}\n{{ m.content }}{%- endif %}"
-    "{%- for call in m.tool_calls or [] %}\n<tool_call>\n"
-    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}\n</tool_call>'
-    "{%- endfor %}<|im_end|>\n"
-    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
-    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+    + QWEN_TURN_END
 )
 QWEN3_STYLE = (
     "{%- set ns = namespace(last_user=-1) %}"
@@ -69,14 +72,7 @@ QWEN3_STYLE = (
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
     "<|im_start|>assistant\n"
     "{%- if loop.index0 > ns.last_user %}<think>\n{{ reasoning.strip('\\n') }}\n</think>\n\n{%- endif %}"
-    "{{ content }}"
-    "{%- for call in m.tool_calls or [] %}\n<tool_call>\n"
-    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}\n</tool_call>'
-    "{%- endfor %}<|im_end|>\n"
-    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
-    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+    "{{ content }}" + QWEN_TURN_END
 )
 WEATHER_TOOL = {
     "type": "function",
@@ -298,3 +294,21 @@ def test_any_tool_and_reasoning_conversation_keeps_every_character_in_its_role(
         check_chat_row(tokenizer, row, "<|im_end|>", chat_template=chat_template, messages_in_order=template == "qwen3")
     except TaggingError as error:  # Qwen 2.5 renders a think block as written: its markers must not be refused
         pytest.fail(f"refused: {error}")
+
+
+def test_dataset_audit_counts_turns_without_an_end(caplog):
+    from wit_plugin.tagging.audit import audit_turn_ends
+
+    t, i, r, e, z = Role.TEMPLATE, Role.INSTRUCTION, Role.RESPONSE, Role.EOT, Role.REASONING
+    rows = [
+        [t, i, t, z, r, e, t],  # reasoning, response, eot: one closed turn
+        [t, i, t, r, r, t, i, t, r, e, t],  # the first turn has no eot
+        [t, i, t, r, r],  # cut by the row's end (truncated): not counted
+        [t, i, t, r, t],  # no eot
+    ]
+    audit = audit_turn_ends(rows)
+    assert (audit.turns, audit.without_end, audit.first_row) == (4, 2, 1)
+    with caplog.at_level(logging.WARNING, logger="wit_plugin"):
+        audit.warn("train", "llama3")
+    assert "2 of 4 assistant turns in the train dataset have no end-of-turn token (first in row 1)" in caplog.text
+    assert "with chat template llama3" in caplog.text

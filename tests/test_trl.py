@@ -155,6 +155,11 @@ def test_chunked_nll_is_refused_or_mapped(tmp_path: Path) -> None:
         ({"train_dataset": Dataset.from_list([{**CHAT[0], "images": ["x.png"]}])}, ValueError, "'images'"),
         ({"train_dataset": Dataset.from_list([{"input_ids": [1, 2, 3]}])}, ValueError, ROLES_KEY),
         ({"args": "edited"}, WITOptionError, "loss_type"),
+        (  # a row the tagger refuses is named by dataset and row
+            {"train_dataset": Dataset.from_list([CHAT[0], {"messages": [{"role": "bot", "content": "x"}]}])},
+            ValueError,
+            "train dataset, row 1: messages\\[0\\].role: unknown message role 'bot'",
+        ),
     ],
 )
 def test_trainer_rejects_bad_input(

@@ -59,6 +59,11 @@ class WITTrainerMixin:
                 setattr(self, name, RoleCollator(collator, weights))
         LOG.info("wit: role weights %s; loss %s", weights.describe(), self._wit_impl)
 
+    @property
+    def wit_loss_impl(self) -> str:
+        """The loss implementation in use (what ``auto`` resolved to)."""
+        return self._wit_impl
+
     def _install_loss_impl(self, name: str) -> tuple[str, HiddenStatesForward | None]:
         """The loss implementation to run, and the hidden-states forward it needs (None for eager)."""
         if name not in LOSS_IMPLS:

@@ -197,11 +197,14 @@ def _cce_loss(
     softcap: float | None,
     chunk_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CCE's per-token losses (``reduction='none'`` has an exact per-token backward), weighted here."""
+    """CCE's per-token losses, weighted here. ``reduction='none'`` gives a per-token backward, and
+    ``filter_eps=None`` keeps every gradient block (CCE's default skips blocks whose softmax is below a
+    threshold: faster, but no longer the exact gradient)."""
     from cut_cross_entropy import linear_cross_entropy
 
-    extra = {} if bias is None else {"bias": bias}
-    token_ce = linear_cross_entropy(hidden, weight, targets, softcap=softcap, reduction="none", **extra).float()
+    if bias is not None:  # checked by the caller; CCE's kernels take no bias
+        raise ValueError("cut-cross-entropy takes no LM-head bias")
+    token_ce = linear_cross_entropy(hidden, weight, targets, softcap=softcap, reduction="none", filter_eps=None).float()
     return (token_ce * scale).sum(), token_ce.detach()
 
 
@@ -246,6 +249,10 @@ def fused_weighted_cross_entropy(
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden states are {hidden.dtype} but the LM head weight is {weight.dtype}")
     name = resolve_loss_impl(impl, hidden.device)
+    if name == "cce" and bias is not None:  # CCE's kernels take no bias
+        if impl != "auto":
+            raise ValueError("wit loss implementation 'cce' cannot take an LM-head bias; use 'chunked' or 'auto'")
+        name = "chunked"
     chunk = chunk_rows or auto_chunk_rows(weight.shape[0])
     valid = targets != IGNORE_INDEX
     weighted = valid & (token_weights > 0)

@@ -239,7 +239,9 @@ class CrossTaskEvaluator:
         self.last_result: CrossTaskResult | None = None
 
     def evaluate(self, model: Any, tokenizer: Any) -> dict[str, float]:
-        self.last_result = evaluate_crosstask(model, tokenizer, self.pool, self.targets, self.settings)
+        self.last_result = evaluate_crosstask(
+            model, tokenizer, self.pool, self.targets, self.settings, activations=False
+        )
         return self.last_result.metrics()
 
 
@@ -251,8 +253,14 @@ def evaluate_crosstask(
     settings: CrossTaskSettings | None = None,
     progress: Progress | None = None,
     embedding_cache_key: str | None = None,
+    activations: bool = True,
 ) -> CrossTaskResult:
-    """Evaluate ``model`` on ``targets`` under ``settings.conditions`` with demos from ``pool`` (see module doc)."""
+    """Evaluate ``model`` on ``targets`` under ``settings.conditions`` with demos from ``pool`` (see module doc).
+
+    ``embedding_cache_key`` names the model's weights (:func:`~.select.model_cache_key`) so that the inputs'
+    hidden states are cached on disk; ``activations=False`` skips the activation analysis (and, unless demos
+    are selected by ``similar``, the hidden states it needs), as training-time evaluation does.
+    """
     settings = settings or CrossTaskSettings.from_options()
     pool, notes, work = list(pool), [], Counter()
     chosen = _limit(targets, settings.limit, settings.seed, notes)
@@ -263,13 +271,13 @@ def evaluate_crosstask(
         if task in pool_tasks and {"gold", "pseudo"} & set(settings.conditions)
     }
     queries = list(dict.fromkeys([*chosen, *(row for rows in pseudo_sets.values() for row in rows)]))
-    needs_states = settings.select == "similar" or "cross" in settings.conditions
+    needs_states = settings.select == "similar" or (activations and "cross" in settings.conditions)
     states = None
     if needs_states:
         with timed(work, "embed_s"):
             states = (
                 embed_inputs(model, tokenizer, [p.input for p in pool], settings.batch_size, embedding_cache_key),
-                embed_inputs(model, tokenizer, [q.input for q in queries], settings.batch_size),
+                embed_inputs(model, tokenizer, [q.input for q in queries], settings.batch_size, embedding_cache_key),
             )
     selector = _Selector(settings, pool, queries, states)
     runner = _Runner(model, tokenizer, settings, work)
@@ -317,7 +325,7 @@ def evaluate_crosstask(
     evaluated = [*requests, *in_task]
     results = _results(chosen, evaluated, settings)
     matrix = _gain_matrix(evaluated, results)
-    activation = _activation(evaluated, matrix, states, pool, queries) if states is not None else []
+    activation = _activation(evaluated, matrix, states, pool, queries) if states is not None and activations else []
     return CrossTaskResult(
         settings.scoring, results, evaluated, matrix, activation, pseudo_labels, notes, settings, dict(work)
     )

@@ -10,9 +10,10 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin import options
-from wit_plugin.integrations.axolotl.strategies import LOADER, MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
 from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
+from wit_plugin.tagging import TAGGING_VERSION
 
 LOG = logging.getLogger(__name__)
 
@@ -21,10 +22,21 @@ STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_M
 OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
 
 
+AXOLOTL_PREPARED_PATH = "last_run_prepared"  # Axolotl's default dataset_prepared_path
+PREPARED_FOLDER = f"wit_tagging_v{TAGGING_VERSION}"
+
+
 def strategy_module(kind: str) -> str | None:
     """The strategy module (``chat_template``...) a dataset ``type`` names, if it is one of ours."""
-    module = kind.removesuffix(f".{LOADER}")
-    return module.rsplit(".", 1)[-1] if module in OWN_TYPES else None
+    return kind.rsplit(".", 1)[-1] if kind in OWN_TYPES else None
+
+
+def version_prepared_path(cfg: Any) -> None:
+    """Prepared datasets go to ``<dataset_prepared_path>/wit_tagging_v<N>/<hash>``: a dataset tagged by an older
+    tagger (fewer roles, other ends of turn) is never reused, whatever Axolotl's hash covers."""
+    path = Path(cfg.get("dataset_prepared_path") or AXOLOTL_PREPARED_PATH)
+    if path.name != PREPARED_FOLDER:
+        cfg["dataset_prepared_path"] = str(path / PREPARED_FOLDER)
 
 
 # Options that compute the loss their own way (and would bypass the role weights) or train something else.
@@ -106,7 +118,7 @@ def parameter_sharding(cfg: Any) -> str | None:
 
 
 def map_dataset_types(cfg: Any) -> None:
-    """Point every dataset at its role-tagging strategy's versioned loader; anything we cannot tag is an error."""
+    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error."""
     for key in ("datasets", "test_datasets"):
         for index, dataset in enumerate(cfg.get(key) or []):
             kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
@@ -118,7 +130,7 @@ def map_dataset_types(cfg: Any) -> None:
                     f"{key}[{index}].type: {kind!r} cannot be role-tagged by wit_plugin; supported: "
                     f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
                 )
-            dataset["type"] = f"{STRATEGIES}.{module}.{LOADER}"
+            dataset["type"] = f"{STRATEGIES}.{module}"
 
 
 def check_dataset_files(cfg: Any) -> None:
@@ -146,6 +158,7 @@ class WITPlugin(BasePlugin):
     def register(self, cfg: dict) -> None:
         check_config(cfg)
         map_dataset_types(cfg)
+        version_prepared_path(cfg)
         check_dataset_files(cfg)
         LOG.info("wit_plugin: role weights %s", RoleWeights.from_options(cfg).describe())
 
@@ -191,6 +204,32 @@ class WITPlugin(BasePlugin):
             RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
         )
         audit_datasets(trainer, cfg.get("chat_template"))
+        trainer.add_callback(run_record_callback(cfg, trainer))
+
+
+def run_record_callback(cfg: Any, trainer: Any) -> Any:
+    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.runs`) for this Axolotl run."""
+    from wit_plugin.integrations.axolotl.strategies import tagging_record
+    from wit_plugin.runs import RunRecordCallback, run_record
+
+    datasets = [
+        {key: dataset.get(key) for key in ("path", "type", "split", "field_messages") if dataset.get(key) is not None}
+        for dataset in cfg.get("datasets") or []
+    ]
+    record = run_record(
+        "axolotl",
+        trainer.wit_weights,
+        {key: cfg.get(key) for key in options.OPTION_BY_NAME},
+        trainer.wit_loss_impl,
+        cfg.get("base_model"),
+        datasets,
+        tagging_record(trainer.processing_class, cfg),
+        adapter=cfg.get("adapter"),
+        sequence_len=cfg.get("sequence_len"),
+        seed=cfg.get("seed"),
+        chat_template=cfg.get("chat_template"),
+    )
+    return RunRecordCallback(record)
 
 
 def audit_datasets(trainer: Any, template: str | None) -> None:

