@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SEQUENCE_LEN_FOR_EVAL = 512  # held-out rows are cut here for every run and the base model alike
 
 # name -> weight keys; each runs once per seed in --seeds, those in --repeat also with the extra seeds
 GRID: dict[str, dict[str, Any]] = {
@@ -139,29 +140,26 @@ def compare(
     model: Path,
     env: dict[str, str],
 ) -> float:
-    """``wit compare`` on each run (and the base model) into ``compare/<name>.json``, skipping those done."""
+    """``wit compare`` on each run and on the base model into ``compare/<name>.json``, skipping those done."""
     start = time.perf_counter()
     (out / "compare").mkdir(exist_ok=True)
     common = [
         "--eval-data", str(paths["eval"]), "--posix", str(paths["posix"]), "--pool", str(tasks[0]),
         "--targets", str(tasks[1]), "--conditions", "zero,cross", "--limit", "3", "--select", "lexical",
+        "--max-length", str(SEQUENCE_LEN_FOR_EVAL),
     ]  # fmt: skip
-    jobs = [
+    jobs = [("base", ["--base", str(model)])]
+    jobs += [
         (folder.parent.name if folder.name.startswith("sweep") else folder.name, [str(folder)])
         for folder in run_folders
     ]
-    jobs.insert(0, ("base", [str(run_folders[0]), "--base", str(model)]))
     for name, target in jobs:
         result = out / "compare" / f"{name}.json"
         if result.is_file():
             continue
         log(f"wit compare {name}")
-        subprocess.run(
-            [str(Path(sys.executable).parent / "wit"), "compare", *target, *common, "--out", str(result)],
-            env=env,
-            check=False,
-            cwd=REPO,
-        )
+        command = [str(Path(sys.executable).parent / "wit"), "compare", *target, *common, "--out", str(result)]
+        subprocess.run(command, env=env, check=False, cwd=REPO)
     return time.perf_counter() - start
 
 
@@ -173,7 +171,7 @@ def merged(out: Path, names: list[str]) -> dict[str, Any]:
             runs.append({"run": name, "error": "not compared (see the log)"})
             continue
         entries = json.loads(path.read_text())["runs"]
-        entry = entries[0] if name == "base" else entries[-1]
+        entry = entries[0]
         runs.append({**entry, "run": name})
     return {"eval_data": str(out / "data" / "eval.jsonl"), "runs": runs}
 
@@ -272,7 +270,7 @@ def write_doc(
         f"axolotl train {args.out}/base.yml --sweep {args.out}/sweep.yml     # what it runs (pending runs only)",
         f"wit compare {args.out}/runs --eval-data {args.out}/data/eval.jsonl --base .wit_cache/SmolLM2-135M-Instruct \\",
         f"    --posix {args.out}/data/posix.jsonl --pool <tasks>/pool.jsonl --targets <tasks>/targets.jsonl \\",
-        "    --conditions zero,cross --limit 3 --select lexical --out results.json --plot results.png",
+        "    --conditions zero,cross --limit 3 --select lexical --max-length 512 --out results.json --plot results.png",
         "```",
         "",
     ]

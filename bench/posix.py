@@ -82,7 +82,7 @@ def lower_bound(model: Any, work: dict[str, float], generated_tokens: int) -> tu
     per_scored = best_seconds(lambda: model(ids).logits.logsumexp(-1)) / ids.numel()
     cache = output_cache(model(ids[:1], use_cache=True))
     step = ids[:1, :1]
-    per_pass = best_seconds(lambda: model(step, use_cache=True, **cache_kwargs(copy.deepcopy(cache))))
+    per_pass = best_seconds(lambda: model(step, use_cache=True, **cache_kwargs(model, copy.deepcopy(cache))))
     rates = {"ms/token": 1e3 * per_token, "ms/scored token": 1e3 * per_scored, "ms/weight pass": 1e3 * per_pass}
     tokens = (work["prompt_tokens"] + generated_tokens - work["decode_steps"]) * per_token
     tokens += work["scored_tokens"] * per_scored

@@ -96,11 +96,10 @@ def test_every_run_records_what_it_trained_with(runs):
 def independent_role_losses(model, tokenizer, rows, tagging) -> dict[str, float]:
     """Per-role mean CE from one float64 forward per row (the first token of a row predicts nothing)."""
     reference = copy.deepcopy(model).double()
-    tagger = RoleTagger(tokenizer, None, **tagging.get("options", {}))
     sums: dict[Role, float] = {}
     counts: dict[Role, int] = {}
     for row in rows:
-        tagged = tagger.tag(row)
+        tagged = RoleTagger(tokenizer, None, **tagging.get("options", {})).tag(row)  # its format detected
         ids = torch.tensor([tagged.input_ids])
         with torch.no_grad():
             logprobs = reference(ids).logits[0].log_softmax(-1)

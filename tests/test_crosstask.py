@@ -96,7 +96,8 @@ def test_bad_rows_name_their_file_line_and_field(tmp_path, bad, message):
 def test_ids_default_to_file_line_and_must_be_unique(tmp_path):
     path = write(tmp_path / "tasks.jsonl", [row("t", "a", "x"), row("t", "b", "y", id="7")])
     items = load_items(path)
-    assert [item.id for item in items] == [f"{path}:1", "7"]
+    assert [item.id for item in items] == ["tasks.jsonl:1", "7"]  # the same wherever the file is read from
+    assert [item.where for item in items] == [f"{path}:1", f"{path}:2"]
     write(path, [row("t", "a", "x", id="7"), row("t", "b", "y", id="7")])
     with pytest.raises(TaskFileError, match=f"{path}:2: field 'id' '7' is used again \\(first at {path}:1\\)"):
         load_items(path)
@@ -397,7 +398,7 @@ def test_models_without_full_attention_score_on_the_kv_cache_with_the_same_value
     pool, targets = (load_items(path) for path in files)
     settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero,mixed"})
     trees = evaluate_crosstask(model, tokenizer, pool, targets, settings)
-    monkeypatch.setattr(module, "plain_attention_model", lambda model: False)
+    monkeypatch.setattr(module, "tree_attention", lambda model: False)
     cached = evaluate_crosstask(model, tokenizer, pool, targets, settings)
     assert "tree_tokens" in trees.work and "tree_tokens" not in cached.work
     for a, b in zip(trees.items, cached.items):
@@ -416,3 +417,33 @@ def test_chat_prompts_are_one_user_turn_and_options_follow_the_assistant_header(
         f"<|im_start|>user\nDefinition: {CAPITALS}\nCountry: France\nCapital:<|im_end|>\n<|im_start|>assistant\n"
     )
     assert [tokenizer.decode(ids) for ids in entry.option_ids] == ["Rome", "Paris", "Madrid"]  # no leading space
+
+
+def test_ids_shared_by_pool_and_targets_do_not_confuse_items(model, tokenizer, tmp_path):
+    """Ids are unique per file only: a pool row and a target may both be "1" and still be different items."""
+    pool = load_items(
+        write(
+            tmp_path / "pool.jsonl",
+            [row("letters", "apple banana cherry", "a", ["a", "b"], "Pick.", id="1"),
+             row("letters", "zebra yak walrus", "b", ["a", "b"], id="2"),
+             row("other", "one two", "a", ["a", "b"], "Pick.", id="3")],
+        )
+    )  # fmt: skip
+    targets = load_items(
+        write(tmp_path / "targets.jsonl", [row("letters", "zebra yak walrus here", "b", ["a", "b"], id="1")])
+    )
+    settings = CrossTaskSettings.from_options(
+        {"wit_crosstask_conditions": "gold", "wit_crosstask_select": "lexical", "wit_crosstask_pseudo_rows": 2}
+    )
+    (entry,) = evaluate_crosstask(model, tokenizer, pool, targets, settings).items
+    assert [demo.item.input for demo in entry.demos] == ["zebra yak walrus"]  # the most similar, not id "1"'s row
+
+
+def test_gain_does_not_depend_on_the_order_of_conditions(model, tokenizer, files):
+    pool, targets = (load_items(path) for path in files)
+    gains = []
+    for conditions in ("zero,random", "random,zero"):
+        settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": conditions})
+        result = evaluate_crosstask(model, tokenizer, pool, targets[:2], settings)
+        gains.append({r["task"]: r["gain"] for r in result.results if r["condition"] == "random"})
+    assert gains[0] == gains[1] and all(value is not None for value in gains[0].values())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from wit_plugin.evaluation.engine import mean_hidden_states, plain_attention_model, score_tree
+from wit_plugin.evaluation.engine import mean_hidden_states, score_tree, tree_attention
 
 
 def plain(model, prompt, option) -> float:
@@ -56,15 +56,20 @@ def test_score_tree_on_the_real_model_equals_a_float64_forward(model):
             assert value == pytest.approx(plain(reference, prompt, option), abs=1e-4)
 
 
-def test_only_full_attention_models_take_trees():
-    sliding = AutoConfig.for_model(
-        "mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, vocab_size=50, sliding_window=4,
-    )  # fmt: skip
-    llama = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=50)  # fmt: skip
-    assert not plain_attention_model(AutoModelForCausalLM.from_config(sliding))
-    assert plain_attention_model(AutoModelForCausalLM.from_config(llama))
+def test_only_full_attention_models_with_a_masked_implementation_take_trees():
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 50}  # fmt: skip
+    sliding = AutoModelForCausalLM.from_config(AutoConfig.for_model("mistral", sliding_window=4, **shape))
+    llama = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **shape), attn_implementation="sdpa")
+    assert not tree_attention(sliding) and tree_attention(llama)
+    llama.config._attn_implementation = "flash_attention_2"  # reads a 4D mask as padding: not for trees
+    assert not tree_attention(llama)
+
+
+def test_empty_prompts_or_continuations_are_refused(tiny):
+    with pytest.raises(ValueError, match="non-empty prompts and continuations"):
+        score_tree(tiny, [(1, 2)], [[()]])
+    assert score_tree(tiny, [(1, 2), (3,)], [[], [(4,)]])[0] == []  # a prompt without options is fine
 
 
 def test_mean_hidden_states_ignore_padding(tiny):

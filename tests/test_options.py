@@ -54,16 +54,14 @@ def test_cross_option_rules(tmp_path):
 
 def test_cli_flags_take_the_options_type_default_and_checks():
     parser = argparse.ArgumentParser(exit_on_error=False)
-    options.add_arguments(
-        parser, options.flagged(["wit_crosstask_shots", "wit_crosstask_chat", "wit_crosstask_select"])
-    )
+    options.add_arguments(parser, ["wit_crosstask_shots", "wit_crosstask_chat", "wit_crosstask_select"])
     parsed = parser.parse_args([])
     assert (parsed.wit_crosstask_shots, parsed.wit_crosstask_chat, parsed.wit_crosstask_select) == (1, False, "similar")
     assert parser.parse_args(["--shots", "3", "--chat"]).wit_crosstask_shots == 3
     with pytest.raises(argparse.ArgumentError, match="--shots must be >= 1, got 0"):
         parser.parse_args(["--shots", "0"])
     unset = argparse.ArgumentParser()
-    options.add_arguments(unset, options.flagged(["wit_preset"]), unset="the config's")
+    options.add_arguments(unset, ["wit_preset"], unset="the config's")
     assert unset.parse_args([]).wit_preset is None
 
 

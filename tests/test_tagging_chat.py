@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -142,13 +143,32 @@ def test_malformed_rows_fail_with_a_clear_error(tokenizer, messages, message):
         RoleTagger(tokenizer, "chat").tag({"messages": messages})
 
 
-def test_template_that_drops_a_message_is_an_error(tokenizer):
+def test_template_that_drops_a_response_is_an_error(tokenizer):
+    drops_assistant = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    )
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo there"}]}
+    with pytest.raises(TaggingError, match="does not render messages\\[1\\].content"):
+        RoleTagger(tokenizer, "chat", chat_template=drops_assistant).tag(row)
+
+
+def test_template_that_drops_a_system_prompt_warns_once_and_trains_nothing_of_it(tokenizer, caplog):
     drops_system = (
         "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
     )
-    row = {"messages": [{"role": "system", "content": "secret"}, {"role": "user", "content": "hi"}]}
-    with pytest.raises(TaggingError, match="does not render messages\\[0\\].content"):
-        RoleTagger(tokenizer, "chat", chat_template=drops_system).tag(row)
+    row = {
+        "messages": [
+            {"role": "system", "content": "secret"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+        ]
+    }
+    tagger = RoleTagger(tokenizer, "chat", chat_template=drops_system)
+    with caplog.at_level(logging.WARNING, logger="wit_plugin.tagging.chat"):
+        first, _second = tagger.tag(row), tagger.tag(row)
+    warnings = [record.getMessage() for record in caplog.records if "leaves out" in record.getMessage()]
+    assert len(warnings) == 1 and "messages[0].content" in warnings[0]
+    assert "secret" not in tokenizer.decode(first.input_ids) and Role.SYSTEM not in first.roles
 
 
 text = st.text(alphabet=st.sampled_from(list("abcXYZ 019\n\t.,!?'\"<>|_-é🙂")), max_size=40)

@@ -130,3 +130,16 @@ def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, l
     ]
     subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert_same_step(json.loads(out.read_text()), one_batch, atol=1e-5)
+
+
+def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
+    from wit_plugin.trainer import loss_impl_under, parameter_sharding
+
+    zero3 = tmp_path / "ds.json"
+    zero3.write_text('{"zero_optimization": {"stage": 3}}')
+    assert parameter_sharding(["full_shard"], None) == "FSDP"
+    assert parameter_sharding([], str(zero3)) == parameter_sharding(None, {"zero_optimization": {"stage": 3}})
+    assert parameter_sharding([], {"zero_optimization": {"stage": 2}}) is None
+    assert loss_impl_under("auto", "FSDP") == "eager" and loss_impl_under("auto", None) == "auto"
+    with pytest.raises(ValueError, match="'chunked' with DeepSpeed ZeRO-3: the fused loss needs the whole LM head"):
+        loss_impl_under("chunked", "DeepSpeed ZeRO-3")

@@ -33,18 +33,27 @@ def cache_field() -> str:
 
 
 def output_cache(outputs: Any) -> Any:
-    """A model output's KV cache, read under the installed name (the old one logs a deprecation on 5.24)."""
-    return getattr(outputs, cache_field())
-
-
-def cache_kwargs(cache_value: Any) -> dict[str, Any]:
-    """The keyword a model forward takes its KV cache under."""
-    return {cache_field(): cache_value}
+    """A model output's KV cache, under whichever name its class declares (never the deprecated alias)."""
+    fields = getattr(type(outputs), "__dataclass_fields__", {})
+    return getattr(outputs, "cache" if "cache" in fields else "past_key_values")
 
 
 def forward_cache_name(forward: Any) -> str:
     """The cache parameter of a particular forward (a decoder may keep the old name longer than its outputs)."""
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model: Any, cache_value: Any) -> dict[str, Any]:
+    """``model``'s forward keyword for its KV cache, looking through PEFT and ``torch.compile`` wrappers (whose
+    own forward shows only ``**kwargs``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "_orig_mod", inner)
+    return {_forward_cache_name_of(type(inner)): cache_value}
+
+
+@cache
+def _forward_cache_name_of(model_class: type) -> str:
+    return forward_cache_name(model_class.forward)
 
 
 # --- transformers: GGUF ---------------------------------------------------------------------------------------

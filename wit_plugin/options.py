@@ -329,10 +329,10 @@ def check_all(values: Mapping[str, Any]) -> RoleWeights:
 # --- derived views: CLI flags, README table --------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option], unset: str | None = None) -> None:
-    """One ``--flag`` per option, typed, defaulted and documented as the option is; with ``unset`` (what an
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str], unset: str | None = None) -> None:
+    """One ``--flag`` per named option, typed, defaulted and documented as the option is; with ``unset`` (what an
     absent flag means, e.g. "the config's"), an absent flag is ``None`` instead of the option's default."""
-    for option in options:
+    for option in (OPTION_BY_NAME[name] for name in names):
         if option.flag is None:
             raise ValueError(f"{option.name} has no CLI flag")
         flag = f"--{option.flag}"
@@ -365,10 +365,6 @@ def _argument_type(option: Option) -> Any:
 
     convert.__name__ = option.type.__name__
     return convert
-
-
-def flagged(names: Iterable[str]) -> list[Option]:
-    return [OPTION_BY_NAME[name] for name in names]
 
 
 def markdown_table(options: Iterable[Option] = OPTIONS) -> str:

@@ -10,8 +10,10 @@ masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,10 +23,38 @@ from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutpu
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
-from wit_plugin.options import LOSS_IMPLS, ROLE_METRICS, defaults
+from wit_plugin.options import FUSED_LOSS_IMPLS, LOSS_IMPLS, ROLE_METRICS, defaults
 from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
 
 LOG = logging.getLogger(__name__)
+
+
+def parameter_sharding(fsdp: Any, deepspeed: Any) -> str | None:
+    """FSDP or DeepSpeed ZeRO-3 (a config dict or a JSON file's path), which shard parameters, the LM head weight
+    included, across ranks: the fused losses need the whole head."""
+    if fsdp:
+        return "FSDP"
+    if isinstance(deepspeed, (str, Path)) and Path(deepspeed).is_file():
+        deepspeed = json.loads(Path(deepspeed).read_text())
+    if isinstance(deepspeed, dict) and (deepspeed.get("zero_optimization") or {}).get("stage") == 3:
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
+def loss_impl_under(requested: str, sharding: str | None) -> str:
+    """The loss implementation to install: ``auto`` computes eagerly under parameter sharding, where a fused
+    loss is refused (the same rule for both adapters)."""
+    if sharding is None:
+        return requested
+    if requested in FUSED_LOSS_IMPLS:
+        raise ValueError(
+            f"wit_loss_impl={requested!r} with {sharding}: the fused loss needs the whole LM head weight; use "
+            "'eager' (or 'auto', which picks it)"
+        )
+    if requested == "auto":
+        LOG.info("wit: %s shards the LM head, so the loss is computed eagerly", sharding)
+        return "eager"
+    return requested
 
 
 class WITTrainerMixin:

@@ -26,13 +26,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "its training data), POSIX on --posix sets and cross-task accuracy on --pool/--targets."
         ),
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders or sweep parent folders")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders or sweep parent folders")
     parser.add_argument("--eval-data", required=True, type=Path, help="held-out JSONL: messages, prompt/completion...")
     parser.add_argument("--base", help="also evaluate this untrained model (a reference row)")
     parser.add_argument("--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix`")
     parser.add_argument("--pool", type=Path, help="cross-task pool (JSONL), with --targets")
     parser.add_argument("--targets", type=Path, help="cross-task targets (JSONL), with --pool")
-    options.add_arguments(parser, options.flagged(CROSSTASK_FLAGS))
+    options.add_arguments(parser, CROSSTASK_FLAGS)
     parser.add_argument("--max-length", type=positive_int, help="cut eval rows here (default: each run's own)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, help="write results JSON here")
@@ -136,12 +136,13 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.compare import CompareSettings, compare_runs, write_results
 
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
+    if not args.runs and not args.base:
+        raise ValueError("give run folders, --base, or both")
     if bool(args.pool) != bool(args.targets):
         raise ValueError("--pool and --targets go together")
     if not args.eval_data.is_file():
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
     )
-    console = Console()
+    console = make_console()
     with console.status("comparing") as status:
         results = compare_runs(args.runs, settings, progress=lambda text: status.update(text))
     console.print(results_table(results))

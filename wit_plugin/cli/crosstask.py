@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="model folder (or PEFT adapter folder)")
     parser.add_argument("--pool", required=True, type=Path, help="JSONL of labelled examples: where demos come from")
     parser.add_argument("--targets", required=True, type=Path, help="JSONL of items to evaluate")
-    options.add_arguments(parser, options.flagged(FLAGS))
+    options.add_arguments(parser, FLAGS)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, help="write the trace JSON (every item, prompt ids, option log-probs)")
     parser.add_argument("--plot", type=Path, help="write a PNG: accuracy bars and the source x target gain map")
@@ -32,9 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
     from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
     from wit_plugin.evaluation.crosstask.select import model_cache_key
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
     settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
     pool, targets = load_items(args.pool), load_items(args.targets)
-    console = Console()
+    console = make_console()
     console.print(
         f"{len(pool)} pool rows of {len({p.task for p in pool})} tasks, {len(targets)} targets of "
         f"{len({t.task for t in targets})} tasks; loading {args.model}",

@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--format", dest="row_format", help="chat, alpaca, prompt_completion, text (default: detect)")
     parser.add_argument("--chat-template", type=Path, help="Jinja chat template file overriding the tokenizer's")
-    options.add_arguments(parser, options.flagged(WEIGHT_FLAGS), unset="the config's, else the wit preset")
+    options.add_arguments(parser, WEIGHT_FLAGS, unset="the config's, else the wit preset")
     parser.add_argument("--tokens", action="store_true", help="also print one line per token")
     parser.add_argument("--html", type=Path, help="write a standalone HTML page here")
     parser.add_argument("--json", type=Path, help='write {"rows": [{"tokens": [{"id", "text", "role", "weight"}]}]}')
@@ -63,15 +63,15 @@ def _rows(path: Path, indices: list[int]) -> dict[int, tuple[int, dict[str, Any]
     """Rows ``indices`` of a JSONL file (blank lines skipped) with their line numbers."""
     from wit_plugin.jsonl import read_jsonl
 
-    wanted, found = set(indices), {}
-    for number, (line, row) in enumerate(read_jsonl(path)):
-        if number in wanted:
-            found[number] = (line, row)
+    wanted, found, count = set(indices), {}, 0
+    for count, (line, row) in enumerate(read_jsonl(path), start=1):
+        if count - 1 in wanted:
+            found[count - 1] = (line, row)
             if len(found) == len(wanted):
                 break
     missing = sorted(wanted - set(found))
     if missing:
-        raise ValueError(f"{path} has no row {missing[0]} (it has {number + 1 if indices else 0} rows)")
+        raise ValueError(f"{path} has no row {missing[0]} (it has {count} rows)")
     return found
 
 
@@ -163,8 +163,9 @@ def _fate(setup: Setup, length: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.markup import escape
 
+    from wit_plugin.cli.console import make_console
     from wit_plugin.tagging import TaggingError
     from wit_plugin.token_view import inspect_tokens, render_html, render_rich, render_table
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     setup.weights.update({key: value for key, value in chosen.items() if value is not None})
     weights = options.check_weights(setup.weights)
     indices = args.row or [0]
-    console, sections, records = Console(), [], []
+    console, sections, records = make_console(), [], []
     for index, (line, row) in sorted(_rows(setup.data, indices).items()):
         where = f"{setup.data}:{line}"
         try:
@@ -189,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
             tagged = tagged.truncated(setup.sequence_len)
         tokens = inspect_tokens(tagged, weights)
         title = f"{where} (row {index}) · {setup.tagger.format_name} · {fate}"
-        console.rule(f"{where} (row {index})")
-        console.print(f"{setup.tagger.format_name} row, {len(tokens)} tokens: {fate}", highlight=False)
+        console.rule(escape(f"{where} (row {index})"))
+        console.print(escape(f"{setup.tagger.format_name} row, {len(tokens)} tokens: {fate}"), highlight=False)
         console.print(render_rich(tokens, weights))
         if tagged.turns_without_end:
             console.print(f"[yellow]{tagged.turns_without_end} assistant turn(s) without an end-of-turn text[/]")

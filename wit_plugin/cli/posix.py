@@ -34,9 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-variants", type=positive_int, default=5, help="prompts per generated set, the original included (N)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    options.add_arguments(
-        parser, [options.OPTION_BY_NAME["wit_posix_max_new_tokens"], options.OPTION_BY_NAME["wit_posix_batch_size"]]
-    )
+    options.add_arguments(parser, ["wit_posix_max_new_tokens", "wit_posix_batch_size"])
     parser.add_argument(
         "--pool", type=Path, help="task file of labelled examples: run POSIX with exemplar blocks from it"
     )
@@ -46,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --pool: conditions none, cross (other tasks' demos), in-task (the set's own task; sets carry "
         "a 'task') (default none,cross,in-task)",
     )
-    options.add_arguments(parser, options.flagged(["wit_crosstask_shots", "wit_crosstask_select"]))
+    options.add_arguments(parser, ["wit_crosstask_shots", "wit_crosstask_select"])
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
@@ -112,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import torch
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.models import load_model
     from wit_plugin.evaluation.posix import evaluate_posix
     from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
@@ -129,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             raise ValueError(f"--device {args.device!r}: {error}") from None
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
-    console = Console()
+    console = make_console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
     if args.pool:
         from wit_plugin.evaluation.crosstask.tasks import load_items

@@ -7,19 +7,20 @@ parent folder stands for its runs. One bad run is reported with its error and do
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wit_plugin.evaluation.models import TOKENIZER_FILES, has_tokenizer
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.roles import RoleWeights
 from wit_plugin.runs import RunError, find_runs, read_record
 
 Progress = Callable[[str], None]
 MODEL_FILES = ("config.json", "adapter_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -40,7 +41,7 @@ def _check_run_folder(folder: Path) -> None:
         raise RunError(f"{folder} is not a folder")
     if not any((folder / name).is_file() for name in MODEL_FILES):
         raise RunError(f"{folder} holds no saved model ({' or '.join(MODEL_FILES)}): did the run finish saving?")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(folder):
         raise RunError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save it with the model")
 
 
@@ -51,19 +52,39 @@ def load_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _tagger(tokenizer: Any, tagging: dict[str, Any]) -> Any:
-    from wit_plugin.tagging import RoleTagger
+CHAT_RENDERING = ("chat_template", "template_kwargs", "eot_tokens", "role_map", "field_tools")
 
-    return RoleTagger(tokenizer, None, **(tagging.get("options") or {}))
+
+def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether ``row`` has the shape of the run's training rows (its recorded format and field names)."""
+    from wit_plugin.tagging.registry import get_format
+
+    row_format, options = tagging.get("format"), tagging.get("options") or {}
+    if row_format == "chat":
+        return (options.get("field_messages") or "messages") in row
+    if row_format == "text":
+        return (options.get("field") or "text") in row
+    return bool(row_format) and get_format(row_format).matches(row)
 
 
 def _tag_rows(tokenizer: Any, tagging: dict[str, Any], rows: list[tuple[int, dict[str, Any]]], path: Path) -> list:
-    from wit_plugin.tagging import TaggingError
+    """Rows of the run's training shape go through the run's own tagger (format and options); a row of another
+    shape gets its detected format with only the run's chat rendering (template, its arguments, end of turn,
+    role names), so one held-out file may mix shapes."""
+    from wit_plugin.tagging import RoleTagger, TaggingError
+    from wit_plugin.tagging.registry import detect_format
 
-    tagger, tagged = _tagger(tokenizer, tagging), []
+    options = dict(tagging.get("options") or {})
+    rendering = {key: value for key, value in options.items() if key in CHAT_RENDERING}
+    taggers: dict[tuple[str, bool], RoleTagger] = {}
+    tagged = []
     for line, row in rows:
         try:
-            tagged.append(tagger.tag(row))
+            own = bool(tagging.get("format")) and _fits(tagging, row)
+            key = (tagging["format"], True) if own else (detect_format(row).name, False)
+            if key not in taggers:
+                taggers[key] = RoleTagger(tokenizer, key[0], **(options if own else rendering))
+            tagged.append(taggers[key].tag(row))
         except TaggingError as error:
             raise TaggingError(f"{path}:{line}: {error}") from None
     return tagged
@@ -79,6 +100,7 @@ def evaluate_model(
     settings: CompareSettings,
     rows: list[tuple[int, dict[str, Any]]],
     progress: Progress | None = None,
+    weights_key: str | None = None,
 ) -> dict[str, Any]:
     """Held-out per-role CE, POSIX and cross-task accuracy of one loaded model."""
     from wit_plugin.evaluation.heldout import heldout_losses
@@ -107,6 +129,7 @@ def evaluate_model(
             load_items(settings.pool),
             load_items(settings.targets),
             CrossTaskSettings.from_options(settings.crosstask),
+            embedding_cache_key=weights_key,
             activations=False,
         )
         result["crosstask"] = {k.removeprefix("crosstask/"): v for k, v in outcome.metrics().items()}
@@ -118,6 +141,7 @@ def compare_runs(
 ) -> dict[str, Any]:
     """``{"runs": [...]}``: one entry per run (and the base model first, when given); a run that fails has
     ``error`` instead of results."""
+    from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import load_model
 
     rows = load_rows(settings.eval_data)
@@ -126,6 +150,7 @@ def compare_runs(
     reference_length: int | None = None
     for folder in find_runs(paths):
         entry: dict[str, Any] = {"run": str(folder)}
+        model = None
         try:
             record = read_record(folder)
             _check_run_folder(folder)
@@ -145,15 +170,27 @@ def compare_runs(
             reference_length = reference_length or max_length
             entry.update(
                 evaluate_model(
-                    str(folder), model, tokenizer, weights, record["tagging"], max_length, settings, rows, progress
+                    str(folder),
+                    model,
+                    tokenizer,
+                    weights,
+                    record["tagging"],
+                    max_length,
+                    settings,
+                    rows,
+                    progress,
+                    weights_key=model_cache_key(folder),
                 )
             )
-            del model
-        except (RunError, ValueError, OSError, KeyError, TypeError) as error:
+        except Exception as error:  # noqa: BLE001 - one bad run is reported and the others still compared
             entry["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            del model
+            gc.collect()
         entries.append(entry)
     if settings.base:
         entry = {"run": f"base: {settings.base}", "weights": None, "train": {}}
+        model = None
         try:
             if progress is not None:
                 progress(f"{settings.base}: loading the base model")
@@ -169,10 +206,14 @@ def compare_runs(
                     settings,
                     rows,
                     progress,
+                    weights_key=model_cache_key(settings.base),
                 )
             )
-        except (ValueError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - reported beside the runs' results
             entry["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            del model
+            gc.collect()
         entries.insert(0, entry)
     return {"eval_data": str(settings.eval_data), "runs": entries}
 

@@ -1,6 +1,6 @@
 """The evaluation engine shared by every evaluator (POSIX, cross-task): prompts to token ids, one prefill per
 group of prompts, greedy decoding from it, scoring of continuations (responses, answer options) on top of the
-same prefill, and mean-pooled hidden states.
+same prefill or, for full-attention models, in prefix trees (:func:`score_tree`), and mean-pooled hidden states.
 
 Every prompt runs through the model once (KV cache kept). A prefix that many prompts share (a chat
 template's system turn, say) runs once and its cache is repeated, so the padded batch holds only what
@@ -16,7 +16,7 @@ import copy
 import inspect
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,15 +129,15 @@ def detached_copy(cache: Any) -> Any:
     return shallow
 
 
-def _shares_prefixes(model: Any) -> bool:
-    """Whether the cache ``model`` builds is plain attention (see :func:`plain_attention`), from its config,
-    before any prefix is run; a config the cache cannot read leaves the check to the real cache."""
+def attention_kind(model: Any) -> bool | None:
+    """Whether the cache ``model`` builds is plain attention (see :func:`plain_attention`), decided from its
+    config before any prefix runs; ``None`` when the config cannot tell."""
     from transformers import DynamicCache
 
     try:
         return plain_attention(DynamicCache(config=model.config))
     except (AttributeError, TypeError, ValueError):
-        return True
+        return None
 
 
 def _logits_to_keep(model: Any) -> dict[str, int]:
@@ -214,7 +214,8 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     """
     device = model.device
     keep = _logits_to_keep(model)
-    prefix, cache = shared_prefix(prompts) if _shares_prefixes(model) else (), None
+    # a config that cannot tell leaves the check to the real cache below
+    prefix, cache = shared_prefix(prompts) if attention_kind(model) is not False else (), None
     if prefix:
         cache = output_cache(model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep))
         if not plain_attention(cache):
@@ -230,7 +231,7 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
         cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))
         mask = torch.cat([(offsets[:, None] > 0).long().expand(-1, length), mask], dim=1)
     out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kwargs(cache), **keep
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache_kwargs(model, cache), **keep
     )
     tokens_run = length + int(mask[:, length:].sum())
     return Prefill(output_cache(out), mask, mask.sum(-1), out.logits[:, -1, :], tokens_run)
@@ -262,7 +263,7 @@ def greedy(model: Any, start: Prefill, special: SpecialIds, max_new_tokens: int)
             input_ids=chosen[:, None],
             attention_mask=mask,
             position_ids=positions[:, None] + step,
-            **cache_kwargs(cache),
+            **cache_kwargs(model, cache),
             use_cache=True,
         ).logits[:, -1, :]
     responses = [cut_at_eos(row, special.eos) for row in tokens.tolist()]
@@ -312,7 +313,7 @@ def score(model: Any, start: Prefill, pairs: Sequence[tuple[int, Tokens]], pad: 
                 input_ids=inputs,
                 attention_mask=torch.cat([start.mask.index_select(0, rows), target_mask[:, :-1]], dim=1),
                 position_ids=positions,
-                **cache_kwargs(start.rows(rows)),
+                **cache_kwargs(model, start.rows(rows)),
                 use_cache=True,
             ).logits
             logits = torch.cat([logits, rest], dim=1)
@@ -346,13 +347,6 @@ def mean_hidden_states(
     return result[inverse] if len(order) else result
 
 
-def layer_count(model: Any) -> int:
-    """How many ``hidden_states`` the model returns (its layers plus the embeddings)."""
-    config = getattr(model, "config", None)
-    config = getattr(config, "text_config", None) or config
-    return int(config.num_hidden_layers) + 1
-
-
 def option_scores(logprob_sums: Sequence[float], lengths: Sequence[int], scoring: str) -> list[float]:
     """Scores of answer options: summed log-probability (``sum``) or per token (``mean``)."""
     if scoring == "sum":
@@ -362,21 +356,16 @@ def option_scores(logprob_sums: Sequence[float], lengths: Sequence[int], scoring
     raise ValueError(f"unknown scoring {scoring!r}; choose mean or sum")
 
 
-def tokens_of(tokenizer: Any, texts: Mapping[str, str] | Sequence[str]) -> list[Tokens]:
-    """Token ids of continuations (no special tokens added)."""
-    return [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+MASKED_ATTENTION = frozenset({"eager", "sdpa", "flex_attention"})  # implementations that apply a 4D mask as given
 
 
-def plain_attention_model(model: Any) -> bool:
-    """Whether every layer of ``model`` is full attention over positions, decided from its config: only then
-    does an arbitrary attention mask (:func:`score_tree`) mean what it says. Sliding-window and recurrent
-    layers (conv, SSM, linear attention) do not read such a mask."""
-    from transformers import DynamicCache
-
-    try:
-        return plain_attention(DynamicCache(config=model.config))
-    except (AttributeError, TypeError, ValueError):
-        return False
+def tree_attention(model: Any) -> bool:
+    """Whether :func:`score_tree` may run on ``model``: every layer full attention over positions (sliding-window
+    and recurrent layers read no such mask), decided from its config, under an attention implementation that
+    applies an arbitrary 4D mask (flash attention reads a mask as padding only)."""
+    config = getattr(model, "config", None)
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    return attention_kind(model) is True and implementation in MASKED_ATTENTION
 
 
 @dataclass
@@ -388,10 +377,6 @@ class _Tree:
     depths: list[int] = field(default_factory=list)
     children: list[dict[int, int]] = field(default_factory=list)
     roots: dict[int, int] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls) -> _Tree:
-        return cls()
 
     def add(self, parent: int, token: int) -> int:
         """The node for ``token`` under ``parent``, created if new."""
@@ -426,16 +411,18 @@ def score_tree(
     ``row_tokens`` tokens; each tree is one row whose attention mask lets a token see exactly its ancestors, with
     its depth as position, so each token's state is what it would be in its own sequence. The nodes whose logits
     are needed (a prompt's last token, a continuation's tokens but the last) go at the end of the row, so the LM
-    head runs on them alone. Only for models of full attention (:func:`plain_attention_model`). ``work`` gets
+    head runs on them alone. Only where :func:`tree_attention` holds. ``work`` gets
     the tokens run (``tree_tokens``); ``progress`` the number of prompts finished with each row.
     """
+    if any(not prompt for prompt in prompts) or any(not option for options in continuations for option in options):
+        raise ValueError("score_tree needs non-empty prompts and continuations")
     device = model.device
     keep = "logits_to_keep" in _logits_to_keep(model)
     order = sorted(range(len(prompts)), key=lambda index: prompts[index])
     results: list[list[float]] = [[0.0] * len(options) for options in continuations]
     begin = 0
     while begin < len(order):
-        tree, targets, end = _Tree.empty(), [], begin  # targets: (prompt, option, position, node predicting it, token)
+        tree, targets, end = _Tree(), [], begin  # targets: (prompt, option, position, node predicting it, token)
         while end < len(order) and (end == begin or len(tree.tokens) < row_tokens):
             index = order[end]
             last = tree.path(prompts[index])
@@ -447,6 +434,10 @@ def score_tree(
                         parent = tree.add(parent, token)
             end += 1
         start, begin = begin, end
+        if not targets:  # prompts without continuations: nothing to score
+            if progress is not None:
+                progress(end - start)
+            continue
         needed = sorted({parent for _, _, parent, _ in targets})
         needed_set = set(needed)
         rest = [node for node in range(len(tree.tokens)) if node not in needed_set]
@@ -460,7 +451,7 @@ def score_tree(
             if parent >= 0:
                 ancestors[row] = ancestors[slot[parent]]
             ancestors[row, row] = True
-        dtype = next(model.parameters()).dtype
+        dtype = model.get_input_embeddings().weight.dtype
         mask = torch.full((1, 1, size, size), torch.finfo(dtype).min, dtype=dtype)
         mask[0, 0][torch.from_numpy(ancestors)] = 0.0
         ids = torch.tensor([[tree.tokens[node] for node in layout]], device=device)
@@ -470,9 +461,11 @@ def score_tree(
             input_ids=ids, attention_mask=mask.to(device), position_ids=positions, use_cache=False, **extra
         ).logits[0, -len(needed) :]
         row_of = {node: position for position, node in enumerate(needed)}
-        rows = torch.tensor([row_of[parent] for _, _, parent, _ in targets], device=device)
-        tokens = torch.tensor([token for _, _, _, token in targets], device=device)
-        values = _log_softmax_at(logits.index_select(0, rows), tokens).double().tolist()
+        rows = torch.tensor([row_of[parent] for _, _, parent, _ in targets], dtype=torch.long, device=device)
+        tokens = torch.tensor([token for _, _, _, token in targets], dtype=torch.long, device=device)
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        log_norm = torch.logsumexp(logits, dim=-1)  # once per needed node, then gathered per target
+        values = (logits[rows, tokens] - log_norm[rows]).double().tolist()
         for (index, option_index, _, _), value in zip(targets, values):
             results[index][option_index] += value
         if work is not None:

@@ -1,8 +1,10 @@
 """Held-out cross-entropy per role: how well a model predicts each kind of token of rows it was not trained on.
 
 Rows are tagged by a :class:`~wit_plugin.tagging.RoleTagger` (a run's own tagging set-up), run through the
-model in batches, and each target token's CE (fp32) is summed per role; a row's first token is never a target,
-as in training. ``loss_<role>`` is the mean CE over that role's target tokens; ``loss`` is the WIT loss of the
+model in batches of about ``batch_tokens`` tokens (their ``[tokens x vocab]`` logits are the memory to mind),
+and each target token's CE (fp32) is summed per role; a row's first token is never a target, as in training.
+Rows longer than ``max_length`` are cut there, so that every run is scored on the same tokens (training may
+have dropped such rows instead). ``loss_<role>`` is the mean CE over that role's target tokens; ``loss`` is the WIT loss of the
 given weights over all rows (Σ w·CE / number of tokens with w > 0).
 """
 
@@ -46,10 +48,10 @@ def heldout_losses(
     model: Any,
     rows: Sequence[TaggedSequence],
     max_length: int | None = None,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 2048,
     progress: Callable[[int, int], None] | None = None,
 ) -> HeldOut:
-    """Per-role CE sums and counts over ``rows`` (cut at ``max_length``, as training cuts them)."""
+    """Per-role CE sums and counts over ``rows`` (cut at ``max_length``)."""
     cut = [row.truncated(max_length) if max_length and len(row.input_ids) > max_length else row for row in rows]
     truncated = sum(len(a.input_ids) != len(b.input_ids) for a, b in zip(rows, cut))
     order = sorted(range(len(cut)), key=lambda index: len(cut[index].input_ids))
@@ -60,7 +62,6 @@ def heldout_losses(
     done, begin = 0, 0
     with eval_mode(model):
         while begin < len(order):
-            width = len(cut[order[begin]].input_ids)
             end = begin + 1
             while end < len(order) and (end - begin + 1) * len(cut[order[end]].input_ids) <= batch_tokens:
                 end += 1
@@ -72,7 +73,7 @@ def heldout_losses(
             for k, row in enumerate(batch):
                 n = len(row.input_ids)
                 ids[k, :n] = torch.tensor(row.input_ids)
-                roles[k, 1:n] = torch.tensor(row.roles[1:n])  # the first token is never a target
+                roles[k, :n] = torch.tensor(row.roles)  # a row's first token predicts nothing: never a target
                 mask[k, :n] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             stats = weighted_token_loss(logits, ids.to(device), roles.to(device), ones.to(device)).stats

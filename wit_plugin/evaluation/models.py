@@ -10,6 +10,12 @@ from typing import Any
 
 import torch
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def has_tokenizer(folder: str | PathLike[str]) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
 
 class ModelLoadError(ValueError):
     """A folder that holds no loadable model (the message names it)."""
@@ -48,8 +54,7 @@ def load_model(
             base_path = base or adapter_base(path)
             if base_path is None:
                 raise ModelLoadError(f"{path} is an adapter without a recorded base model: pass the base model")
-            has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-            tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base_path)
+            tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer(path) else base_path)
             model = AutoModelForCausalLM.from_pretrained(base_path)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))

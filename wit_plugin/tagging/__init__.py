@@ -26,6 +26,11 @@ class RoleTagger:
     def __init__(
         self, tokenizer: Any, row_format: str | None = None, max_length: int | None = None, **options: Any
     ) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TaggingError(
+                "wit_plugin places roles with the tokenizer's offset mapping, which only fast tokenizers give: "
+                "load the fast tokenizer (Axolotl: tokenizer_use_fast: true)"
+            )
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.options = options

@@ -8,8 +8,9 @@ reported once, with the first row that has one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,12 @@ class TurnEndAudit:
             self.first_row,
             f" with chat template {template}" if template else "",
         )
+
+
+def dataset_roles(dataset: Any, column: str, batch_size: int = 1000) -> Iterator[Sequence[int]]:
+    """A dataset's role column, row by row, read in batches (never the whole column in memory at once)."""
+    for batch in dataset.with_format("numpy").iter(batch_size=batch_size):
+        yield from batch[column]
 
 
 def audit_turn_ends(rows: Iterable[Sequence[int]]) -> TurnEndAudit:

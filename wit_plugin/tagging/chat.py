@@ -45,7 +45,7 @@ class Slot:
     role: Role
     text: str
     field: str  # where it is in the row, for errors: ``messages[2].content``
-    required: bool  # a non-empty content must be rendered; reasoning may be dropped (earlier turns)
+    required: bool  # an assistant's non-empty content must be rendered (others may be dropped: a warning says so)
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class _Message:
     role: str  # the template's role name (after role_map)
     real: dict[str, Any]  # the message as the template renders it
     content: str | list[str]  # the content, or its text parts
-    reasoning: str  # reasoning text ("" when none)
-    split_think: bool  # the reasoning came out of a thinking block in the content
+    reasoning: str  # reasoning text ("" when none; split out of a thinking block in the content if written there)
+    context: bool = False  # given as context (a prompt), not produced by the model
 
 
 @dataclass
@@ -85,6 +85,7 @@ class ChatRenderer:
     eot_tokens: Sequence[str] = ()
     _scaffolds: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)
+    _dropped_warned: set[str] = field(default_factory=set, repr=False)
 
     @property
     def markers(self) -> TurnMarkers:
@@ -99,10 +100,20 @@ class ChatRenderer:
         return self._markers
 
     def render(
-        self, messages: Sequence[Mapping[str, Any]], tools: Any = None, template_kwargs: Mapping[str, Any] | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Any = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        context: int = 0,
     ) -> RenderedRow:
-        """Render ``messages`` (with tool definitions ``tools``, if any) and place every role in the text."""
+        """Render ``messages`` (with tool definitions ``tools``, if any) and place every role in the text.
+
+        The first ``context`` messages are given context (a conversational prompt/completion row's prompt): an
+        assistant turn among them is ``instruction`` text, its markup and end of turn template, as a prompt is.
+        """
         parsed = self._normalise(messages)
+        for message in parsed[:context]:
+            message.context = True
         kwargs = {**self.template_kwargs, **(template_kwargs or {})}
         if tools is not None:
             kwargs["tools"] = tools
@@ -115,16 +126,47 @@ class ChatRenderer:
             # system prompt): render the scaffold afresh once before calling the row untaggable.
             self._scaffolds.clear()
             placed = self._place(text, parsed, kwargs)
+        self._report_dropped(parsed, placed)
         row = RenderedRow(text=text)
         if kwargs.get("tools"):
             without = {key: value for key, value in kwargs.items() if key != "tools"}
             row.spans += _inserted(self._apply(real, **without), text, Role.SYSTEM)
-        row.turns_without_end = self._assistant_turns(text, parsed, placed, row.spans)
+        row.turns_without_end = self._assistant_turns(text, parsed, placed, row.spans, kwargs)
         row.placed = [
-            piece for slot, start, end in placed for piece in _split_thinking(text, Span(start, end, slot.role))
+            piece
+            for slot, start, end in placed
+            for piece in _split_thinking(text, Span(start, end, self._slot_role(slot, parsed)))
         ]
         row.spans += row.placed
         return row
+
+    @staticmethod
+    def _slot_role(slot: Slot, messages: list[_Message]) -> Role:
+        """A text's role; an assistant's text given as context (a prompt) is instruction."""
+        return Role.INSTRUCTION if messages[slot.message].context and slot.role is not Role.SYSTEM else slot.role
+
+    def _report_dropped(self, messages: list[_Message], placed: list[tuple[Slot, int, int]]) -> None:
+        """Warn once when the template leaves out a text of the row (a system prompt some templates render with
+        the last user turn only, the final turn's reasoning): that text is then trained as nothing at all."""
+        rendered = {slot.field for slot, _, _ in placed}
+        last_assistant = max((m.index for m in messages if message_role(m.role) is Role.RESPONSE), default=-1)
+        for message in messages:
+            where = f"{self.messages_field}[{message.index}]"
+            dropped = []
+            if message.content and isinstance(message.content, str) and f"{where}.content" not in rendered:
+                dropped.append(f"{where}.content")
+            if message.reasoning and message.index == last_assistant and f"{where}.reasoning_content" not in rendered:
+                dropped.append(f"{where}.reasoning_content")
+            for field_name in dropped:
+                kind = field_name.rsplit(".", 1)[-1]
+                if kind not in self._dropped_warned:
+                    self._dropped_warned.add(kind)
+                    LOG.warning(
+                        "wit: the chat template leaves out %s (%s) of some rows, e.g. %s: that text is not trained",
+                        kind,
+                        message.role,
+                        field_name,
+                    )
 
     # --- normalisation -------------------------------------------------------------------------------------
 
@@ -165,12 +207,11 @@ class ChatRenderer:
         reasoning = real.get("reasoning_content", "")
         if not isinstance(reasoning, str):
             raise TaggingError(f"{where}.reasoning_content must be a string, got {type(reasoning).__name__}")
-        split_think = False
         if token_role is Role.RESPONSE and isinstance(texts, str) and THINK_CLOSE in texts and not reasoning:
             # A thinking block written into the content: templates that know reasoning (Qwen3) render it as such
             before, texts = texts.split(THINK_CLOSE, 1)[0], texts.split(THINK_CLOSE)[-1].lstrip("\n")
-            reasoning, split_think = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n"), True
-        return _Message(index, role, real, texts, reasoning, split_think)
+            reasoning = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+        return _Message(index, role, real, texts, reasoning)
 
     # --- rendering -----------------------------------------------------------------------------------------
 
@@ -195,7 +236,7 @@ class ChatRenderer:
         def sentinel(message: _Message, role: Role, text: str, where: str, required: bool) -> str:
             if not text and not mark_empty:
                 return text
-            slots.append(Slot(message.index, role, text, where, required and bool(text)))
+            slots.append(Slot(message.index, role, text, where, required and bool(text) and role is Role.RESPONSE))
             return _SENTINEL.format(len(slots) - 1)
 
         rendered = []
@@ -204,10 +245,9 @@ class ChatRenderer:
             role = message_role(message.role)
             item = dict(message.real)
             if isinstance(message.content, list):
-                parts = [part for part in message.real["content"] if _is_text_part(part)]
                 item["content"] = [
                     {**part, "text": sentinel(message, role, text, f"{where}.content[{k}].text", True)}
-                    for k, (part, text) in enumerate(zip(parts, message.content))
+                    for k, (part, text) in enumerate(zip(message.real["content"], message.content))
                 ]
             else:
                 item["content"] = sentinel(message, role, message.content, f"{where}.content", True)
@@ -235,56 +275,112 @@ class ChatRenderer:
     # --- assistant turns ------------------------------------------------------------------------------------
 
     def _probe(self) -> TurnMarkers:
-        """The template's generation prompt and end of turn, from renderings of small conversations."""
+        """The template's generation prompt and end of turn, from renderings of small conversations (with the
+        template arguments training renders with)."""
         user, assistant, user2 = (_SENTINEL.format(k) for k in range(3))
-        opening = closing = ""
+        kwargs = dict(self.template_kwargs)
         try:
             prompt = [{"role": "user", "content": user}]
-            plain, opened = self._apply(prompt), self._apply(prompt, add_generation_prompt=True)
+            plain, opened = self._apply(prompt, **kwargs), self._apply(prompt, add_generation_prompt=True, **kwargs)
             opening = opened[len(plain) :] if opened.startswith(plain) else ""
-            final = self._apply([*prompt, {"role": "assistant", "content": assistant}])
+            final = self._apply([*prompt, {"role": "assistant", "content": assistant}], **kwargs)
             middle = self._apply(
-                [*prompt, {"role": "assistant", "content": assistant}, {"role": "user", "content": user2}]
+                [*prompt, {"role": "assistant", "content": assistant}, {"role": "user", "content": user2}], **kwargs
             )
-            after_final = final.split(assistant, 1)[1] if assistant in final else ""
-            after_middle = middle.split(assistant, 1)[1].split(user2, 1)[0] if assistant in middle else ""
-            closing = os.path.commonprefix([after_final, after_middle]).rstrip()
         except TaggingError as error:
-            LOG.info("wit: could not probe the chat template's turn markers (%s)", error)
+            LOG.warning("wit: could not read the chat template's turn markers: %s", error)
+            return TurnMarkers("", "")
+        after_final = final.split(assistant, 1)[1] if assistant in final else ""
+        after_middle = middle.split(assistant, 1)[1].split(user2, 1)[0] if assistant in middle else ""
+        closing = os.path.commonprefix([after_final, after_middle])
+        closing = after_middle[: self._marker_boundary(after_middle, len(closing))]  # never half a marker
+        for cut in range(len(closing)):  # an end of turn never runs into the next turn's start
+            if opening and opening.startswith(closing[cut:]):
+                closing = closing[:cut]
+                break
+        header = final.split(user, 1)[1].split(assistant, 1)[0] if user in final else ""
+        last = self._last_marker_start(closing)
+        if last and closing[last:] in header:  # a final marker that also opens turns (Command's turn start)
+            closing = closing[:last]
+        closing = closing.rstrip()
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if not closing and eos and after_final.lstrip().startswith(eos):
+            closing = eos
         return TurnMarkers(opening, closing)
 
+    def _turn_start(
+        self, text: str, messages: list[_Message], index: int, low: int, high: int, kwargs: Mapping[str, Any]
+    ) -> int | None:
+        """Where an assistant turn with nothing placed starts: after its opening, else where the rendering of the
+        messages before it ends (when that rendering is where the row's text starts)."""
+        opened = _find_opening(text, self.markers.opening, low, high, last=False)
+        if opened is not None:
+            return opened
+        before = self._apply([m.real for m in messages[:index]], **kwargs) if index else ""
+        return len(before) if text.startswith(before) and low <= len(before) <= high else None
+
+    def _marker_boundary(self, text: str, limit: int) -> int:
+        """``limit``, or the start of the added token (a marker like ``<|USER_TOKEN|>``) that it falls inside."""
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        added = set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+            if start < limit < end and token in added:
+                return start
+        return limit
+
+    def _last_marker_start(self, text: str) -> int:
+        """Where the last added token (a marker) of ``text`` starts, 0 if none does after its start."""
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        added = set(getattr(self.tokenizer, "added_tokens_decoder", {}))
+        starts = [
+            start for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]) if token in added
+        ]
+        return starts[-1] if starts else 0
+
     def _closing(self, text: str, start: int, stop: int) -> tuple[int, int] | None:
-        """The first end-of-turn text in ``text[start:stop]``."""
+        """The end-of-turn text in ``text[start:stop]``: its last occurrence there (the same text inside a tool
+        call's arguments does not end the turn)."""
         found = []
         for marker in self.eot_tokens or ([self.markers.closing] if self.markers.closing else []):
-            position = text.find(marker, start, stop)
+            position = text.rfind(marker, start, stop)
             if position >= 0:
                 found.append((position, position + len(marker)))
-        return min(found) if found else None
+        return max(found) if found else None
 
     def _assistant_turns(
-        self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]], spans: list[Span]
+        self,
+        text: str,
+        messages: list[_Message],
+        placed: list[tuple[Slot, int, int]],
+        spans: list[Span],
+        kwargs: Mapping[str, Any],
     ) -> int:
         """Add each assistant turn's output (``response``) and end (``eot``) to ``spans``; returns the number of
         assistant turns whose end was not found."""
-        bounds: dict[int, tuple[int, int]] = {}
+        count = len(messages)
+        first_start, last_end = [len(text)] * count, [0] * count
+        has_text = {slot.message for slot, _, _ in placed}
         for slot, start, end in placed:
-            low, high = bounds.get(slot.message, (start, end))
-            bounds[slot.message] = (min(low, start), max(high, end))
+            first_start[slot.message] = min(first_start[slot.message], start)
+            last_end[slot.message] = max(last_end[slot.message], end)
+        ends_before = [0] * (count + 1)  # the end of the last text placed of messages before each index
+        for index in range(count):
+            ends_before[index + 1] = max(ends_before[index], last_end[index])
+        starts_after = [len(text)] * (count + 1)  # the start of the first text placed of messages after it
+        for index in range(count - 1, -1, -1):
+            starts_after[index] = min(starts_after[index + 1], first_start[index])
         opening, missing, cursor = self.markers.opening, 0, 0
         for message in messages:
-            if message_role(message.role) is not Role.RESPONSE:
+            if message_role(message.role) is not Role.RESPONSE or message.context:
                 continue
-            before = [b[1] for index, b in bounds.items() if index < message.index]
-            after = [b[0] for index, b in bounds.items() if index > message.index]
-            low, high = max([cursor, *before]), min([len(text), *after])
-            own = bounds.get(message.index)
-            if own is not None:
-                opened = _find_opening(text, opening, low, own[0], last=True)
-                begin = own[0] if opened is None else opened
-                search_from = own[1]
-            else:  # nothing of it placed (a tool call without content): find the turn by its opening
-                opened = _find_opening(text, opening, low, high, last=False)
+            index = message.index
+            low, high = max(cursor, ends_before[index]), starts_after[index + 1]
+            if index in has_text:
+                opened = _find_opening(text, opening, low, first_start[index], last=True)
+                begin = first_start[index] if opened is None else opened
+                search_from = last_end[index]
+            else:  # nothing of it placed (a tool call without content): find where the turn starts
+                opened = self._turn_start(text, messages, index, low, high, kwargs)
                 if opened is None:
                     missing += 1
                     continue
@@ -306,10 +402,14 @@ def _find_opening(text: str, opening: str, start: int, stop: int, last: bool) ->
     """Where the assistant output starts after ``opening`` in ``text[start:stop]`` (its last or first occurrence).
 
     A template may write its generation prompt differently inside a turn (Qwen3's ``<think>\n\n`` opens a
-    thinking block that is filled in a finished turn), so the longest prefix of it that occurs counts.
+    thinking block that is filled in a finished turn), so a shorter prefix of it counts too, but never shorter
+    than its first line (the role header).
     """
+    if not opening:
+        return None
     find = text.rfind if last else text.find
-    for length in range(len(opening), 0, -1):
+    shortest = len(opening.split("\n", 1)[0]) or len(opening)
+    for length in range(len(opening), shortest - 1, -1):
         found = find(opening[:length], start, stop)
         if found >= 0:
             return found + length
@@ -371,11 +471,31 @@ def _content_end(text: str, start: int, content: str, following: str, is_last: b
 
 
 def _inserted(without: str, text: str, role: Role) -> list[Span]:
-    """Spans of ``text`` that ``without`` lacks (what rendering tool definitions added)."""
-    matcher = difflib.SequenceMatcher(None, without, text, autojunk=False)
-    return [
-        Span(j1, j2, role) for tag, _, _, j1, j2 in matcher.get_opcodes() if tag in ("insert", "replace") and j2 > j1
-    ]
+    """Spans of ``text`` that ``without`` lacks (what rendering tool definitions added).
+
+    The two renderings share most of their text: the common prefix and suffix are set aside first, so the
+    (quadratic) sequence matcher sees only the part that differs; each inserted block is then moved as far
+    left as it can go (an insertion that starts with the character it is followed by could be placed one
+    character later; the template wrote it first).
+    """
+    prefix = len(os.path.commonprefix([without, text]))
+    suffix = len(os.path.commonprefix([without[prefix:][::-1], text[prefix:][::-1]]))
+    old, new = without[prefix : len(without) - suffix], text[prefix : len(text) - suffix]
+    if not new:
+        return []
+    opcodes = (
+        [("insert", 0, 0, 0, len(new))]
+        if not old
+        else difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    )
+    spans = []
+    for tag, _, _, j1, j2 in opcodes:
+        if tag in ("insert", "replace") and j2 > j1:
+            start, end = prefix + j1, prefix + j2
+            while tag == "insert" and start > 0 and text[start - 1] == text[end - 1]:
+                start, end = start - 1, end - 1
+            spans.append(Span(start, end, role))
+    return spans
 
 
 def _split_thinking(text: str, span: Span) -> list[Span]:

@@ -119,12 +119,14 @@ class ChatFormat(RowFormat):
             raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
         return self.render_messages(row, row[self.field_messages])
 
-    def render_messages(self, row: Mapping[str, Any], messages: Any) -> RenderedRow:
-        """``messages`` of ``row``, with the row's tool definitions and template arguments, if any."""
+    def render_messages(self, row: Mapping[str, Any], messages: Any, context: int = 0) -> RenderedRow:
+        """``messages`` of ``row``, with the row's tool definitions and template arguments, if any; the first
+        ``context`` messages are a prompt given to the model (see :meth:`ChatRenderer.render`)."""
         kwargs = row.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, Mapping):
             raise TaggingError(f"'chat_template_kwargs' must be a mapping, got {type(kwargs).__name__}")
-        return self.renderer.render(messages, tools=parse_tools(row.get(self.field_tools)), template_kwargs=kwargs)
+        tools = parse_tools(row.get(self.field_tools))
+        return self.renderer.render(messages, tools=tools, template_kwargs=kwargs, context=context)
 
 
 class AlpacaFormat(RowFormat):
@@ -162,7 +164,8 @@ class AlpacaFormat(RowFormat):
 class PromptCompletionFormat(RowFormat):
     """Plain-text ``prompt`` / ``completion`` rows: prompt is instruction, completion is response + EOS.
 
-    Conversational prompt/completion rows (lists of messages) are rendered as one chat.
+    Conversational prompt/completion rows (lists of messages) are rendered as one chat whose prompt messages are
+    context: an assistant turn inside the prompt is instruction text, as TRL's completion-only loss treats it.
     """
 
     name = "prompt_completion"
@@ -174,7 +177,7 @@ class PromptCompletionFormat(RowFormat):
         if isinstance(prompt, list) and isinstance(completion, list):
             if self._chat is None:
                 self._chat = ChatFormat(self.tokenizer, **self.options)
-            return self._chat.render_messages(row, [*prompt, *completion])
+            return self._chat.render_messages(row, [*prompt, *completion], context=len(prompt))
         writer = _SegmentWriter()
         writer.add(self._field(row, "prompt"), Role.INSTRUCTION)
         _add_response(writer, self.tokenizer, self._field(row, "completion"))

@@ -11,7 +11,8 @@ tool definitions, then assistant output and ends of turn, then the placed texts)
 Boundary policy (a token covering characters of two roles): **content wins**. A token that covers any
 non-template character takes that role (the role of its first character if that is not template, else of its
 last). So every content character lands in a token of its own role, except where two *different* roles touch
-with no template text between them (a prompt ending in a space, then its completion; a response's last
+with no template text between them, or where one token covers a whole content with template text on both
+sides (it takes the template's role then) (a prompt ending in a space, then its completion; a response's last
 character and its end-of-turn text): a token covering both takes the later one's role, the one the model is
 asked to produce. Tokens the tokenizer adds itself (BOS) are template; other tokens that cover no character
 (whitespace, with tokenizers that trim offsets past it) take the role of the character just before their
@@ -69,13 +70,12 @@ class TaggedSequence:
             raise TaggingError(f"{len(self.input_ids)} tokens but {len(self.roles)} roles")
 
     def truncated(self, max_length: int) -> TaggedSequence:
-        """Cut every per-token column at the same place (Axolotl's own truncation cuts only its columns)."""
+        """Cut every per-token column at the same place (Axolotl's own truncation cuts only its columns), the
+        text where the last kept token ends."""
+        offsets = self.offsets[:max_length]
+        text = self.text[: int(offsets[:, 1].max())] if len(offsets) and len(offsets) < len(self.offsets) else self.text
         return TaggedSequence(
-            self.input_ids[:max_length],
-            self.roles[:max_length],
-            self.text,
-            self.offsets[:max_length],
-            self.turns_without_end,
+            self.input_ids[:max_length], self.roles[:max_length], text, offsets, self.turns_without_end
         )
 
     def token_texts(self) -> list[str]:

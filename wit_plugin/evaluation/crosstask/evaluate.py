@@ -25,6 +25,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,7 @@ import torch
 
 from wit_plugin import options as wit_options
 from wit_plugin.evaluation.crosstask.prompts import Demo, as_prompt, continuation, normalise, prompt_text
-from wit_plugin.evaluation.crosstask.select import (
-    InputStates,
-    cosine,
-    embed_inputs,
-    random_scores,
-    stable_hash,
-    tfidf_cosine,
-    top_k,
-)
+from wit_plugin.evaluation.crosstask.select import InputStates, embed_inputs, selection_scores, stable_hash, top_k
 from wit_plugin.evaluation.crosstask.tasks import TaskItem, by_task
 from wit_plugin.evaluation.engine import (
     SpecialIds,
@@ -51,12 +44,12 @@ from wit_plugin.evaluation.engine import (
     greedy,
     option_scores,
     partition,
-    plain_attention_model,
     prefill,
     render_prompt,
     score,
     score_tree,
     timed,
+    tree_attention,
 )
 from wit_plugin.evaluation.stats import bootstrap_ci, spearman
 
@@ -201,23 +194,33 @@ class _Selector:
         states: tuple[InputStates, InputStates] | None,
     ) -> None:
         self.pool = pool
-        self.row_of = {item.id: index for index, item in enumerate(queries)}
-        if settings.select == "similar":
-            assert states is not None
-            self.scores = cosine(states[1].layer(-1), states[0].layer(-1))
-        elif settings.select == "lexical":
-            self.scores = tfidf_cosine([q.input for q in queries], [p.input for p in pool])
-        else:
-            self.scores = random_scores([f"{q.task}|{q.id}" for q in queries], len(pool), settings.seed)
+        self.row_of = {item.where: index for index, item in enumerate(queries)}
+        self.scores = selection_scores(
+            settings.select,
+            [q.input for q in queries],
+            [p.input for p in pool],
+            settings.seed,
+            query_keys=[f"{q.task}|{q.id}|{q.input}" for q in queries],
+            states=(states[1].layer(-1), states[0].layer(-1)) if states is not None else None,
+        )
         self.task_mask = {task: np.array([p.task == task for p in pool]) for task in {p.task for p in pool}}
+        self._others: dict[str, np.ndarray] = {}
+
+    def not_itself(self, query: TaskItem) -> np.ndarray:
+        """Pool rows that are not ``query`` itself (an item is never its own demo)."""
+        if query.where not in self._others:
+            self._others[query.where] = np.array([not p.same_item(query) for p in self.pool])
+        return self._others[query.where]
+
+    def best_rows(self, query: TaskItem, allowed: np.ndarray, k: int) -> list[int]:
+        return top_k(self.scores[self.row_of[query.where]], allowed & self.not_itself(query), k)
 
     def best(self, query: TaskItem, allowed: np.ndarray, k: int) -> list[TaskItem]:
-        own = np.array([not p.same_item(query) for p in self.pool])
-        return [self.pool[i] for i in top_k(self.scores[self.row_of[query.id]], allowed & own, k)]
+        return [self.pool[i] for i in self.best_rows(query, allowed, k)]
 
     def best_score(self, query: TaskItem, allowed: np.ndarray) -> float:
-        picked = self.best(query, allowed, 1)
-        return float(self.scores[self.row_of[query.id], self.pool.index(picked[0])]) if picked else -np.inf
+        picked = self.best_rows(query, allowed, 1)
+        return float(self.scores[self.row_of[query.where], picked[0]]) if picked else -np.inf
 
     def from_task(self, task: str) -> np.ndarray:
         return self.task_mask.get(task, np.zeros(len(self.pool), dtype=bool))
@@ -293,8 +296,10 @@ def evaluate_crosstask(
                 for source in sources:
                     demos = selector.best(row, selector.from_task(source), 1)
                     pseudo_requests.append(Request(row, "label", _gold(demos), source=source))
-    if "cross" in settings.conditions and not any(r.condition == "cross" for r in requests):
-        notes.append("cross: the pool has no task other than the targets' own")
+    for condition in ("cross", "mixed", "random"):
+        skipped = sorted({i.task for i in chosen} - {r.item.task for r in requests if r.condition == condition})
+        if condition in settings.conditions and skipped:
+            notes.append(f"{condition}: no pool rows of another task for {', '.join(skipped)}, so no {condition} demos")
     total = len(requests) + len(pseudo_requests)
     done = 0
 
@@ -311,7 +316,7 @@ def evaluate_crosstask(
         if task not in pseudo_sets:
             continue
         allowed = np.array([p in pseudo_sets[task] for p in pool])
-        labelled = all(row.id in labels for row in pseudo_sets[task])
+        labelled = all(row.where in labels for row in pseudo_sets[task])
         if "pseudo" in settings.conditions and not labelled:
             notes.append(f"{task}: the pool has no other task to pseudo-label its rows with, so no pseudo demos")
         for item in items:
@@ -319,7 +324,7 @@ def evaluate_crosstask(
             if "gold" in settings.conditions:
                 in_task.append(Request(item, "gold", _gold(rows)))
             if "pseudo" in settings.conditions and labelled:
-                in_task.append(Request(item, "pseudo", tuple(Demo(r, labels[r.id]) for r in rows)))
+                in_task.append(Request(item, "pseudo", tuple(Demo(r, labels[r.where]) for r in rows)))
     total += len(in_task)
     runner.run(requests + in_task, advance)
     evaluated = [*requests, *in_task]
@@ -369,7 +374,7 @@ def _requests(item: TaskItem, settings: CrossTaskSettings, selector: _Selector, 
         demos = [d for s in ranked[:k] for d in selector.best(item, selector.from_task(s), 1)]
         requests.append(Request(item, "mixed", _gold(demos)))
     if "random" in settings.conditions and others.any():
-        candidates = np.flatnonzero(others & np.array([not p.same_item(item) for p in selector.pool]))
+        candidates = np.flatnonzero(others & selector.not_itself(item))
         rng = np.random.default_rng([settings.seed, stable_hash("random", item.task, item.id)])
         picked = rng.choice(candidates, size=min(k, len(candidates)), replace=False)
         requests.append(Request(item, "random", _gold([selector.pool[i] for i in picked])))
@@ -382,11 +387,11 @@ def _pseudo_labels(
     """Majority vote over sources per pseudo row; ties go to the source whose demo is most similar."""
     votes: dict[str, list[Request]] = {}
     for request in requests:
-        votes.setdefault(request.item.id, []).append(request)
+        votes.setdefault(request.item.where, []).append(request)
     records, labels = [], {}
     for task, rows in pseudo_sets.items():
         for row in rows:
-            ballots = votes.get(row.id, [])
+            ballots = votes.get(row.where, [])
             if not ballots:  # no other task to label it with: no pseudo-label
                 continue
             count = Counter(b.prediction for b in ballots)
@@ -394,7 +399,7 @@ def _pseudo_labels(
             tied = {label for label, n in count.items() if n == top}
             by_similarity = sorted(ballots, key=lambda b: -selector.best_score(row, selector.from_task(b.source or "")))
             label = next(b.prediction for b in by_similarity if b.prediction in tied)
-            labels[row.id] = label
+            labels[row.where] = label
             gold = row.label if row.options is not None else normalise(row.label)
             records.append(
                 {
@@ -439,7 +444,7 @@ class _Runner:
             groups.setdefault((request.prompt_ids, request.option_ids is None), []).append(request)
         with eval_mode(self.model), torch.no_grad():
             scored = [ids for ids, generate in groups if not generate]
-            if scored and plain_attention_model(self.model):
+            if scored and tree_attention(self.model):
                 self._score_tree(scored, {ids: groups[(ids, False)] for ids in scored}, advance)
             else:
                 self._batched(scored, False, groups, advance)
@@ -508,8 +513,9 @@ class _Runner:
                 request.generated, request.prediction = text, normalise(text)
 
 
+@lru_cache(maxsize=4)
 def _line_ends(tokenizer: Any) -> frozenset[int]:
-    """Ids of tokens holding a line break: a raw prompt's answer ends its line."""
+    """Ids of tokens holding a line break: a raw prompt's answer ends its line (read once per tokenizer)."""
     return frozenset(
         index for token, index in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([token])
     )
@@ -521,10 +527,11 @@ def _results(targets: list[TaskItem], requests: list[Request], settings: CrossTa
     outcome: dict[tuple[str, str], dict[str, list[float]]] = {}
     for request in requests:
         per_item = outcome.setdefault((request.item.task, request.condition), {})
-        per_item.setdefault(request.item.id, []).append(float(request.correct))
+        per_item.setdefault(request.item.where, []).append(float(request.correct))
     rows = []
     for task in by_task(targets):
-        zero = None
+        zero_items = outcome.get((task, "zero"))
+        zero = float(np.mean([np.mean(v) for v in zero_items.values()])) if zero_items else None
         for condition in settings.conditions:
             per_item = outcome.get((task, condition))
             if not per_item:
@@ -541,8 +548,6 @@ def _results(targets: list[TaskItem], requests: list[Request], settings: CrossTa
                 "items": len(values),
                 "ci95": [low, high],
             }
-            if condition == "zero":
-                zero = accuracy
             if zero is not None and condition != "zero":
                 row["gain"] = accuracy - zero
             rows.append(row)
@@ -572,14 +577,14 @@ def _activation(
 ) -> list[dict[str, Any]]:
     """Per layer: Spearman correlation, over (source, target) pairs, between the source's gain and the mean
     cosine of its demos' and the targets' hidden states at that layer."""
-    pool_row = {item.id: index for index, item in enumerate(pool)}
-    query_row = {item.id: index for index, item in enumerate(queries)}
+    pool_row = {item.where: index for index, item in enumerate(pool)}
+    query_row = {item.where: index for index, item in enumerate(queries)}
     pairs: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for request in requests:
         if request.condition == "cross" and request.source is not None:
             for demo in request.demos:
                 pairs.setdefault((request.source, request.item.task), []).append(
-                    (query_row[request.item.id], pool_row[demo.item.id])
+                    (query_row[request.item.where], pool_row[demo.item.where])
                 )
     gains = {
         (s, t): g

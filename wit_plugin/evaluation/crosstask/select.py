@@ -125,3 +125,25 @@ def top_k(scores: np.ndarray, allowed: np.ndarray, k: int) -> list[int]:
         return []
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order[:k]].tolist()
+
+
+def selection_scores(
+    select: str,
+    queries: Sequence[str],
+    candidates: Sequence[str],
+    seed: int,
+    query_keys: Sequence[str] | None = None,
+    states: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``[Q, C]`` how much each candidate suits each query under ``select`` (higher first). ``similar`` needs the
+    queries' and candidates' hidden states (``states``); ``random`` keys each query by ``query_keys`` (default:
+    its text)."""
+    if select == "similar":
+        if states is None:
+            raise ValueError("similar selection needs the inputs' hidden states")
+        return cosine(*states)
+    if select == "lexical":
+        return tfidf_cosine(queries, candidates)
+    if select == "random":
+        return random_scores(list(query_keys or queries), len(candidates), seed)
+    raise ValueError(f"unknown demo selection {select!r}; choose similar, lexical or random")

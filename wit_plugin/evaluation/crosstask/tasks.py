@@ -1,8 +1,8 @@
 """Task files for cross-task evaluation: JSON Lines of labelled items of many tasks.
 
 A row is ``{"task", "input", "label", "options"?, "definition"?, "id"?}``. A *pool* file holds the labelled
-examples demos are drawn from, a *targets* file the items evaluated. ``id`` defaults to the stable
-``file:line``; every error names ``file:line`` and the field.
+examples demos are drawn from, a *targets* file the items evaluated. ``id`` defaults to ``<file name>:<line>``
+(the same wherever the file is read from); every error names ``file:line`` and the field.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ class TaskItem:
     label: str
     options: tuple[str, ...] | None
     definition: str
-    id: str
-    where: str  # file:line
+    id: str  # as the file gives it (unique within the file), for traces
+    where: str  # path:line: unique among everything loaded, the key evaluators index items by
 
     def same_item(self, other: TaskItem) -> bool:
-        """The same example, whichever file it came from (an item is never its own demo)."""
-        return self.id == other.id or (self.task == other.task and self.input == other.input)
+        """The same example, whichever file it came from (an item is never its own demo): the same row, or the
+        same task and input (ids are unique per file only)."""
+        return self.where == other.where or (self.task == other.task and self.input == other.input)
 
 
 def _string(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -49,7 +50,7 @@ def _string(row: dict[str, Any], key: str, where: str, required: bool = True) ->
     return value
 
 
-def parse_item(row: dict[str, Any], where: str) -> TaskItem:
+def parse_item(row: dict[str, Any], where: str, default_id: str | None = None) -> TaskItem:
     """A row checked field by field."""
     unknown = sorted(set(row) - set(FIELDS))
     if unknown:
@@ -68,7 +69,7 @@ def parse_item(row: dict[str, Any], where: str) -> TaskItem:
         if label not in options:
             raise TaskFileError(f"{where}: field 'label' {label!r} is not among the options {options}")
         options = tuple(options)
-    identifier = row.get("id", where)
+    identifier = row.get("id", default_id or where)
     if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
         raise TaskFileError(f"{where}: field 'id' must be a string or an integer")
     definition = _string(row, "definition", where, required=False)
@@ -85,7 +86,7 @@ def load_items(path: str | Path) -> list[TaskItem]:
     seen: dict[str, str] = {}
     for line, row in read_jsonl(path):
         where = f"{path}:{line}"
-        item = parse_item(row, where)
+        item = parse_item(row, where, f"{path.name}:{line}")
         if item.id in seen:
             raise TaskFileError(f"{where}: field 'id' {item.id!r} is used again (first at {seen[item.id]})")
         seen[item.id] = where

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from wit_plugin.evaluation.crosstask.prompts import Demo, demo_block
-from wit_plugin.evaluation.crosstask.select import cosine, embed_inputs, random_scores, tfidf_cosine, top_k
+from wit_plugin.evaluation.crosstask.select import embed_inputs, selection_scores, top_k
 from wit_plugin.evaluation.crosstask.tasks import TaskItem
 from wit_plugin.evaluation.engine import Prompt
 from wit_plugin.evaluation.posix.evaluate import POSIXResult, evaluate_posix
@@ -84,15 +84,13 @@ def evaluate_posix_with_exemplars(
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring)."""
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
+    states = None
     if select == "similar":
-        scores = cosine(
+        states = (
             embed_inputs(model, tokenizer, queries, batch_size).layer(-1),
             embed_inputs(model, tokenizer, [p.input for p in pool], batch_size).layer(-1),
         )
-    elif select == "lexical":
-        scores = tfidf_cosine(queries, [p.input for p in pool])
-    else:
-        scores = random_scores(queries, len(pool), seed)
+    scores = selection_scores(select, queries, [p.input for p in pool], seed, states=states)
     pool_tasks = np.array([p.task for p in pool], dtype=object)
     outcome = ExemplarPOSIX({}, {}, {})
     for condition in conditions:

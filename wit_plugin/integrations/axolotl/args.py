@@ -14,13 +14,16 @@ from wit_plugin import options
 
 
 def _field(option: options.Option) -> tuple[Any, Any]:
-    kind: Any = option.annotation
+    """Optional (``null`` in YAML means unset, as everywhere) and strict (``"0.5"`` is not a number here either)."""
+    constraints: dict[str, Any] = {"ge": option.minimum} if option.minimum is not None else {}
     if option.choices and not option.multiple:
-        kind = Literal[option.choices] if option.default is not None else Literal[option.choices] | None
-    constraints = {"ge": option.minimum} if option.minimum is not None else {}
+        kind: Any = Literal[option.choices]
+    else:
+        kind = option.type
+        constraints["strict"] = True
     if option.type is float:
         constraints["allow_inf_nan"] = False
-    return kind, Field(default=option.default, description=option.help, **constraints)
+    return kind | None, Field(default=option.default, description=option.help, **constraints)
 
 
 _WITFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -37,8 +40,8 @@ class WITArgs(_WITFields):  # type: ignore[misc, valid-type]
         return self
 
     @model_validator(mode="after")
-    def conditions_are_known(self) -> WITArgs:
-        options.OPTION_BY_NAME["wit_crosstask_conditions"].check(self.wit_crosstask_conditions)
+    def values_are_valid(self) -> WITArgs:
+        options.check_values(self.model_dump())  # what a field type cannot say: comma-separated choices
         return self
 
     @model_validator(mode="after")
@@ -50,6 +53,3 @@ class WITArgs(_WITFields):  # type: ignore[misc, valid-type]
     def crosstask_has_data(self) -> WITArgs:
         options.check_crosstask(self.model_dump())
         return self
-
-
-WIT_KEYS: frozenset[str] = frozenset(WITArgs.model_fields)

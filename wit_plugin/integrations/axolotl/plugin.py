@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def check_config(cfg: Any) -> None:
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
     if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
         problems.append("`context_parallel.size` > 1: sequences split across ranks")
-    sharding = parameter_sharding(cfg)
+    sharding = config_sharding(cfg)
     if sharding and cfg.get("wit_loss_impl") in options.FUSED_LOSS_IMPLS:
         problems.append(
             f"`wit_loss_impl: {cfg.get('wit_loss_impl')}` with {sharding}: the fused loss needs the whole LM head "
@@ -105,16 +106,10 @@ def check_config(cfg: Any) -> None:
         raise WITConfigError("wit_plugin cannot train with:\n  - " + "\n  - ".join(problems))
 
 
-def parameter_sharding(cfg: Any) -> str | None:
-    """FSDP or DeepSpeed ZeRO-3, which shard parameters (the LM head weight included) across ranks."""
-    if cfg.get("fsdp_config") or cfg.get("fsdp"):
-        return "FSDP"
-    deepspeed = cfg.get("deepspeed")
-    if isinstance(deepspeed, (str, Path)) and Path(deepspeed).is_file():
-        deepspeed = json.loads(Path(deepspeed).read_text())
-    if isinstance(deepspeed, dict) and (deepspeed.get("zero_optimization") or {}).get("stage") == 3:
-        return "DeepSpeed ZeRO-3"
-    return None
+def config_sharding(cfg: Any) -> str | None:
+    from wit_plugin.trainer import parameter_sharding
+
+    return parameter_sharding(cfg.get("fsdp_config") or cfg.get("fsdp"), cfg.get("deepspeed"))
 
 
 def map_dataset_types(cfg: Any) -> None:
@@ -136,9 +131,12 @@ def map_dataset_types(cfg: Any) -> None:
 def check_dataset_files(cfg: Any) -> None:
     """Every local JSON Lines dataset parses, or the error names its file and line (``datasets`` itself reports
     only that generation failed)."""
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank registers the plugin; one check is enough
+        return
     for key in ("datasets", "test_datasets"):
         for dataset in cfg.get(key) or []:
-            files = [dataset.get("path"), *(dataset.get("data_files") or [])]
+            data_files = dataset.get("data_files") or []
+            files = [dataset.get("path"), *([data_files] if isinstance(data_files, str) else data_files)]
             for path in files:
                 if isinstance(path, str) and path.endswith((".jsonl", ".json")) and Path(path).is_file():
                     check_jsonl(path) if path.endswith(".jsonl") else _check_json(path)
@@ -196,10 +194,9 @@ class WITPlugin(BasePlugin):
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        loss_impl, sharding = options.resolved(cfg, "wit_loss_impl"), parameter_sharding(cfg)
-        if loss_impl == "auto" and sharding:
-            LOG.info("wit_plugin: %s shards the LM head, so the loss is computed eagerly", sharding)
-            loss_impl = "eager"
+        from wit_plugin.trainer import loss_impl_under
+
+        loss_impl = loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
         trainer.setup_wit(
             RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
         )
@@ -235,8 +232,10 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
 def audit_datasets(trainer: Any, template: str | None) -> None:
     """Warn once per dataset about assistant turns left without an end-of-turn token."""
     from wit_plugin.collation import ROLES_KEY
-    from wit_plugin.tagging.audit import audit_turn_ends
+    from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
 
+    if not trainer.is_world_process_zero():
+        return
     for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
-            audit_turn_ends(dataset[ROLES_KEY]).warn(name, template)
+            audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, template)

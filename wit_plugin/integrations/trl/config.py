@@ -14,6 +14,7 @@ from trl import SFTConfig
 
 from wit_plugin import options
 from wit_plugin.roles import PROMPT_GROUP, RoleWeights
+from wit_plugin.trainer import loss_impl_under, parameter_sharding
 
 T = TypeVar("T")
 
@@ -75,6 +76,10 @@ def check_options(args: WITConfig) -> RoleWeights:
             f"completion_only_loss=False trains every token but the weights are {weights.describe()}; "
             "use wit_preset='cpt' or leave completion_only_loss unset"
         )
+    try:
+        loss_impl_under(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
+    except ValueError as error:
+        problems.append(str(error))
     packs = args.packing or args.eval_packing
     if packs and args.packing_strategy == "wrapped":
         problems.append("packing_strategy='wrapped' cuts sequences without boundaries; use 'bfd' or 'bfd_split'")

@@ -20,7 +20,7 @@ from trl.data_utils import get_dataset_column_names, is_conversational_from_valu
 from wit_plugin.collation import ROLES_KEY
 from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
-from wit_plugin.tagging.audit import audit_turn_ends
+from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
 
 AnyDataset = Dataset | IterableDataset
 TOKEN_COLUMNS = ("input_ids", ROLES_KEY)
@@ -111,8 +111,8 @@ def prepare_dataset(
             cut = truncation_slice(args.truncation_mode, args.max_length)
             kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Truncating {name} dataset")
             dataset = dataset.map(_truncate, fn_kwargs={"cut": cut}, **kwargs)
-        if isinstance(dataset, Dataset):
-            audit_turn_ends(dataset[ROLES_KEY]).warn(name)
+        if isinstance(dataset, Dataset) and PartialState().is_main_process:
+            audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name)
         kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Dropping {name} rows without weighted tokens")
         dataset = dataset.filter(_has_target, fn_kwargs={"trained": trained}, **kwargs)
         if packing:

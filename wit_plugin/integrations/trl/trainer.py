@@ -27,7 +27,7 @@ from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
 from wit_plugin.runs import RunRecordCallback, run_record
-from wit_plugin.trainer import WITTrainerMixin
+from wit_plugin.trainer import WITTrainerMixin, loss_impl_under, parameter_sharding
 
 
 class LogitsSFTTrainer(SFTTrainer):
@@ -97,7 +97,8 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             raise ValueError(
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
             )
-        self.setup_wit(weights, loss_impl=args.wit_loss_impl, role_metrics=args.wit_role_metrics)
+        loss_impl = loss_impl_under(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
+        self.setup_wit(weights, loss_impl=loss_impl, role_metrics=args.wit_role_metrics)
         for callback in evaluation_callbacks(args.wit_options):  # wit_posix_* / wit_crosstask_*, as in Axolotl
             self.add_callback(callback)
         self.add_callback(RunRecordCallback(self._run_record(model, kwargs)))

@@ -171,7 +171,7 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     """
     options = _as_dict(ds_cfg)
     _check_options(options)
-    kwargs = _chat_options(tokenizer, cfg, options) if row_format == "chat" else {}
+    kwargs = _chat_options(tokenizer, cfg, options) if row_format in ("chat", "prompt_completion") else {}
     if row_format == "text":
         return RoleTagger(tokenizer, row_format, field=options.get("field") or "text")
     return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
