@@ -187,12 +187,8 @@ def convert_piqa(row: dict) -> Converted:
     return f"Goal: {_field(row, 'question')}\nSolution:", options, gold
 
 
-def convert_siqa(row: dict) -> Converted:
-    options, gold = lettered_answer(row)
-    return f"{_field(row, 'passage')}\nQuestion: {_field(row, 'question')}\nAnswer:", options, gold
-
-
-def convert_logiqa(row: dict) -> Converted:
+def convert_passage_question(row: dict) -> Converted:
+    """SIQA, LogiQA: a passage, a question about it and lettered options."""
     options, gold = lettered_answer(row)
     return f"{_field(row, 'passage')}\nQuestion: {_field(row, 'question')}\nAnswer:", options, gold
 
@@ -314,7 +310,7 @@ TASKS: dict[str, Task] = {
         Task(
             "siqa",
             ("SIQA/test.jsonl",),
-            convert_siqa,
+            convert_passage_question,
             "Answer the question about people's motives, feelings or next actions in the situation.",
             "unknown (uncertain; often cited as CC-BY-4.0)",
             "https://leaderboard.allenai.org/socialiqa/submissions/get-started",
@@ -369,7 +365,7 @@ TASKS: dict[str, Task] = {
         Task(
             "logiqa",
             ("LogiQA/test.jsonl",),
-            convert_logiqa,
+            convert_passage_question,
             "Read the argument and choose the option that follows logically.",
             "uncertain (no licence file upstream; redistributed as CC-BY-NC-SA-4.0)",
             "https://github.com/lgw863/LogiQA-dataset",
