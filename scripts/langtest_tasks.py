@@ -169,11 +169,6 @@ def convert_boolq(row: dict) -> Converted:
     return prompt, YES_NO, yes_no(row.get("answer"))
 
 
-def convert_commonsense_qa(row: dict) -> Converted:
-    options, gold = lettered_answer(row)
-    return f"Question: {_field(row, 'question')}\nAnswer:", options, gold
-
-
 def convert_openbookqa(row: dict) -> Converted:
     # Most stems are sentence beginnings ("an electric car contains a motor that runs on"): the answer continues them.
     # The rest are questions, which get a Question/Answer frame.
@@ -194,7 +189,7 @@ def convert_passage_question(row: dict) -> Converted:
 
 
 def convert_exam_question(row: dict) -> Converted:
-    """MMLU, MedMCQA, MedQA: a question and lettered options."""
+    """CommonsenseQA, MMLU, MedMCQA, MedQA: a question and lettered options."""
     options, gold = lettered_answer(row)
     return f"Question: {_field(row, 'question')}\nAnswer:", options, gold
 
@@ -278,7 +273,7 @@ TASKS: dict[str, Task] = {
         Task(
             "commonsense_qa",
             ("CommonsenseQA/validation.jsonl",),
-            convert_commonsense_qa,
+            convert_exam_question,
             "Pick the answer that everyday common sense says is right.",
             "MIT",
             "https://huggingface.co/datasets/tau/commonsense_qa",
