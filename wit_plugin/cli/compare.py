@@ -165,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"results: {write_results(results, args.out)}")
     if args.plot:
         console.print(f"plot:    {plot(results, args.plot)}")
-    failed = [entry["run"] for entry in results["runs"] if "error" in entry]
-    for entry in results["runs"]:
-        if "error" in entry:
-            console.print(f"[red]{entry['run']}[/]: {entry['error']}", highlight=False)
+    failed = [entry for entry in results["runs"] if "error" in entry]
+    for entry in failed:
+        console.print(f"[red]{entry['run']}[/]: {entry['error']}", highlight=False)
     return 1 if failed else 0

@@ -11,6 +11,7 @@ import gc
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,18 @@ def evaluate_model(
     return result
 
 
+def _guarded(entry: dict[str, Any], evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``entry`` updated with what ``evaluate`` returns, or with its ``error``: one bad run is reported and the
+    others are still compared. The model ``evaluate`` loads is freed before the next one loads."""
+    try:
+        entry.update(evaluate())
+    except Exception as error:  # noqa: BLE001 - reported beside the other runs' results
+        entry["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        gc.collect()
+    return entry
+
+
 def compare_runs(
     paths: Sequence[str | Path], settings: CompareSettings, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -145,76 +158,49 @@ def compare_runs(
     from wit_plugin.evaluation.models import load_model
 
     rows = load_rows(settings.eval_data)
-    entries: list[dict[str, Any]] = []
-    reference_tagging: dict[str, Any] | None = None
-    reference_length: int | None = None
+    reference: dict[str, Any] = {}  # the first run's tagging and length, for the base model
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
+    def evaluate_run(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
+        record = read_record(folder)
+        _check_run_folder(folder)
+        weights = RoleWeights(**record["weights"])
+        entry.update(
+            weights=record["weights"],
+            preset=(record.get("options") or {}).get("wit_preset"),
+            framework=record["framework"],
+            train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
+            finished=record.get("finished", False),
+        )
+        reference["tagging"] = reference.get("tagging") or record["tagging"]
+        say(f"{folder}: loading")
+        model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
+        max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
+        reference["max_length"] = reference.get("max_length") or max_length
+        return evaluate_model(
+            str(folder), model, tokenizer, weights, record["tagging"], max_length, settings, rows, progress,
+            weights_key=model_cache_key(folder),
+        )  # fmt: skip
+
+    def evaluate_base(entry: dict[str, Any]) -> dict[str, Any]:
+        say(f"{settings.base}: loading the base model")
+        model, tokenizer = load_model(settings.base, settings.device)
+        max_length = settings.max_length or reference.get("max_length")
+        return evaluate_model(
+            entry["run"], model, tokenizer, None, reference.get("tagging", {}), max_length, settings, rows, progress,
+            weights_key=model_cache_key(settings.base),
+        )  # fmt: skip
+
+    entries = []
     for folder in find_runs(paths):
         entry: dict[str, Any] = {"run": str(folder)}
-        model = None
-        try:
-            record = read_record(folder)
-            _check_run_folder(folder)
-            weights = RoleWeights(**record["weights"])
-            entry.update(
-                weights=record["weights"],
-                preset=(record.get("options") or {}).get("wit_preset"),
-                framework=record["framework"],
-                train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
-                finished=record.get("finished", False),
-            )
-            reference_tagging = reference_tagging or record["tagging"]
-            if progress is not None:
-                progress(f"{folder}: loading")
-            model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
-            max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
-            reference_length = reference_length or max_length
-            entry.update(
-                evaluate_model(
-                    str(folder),
-                    model,
-                    tokenizer,
-                    weights,
-                    record["tagging"],
-                    max_length,
-                    settings,
-                    rows,
-                    progress,
-                    weights_key=model_cache_key(folder),
-                )
-            )
-        except Exception as error:  # noqa: BLE001 - one bad run is reported and the others still compared
-            entry["error"] = f"{type(error).__name__}: {error}"
-        finally:
-            del model
-            gc.collect()
-        entries.append(entry)
+        entries.append(_guarded(entry, partial(evaluate_run, folder, entry)))
     if settings.base:
-        entry = {"run": f"base: {settings.base}", "weights": None, "train": {}}
-        model = None
-        try:
-            if progress is not None:
-                progress(f"{settings.base}: loading the base model")
-            model, tokenizer = load_model(settings.base, settings.device)
-            entry.update(
-                evaluate_model(
-                    entry["run"],
-                    model,
-                    tokenizer,
-                    None,
-                    reference_tagging or {},
-                    settings.max_length or reference_length,
-                    settings,
-                    rows,
-                    progress,
-                    weights_key=model_cache_key(settings.base),
-                )
-            )
-        except Exception as error:  # noqa: BLE001 - reported beside the runs' results
-            entry["error"] = f"{type(error).__name__}: {error}"
-        finally:
-            del model
-            gc.collect()
-        entries.insert(0, entry)
+        base: dict[str, Any] = {"run": f"base: {settings.base}", "weights": None, "train": {}}
+        entries.insert(0, _guarded(base, partial(evaluate_base, base)))
     return {"eval_data": str(settings.eval_data), "runs": entries}
 
 

@@ -75,8 +75,9 @@ def heldout_losses(
                 ids[k, :n] = torch.tensor(row.input_ids)
                 roles[k, :n] = torch.tensor(row.roles)  # a row's first token predicts nothing: never a target
                 mask[k, :n] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            stats = weighted_token_loss(logits, ids.to(device), roles.to(device), ones.to(device)).stats
+            ids = ids.to(device)
+            logits = model(input_ids=ids, attention_mask=mask.to(device), use_cache=False).logits
+            stats = weighted_token_loss(logits, ids, roles.to(device), ones.to(device)).stats
             loss_sum += stats.loss_sum.double().cpu()
             tokens += stats.tokens.cpu()
             done += len(batch)

@@ -73,6 +73,8 @@ class WITConfigError(ValueError):
 
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
+    from wit_plugin.trainer import loss_impl_under
+
     options.check_known_keys(cfg)
     options.check_values(cfg)
     options.check_weights(cfg)
@@ -80,12 +82,10 @@ def check_config(cfg: Any) -> None:
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
     if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
         problems.append("`context_parallel.size` > 1: sequences split across ranks")
-    sharding = config_sharding(cfg)
-    if sharding and cfg.get("wit_loss_impl") in options.FUSED_LOSS_IMPLS:
-        problems.append(
-            f"`wit_loss_impl: {cfg.get('wit_loss_impl')}` with {sharding}: the fused loss needs the whole LM head "
-            "weight; use `eager` (or `auto`, which picks it)"
-        )
+    try:
+        loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
+    except ValueError as error:
+        problems.append(str(error))
     eval_len = cfg.get("eval_sequence_len")
     if truncates(cfg) and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
         problems.append(
