@@ -319,23 +319,24 @@ class ChatRenderer:
         before = self._apply([m.real for m in messages[:index]], **kwargs) if index else ""
         return len(before) if text.startswith(before) and low <= len(before) <= high else None
 
-    def _marker_boundary(self, text: str, limit: int) -> int:
-        """``limit``, or the start of the added token (a marker like ``<|USER_TOKEN|>``) that it falls inside."""
+    def _markers_in(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text``'s added tokens (markers like ``<|USER_TOKEN|>``) lie, as (start, end), in order."""
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         added = set(getattr(self.tokenizer, "added_tokens_decoder", {}))
-        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
-            if start < limit < end and token in added:
-                return start
-        return limit
+        return [
+            tuple(offsets)
+            for token, offsets in zip(encoding["input_ids"], encoding["offset_mapping"])
+            if token in added
+        ]
+
+    def _marker_boundary(self, text: str, limit: int) -> int:
+        """``limit``, or the start of the marker that it falls inside."""
+        return next((start for start, end in self._markers_in(text) if start < limit < end), limit)
 
     def _last_marker_start(self, text: str) -> int:
-        """Where the last added token (a marker) of ``text`` starts, 0 if none does after its start."""
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        added = set(getattr(self.tokenizer, "added_tokens_decoder", {}))
-        starts = [
-            start for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]) if token in added
-        ]
-        return starts[-1] if starts else 0
+        """Where the last marker of ``text`` starts, 0 if none does after its start."""
+        markers = self._markers_in(text)
+        return markers[-1][0] if markers else 0
 
     def _closing(self, text: str, start: int, stop: int) -> tuple[int, int] | None:
         """The end-of-turn text in ``text[start:stop]``: its last occurrence there (the same text inside a tool
