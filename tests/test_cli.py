@@ -124,7 +124,13 @@ def test_inspect_tags_a_config_row_as_training_does(model_path, tmp_path, capsys
     assert re.search(r"instruction\s+│ 0 ", capsys.readouterr().out)
     config.write_text(config.read_text() + "wit_prompt_wieght: 1\n")
     assert main(["inspect", "--config", str(config)]) == 2
-    assert "unknown wit_plugin option(s) ['wit_prompt_wieght']" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{config}: unknown wit_plugin option(s) ['wit_prompt_wieght']" in error
+    assert "wit_prompt_wieght: did you mean wit_prompt_weight?" in error
+    config.write_text(config.read_text().replace("wit_prompt_wieght: 1\n", "").replace(str(data), "missing.jsonl"))
+    assert main(["inspect", "--config", str(config)]) == 2
+    assert f"{config}: datasets[0].path missing.jsonl is not a file" in capsys.readouterr().err
+    assert main(["inspect", str(data), "--config", str(config)]) == 0  # the file named on the command line
 
 
 @needs_axolotl

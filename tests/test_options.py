@@ -48,8 +48,9 @@ def test_cross_option_rules(tmp_path):
         options.check_crosstask({"wit_crosstask_pool": str(sets)})
     with pytest.raises(OptionError, match="`wit_crosstask_targets`: no file at nope.jsonl"):
         options.check_crosstask({"wit_crosstask_pool": str(sets), "wit_crosstask_targets": "nope.jsonl"})
-    with pytest.raises(OptionError, match="unknown wit_plugin option\\(s\\) \\['wit_promt_weight'\\]"):
+    with pytest.raises(OptionError, match="unknown wit_plugin option\\(s\\) \\['wit_promt_weight'\\]") as raised:
         options.check_known_keys({"wit_promt_weight": 1, "learning_rate": 1})
+    assert "wit_promt_weight: did you mean wit_prompt_weight?" in str(raised.value)
 
 
 def test_cli_flags_take_the_options_type_default_and_checks():

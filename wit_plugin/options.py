@@ -11,6 +11,7 @@ Like :mod:`wit_plugin.roles`, this module imports no framework.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import sys
 from collections.abc import Iterable, Mapping
@@ -262,7 +263,9 @@ def check_known_keys(keys: Iterable[Any]) -> None:
     """A misspelt ``wit_*`` key is an error (Axolotl itself silently drops unknown keys)."""
     unknown = sorted(str(key) for key in keys if str(key).startswith("wit_") and key not in OPTION_BY_NAME)
     if unknown:
-        raise OptionError(f"unknown wit_plugin option(s) {unknown}; valid: {sorted(OPTION_BY_NAME)}")
+        guesses = {key: difflib.get_close_matches(key, OPTION_BY_NAME, n=1) for key in unknown}
+        hints = "".join(f"; {key}: did you mean {guess[0]}?" for key, guess in guesses.items() if guess)
+        raise OptionError(f"unknown wit_plugin option(s) {unknown}{hints}; valid: {sorted(OPTION_BY_NAME)}")
 
 
 def check_values(values: Mapping[str, Any]) -> None:

@@ -71,7 +71,7 @@ def _rows(path: Path, indices: list[int]) -> dict[int, tuple[int, dict[str, Any]
                 break
     missing = sorted(wanted - set(found))
     if missing:
-        raise ValueError(f"{path} has no row {missing[0]} (it has {count} rows)")
+        raise ValueError(f"{path} has no row {missing[0]} (it has {count} row{'' if count == 1 else 's'})")
     return found
 
 
@@ -105,8 +105,11 @@ def _from_config(args: argparse.Namespace) -> Setup:
         raise ValueError(f"{args.config} is not a YAML mapping")  # noqa: TRY004 - bad input file, exit 2
     _check_plugin_listed(raw, args.config)
     cfg = DictDefault(raw)
-    check_config(cfg)
-    map_dataset_types(cfg)
+    try:
+        check_config(cfg)
+        map_dataset_types(cfg)
+    except ValueError as error:
+        raise ValueError(f"{args.config}: {error}") from None
     cfg.sequence_len = cfg.sequence_len or AXOLOTL_SEQUENCE_LEN  # as Axolotl fills it in before tagging
     cfg.tokenizer_config = args.tokenizer or cfg.tokenizer_config or cfg.base_model
     if not cfg.tokenizer_config:
@@ -117,6 +120,11 @@ def _from_config(args: argparse.Namespace) -> Setup:
     dataset = datasets[args.dataset]
     if not dataset.get("path") and args.data is None:
         raise ValueError(f"{args.config}: datasets[{args.dataset}] has no path")
+    if args.data is None and not Path(dataset["path"]).is_file():
+        raise ValueError(
+            f"{args.config}: datasets[{args.dataset}].path {dataset['path']} is not a file (a relative path is read "
+            "from the folder you run in; or name the file as the first argument)"
+        )
     try:
         tokenizer = load_tokenizer(cfg)  # the config's tokens, special tokens and overrides, as in training
     except OSError as error:
