@@ -23,7 +23,9 @@ from wit_plugin.evaluation.posix import evaluate_posix, psi
 from wit_plugin.evaluation.posix.prompts import prompt_text, write_prompt_sets
 from wit_plugin.evaluation.posix.variants import (
     CHAT,
+    FORMATS,
     TEMPLATES,
+    apply_format,
     load_prompt_sets,
     make_prompt_set,
     misspell,
@@ -400,6 +402,31 @@ def test_prompt_sets_mix_variant_kinds_deterministically():
         make_prompt_set(SKY, random.Random(0), 3, ("paraphrase",))
 
 
+FRAMED = [f"Question: {SKY}\nAnswer:", f"Q: {SKY}\nA:", f"Instruction: {SKY}\nResponse:", f"{SKY}\nAnswer:"]
+
+
+@pytest.mark.parametrize("framed", FRAMED)
+def test_variants_of_a_framed_prompt_wrap_the_bare_instruction_once(framed, tmp_path):
+    """A task input that already carries a template (cross-task rows: "Question: ...\nAnswer:") is varied without
+    it: the original stays as given, no variant holds two frames, and every template variant is the bare
+    instruction wrapped once."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"task": "t", "input": framed, "label": "x"}) + "\n")
+    for kinds in (("template",), ("spelling", "template")):
+        for seed in range(4):
+            (prompts,) = load_prompt_sets(path, kinds, size=6, seed=seed)
+            assert prompts[0] == framed
+            for prompt in prompts[1:]:
+                text = prompt_text(prompt)
+                cues = sum(
+                    text.count(cue) for cue in ("Question:", "Answer:", "Q:", "\nA:", "Instruction:", "Response:")
+                )
+                assert cues <= 2 and text.count("\nAnswer:") <= 1, prompt  # one frame at most (prefix + cue)
+                if kinds == ("template",) and prompt != framed:
+                    bare_forms = [apply_format(SKY, fmt) for fmt in FORMATS] + [framed]
+                    assert prompt in bare_forms, prompt
+
+
 def test_load_prompt_sets_from_jsonl(tmp_path):
     path = tmp_path / "rows.jsonl"
     rows = [
@@ -535,3 +562,105 @@ def test_callback_logs_posix_during_training(smol_path, tmp_path):
     assert all(entry["posix"] > 0 for entry in logged)
     assert logged[1]["posix"] == pytest.approx(posix.last_result.posix)
     assert flag.seen == [True, True]  # the callback put the model back in train mode
+
+
+def test_exemplar_flags_without_a_pool_are_refused(smol_path, tmp_path, capsys):
+    from wit_plugin.cli import main
+
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", [[CAPITAL, SKY]])
+    base = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--max-new-tokens", "1"]
+    for extra, named in ((["--exemplars", "none,cross"], "--exemplars"), (["--shots", "2"], "--shots")):
+        assert main([*base, *extra]) == 2  # not a plain POSIX run
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0] and "without --pool" in err[0], err
+
+
+def test_model_and_device_errors_are_one_line(smol_path, tmp_path, capsys):
+    """Checked before the model loads (and, for the folder, before torch is imported): exit code 2, one line."""
+    from wit_plugin.cli import main
+
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", [[CAPITAL, SKY]])
+    unfinished = tmp_path / "run"
+    (unfinished / "checkpoint-1").mkdir(parents=True)
+    missing = tmp_path / "no" / "such" / "model"
+    cases = [
+        (missing, f"no model folder at {missing}"),
+        (unfinished, f"no model in {unfinished}: it has neither config.json nor adapter_config.json (unfinished run?)"),
+    ]
+    for folder, message in cases:
+        for command in ("posix", "crosstask"):
+            files = (
+                ["--prompts", str(prompts)]
+                if command == "posix"
+                else ["--pool", str(prompts), "--targets", str(prompts)]
+            )
+            assert main([command, "--model", str(folder), *files]) == 2
+            assert capsys.readouterr().err.strip().splitlines() == [f"wit {command}: error: {message}"]
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"  # a device this machine's torch cannot use
+    assert main(["posix", "--model", str(smol_path), "--prompts", str(prompts), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"wit posix: error: device '{device}': "), err
+
+
+def test_replies_of_one_token_are_flagged(smol, smol_path, tmp_path, capsys):
+    """ψ of a one-token reply rests on one token's probability: counted per set, in all, and noted on screen."""
+    from wit_plugin.cli import main
+
+    model, tokenizer = smol
+    sets = [[CAPITAL, MIXED_SET[1]], [SKY, SKY.lower()]]
+    short = evaluate_posix(model, sets, tokenizer, max_new_tokens=1)
+    assert [s.short_replies for s in short.sets] == [2, 2] and short.short_replies == 4
+    assert short.to_dict()["short_replies"] == 4 and short.to_dict()["sets_with_short_replies"] == [0, 1]
+    assert [s["short_replies"] for s in short.to_dict()["sets"]] == [2, 2]
+    longer = evaluate_posix(model, sets, tokenizer, max_new_tokens=4)
+    expected = sum(len(r.token_ids) <= 1 for s in longer.sets for r in s.responses)
+    assert longer.short_replies == expected < 4  # the model writes out most answers
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", sets)
+    trace = tmp_path / "trace.json"
+    argv = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--max-new-tokens", "1", "--out", str(trace)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "note: 4 of 4 replies are at most 1 token long (EOS included), in 2 of 2 sets (0, 1)" in shown
+    assert json.loads(trace.read_text())["short_replies"] == 4
+
+
+def test_exemplar_trace_holds_the_plain_trace_per_condition(smol_path, tmp_path, capsys):
+    """docs/posix.md's exemplar trace: settings, notes, and per condition the plain trace plus set indices and
+    demos, so a reader (or a plot) takes every condition's ψ per set the way it reads a plain run."""
+    from wit_plugin.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        {"task": "capitals", "input": "Country: Italy\nCapital:", "label": "Rome"},
+        {
+            "task": "capitals",
+            "input": "Country: Spain\nCapital:",
+            "label": "Madrid",
+            "options": ["Madrid", "Rome", "Rome"],
+        },
+        {"task": "colours", "input": "The colour of snow is", "label": "white"},
+    ]
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prompts = tmp_path / "sets.jsonl"
+    prompts.write_text(
+        json.dumps({"task": "capitals", "input": "Question: Country: Norway\nCapital:\nAnswer:", "label": "Oslo"})
+        + "\n"
+    )
+    trace = tmp_path / "trace.json"
+    argv = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--pool", str(pool), "--select", "lexical"]
+    argv += ["--num-variants", "2", "--max-new-tokens", "2", "--out", str(trace), "--device", "cpu"]
+    assert main(argv) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    data = json.loads(trace.read_text())
+    assert set(data) == {"exemplars", "conditions", "notes"}
+    assert data["exemplars"] == {"conditions": ["none", "cross", "in-task"], "shots": 1, "select": "lexical", "seed": 0}
+    assert list(data["conditions"]) == ["none", "cross", "in-task"]
+    plain = {"posix", "max_new_tokens", "short_replies", "sets_with_short_replies", "work", "sets"}
+    for name, condition in data["conditions"].items():
+        assert set(condition) == plain | {"set_indices", "demos"}, name
+        assert condition["set_indices"] == [0] and len(condition["sets"]) == 1
+        assert condition["posix"] == pytest.approx(condition["sets"][0]["psi"])
+    assert data["conditions"]["none"]["demos"] == [[]]
+    assert [d["task"] for d in data["conditions"]["cross"]["demos"][0]] == ["colours"]
+    note = f"pool: 1 row(s) list an option twice, kept once: {pool}:2"  # a pool quirk does not stop the run
+    assert note in data["notes"] and note in shown

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wit_plugin import options
 from wit_plugin.cli.args import positive_int
+
+# Flags that only mean something with --pool: absent is None, so that giving one without --pool is refused.
+EXEMPLAR_FLAGS = {"exemplars": "--exemplars", "wit_crosstask_shots": "--shots", "wit_crosstask_select": "--select"}
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "prompts with the --variants kinds."
         ),
     )
-    parser.add_argument("--model", required=True, help="Hugging Face model folder or id")
+    parser.add_argument("--model", required=True, help="model folder (or PEFT adapter folder)")
     parser.add_argument("--prompts", required=True, type=Path, help="JSONL of prompt sets or instruction rows")
     parser.add_argument("--variants", default="spelling,template", help="kinds: spelling, template, paraphrase")
     parser.add_argument(
@@ -40,11 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--exemplars",
-        default="none,cross,in-task",
+        default=None,
         help="with --pool: conditions none, cross (other tasks' demos), in-task (the set's own task; sets carry "
-        "a 'task') (default none,cross,in-task)",
+        "a 'task') (default: all three)",
     )
-    options.add_arguments(parser, ["wit_crosstask_shots", "wit_crosstask_select"])
+    for name in ("wit_crosstask_shots", "wit_crosstask_select"):
+        options.add_arguments(parser, [name], unset=options.OPTION_BY_NAME[name].describe_default().strip("`"))
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
@@ -106,35 +110,52 @@ def exemplar_table(outcome: ExemplarPOSIX) -> Table:
     return table
 
 
+def check_exemplar_flags(args: argparse.Namespace) -> None:
+    """Exemplar flags without ``--pool`` would silently run plain POSIX: refuse them."""
+    given = [flag for name, flag in EXEMPLAR_FLAGS.items() if getattr(args, name) is not None]
+    if given and args.pool is None:
+        raise ValueError(f"{', '.join(given)} given without --pool: exemplar blocks need the task file demos come from")
+
+
+def print_short_replies(console: Any, result: POSIXResult, label: str = "") -> None:
+    """One note when replies of at most one token make ψ rest on a single token's probability."""
+    if result.short_replies:
+        console.print(f"[yellow]note:[/] {label}{result.short_replies_note()}", highlight=False)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from wit_plugin.evaluation.models import check_model_folder
 
-    from wit_plugin.cli.console import make_console
-    from wit_plugin.evaluation.models import load_model
-    from wit_plugin.evaluation.posix import evaluate_posix
-    from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
-
+    check_exemplar_flags(args)
+    check_model_folder(args.model)
     if not args.prompts.is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}")
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
-    if args.device:
-        try:
-            torch.device(args.device)
-        except RuntimeError as error:
-            raise ValueError(f"--device {args.device!r}: {error}") from None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wit_plugin.cli.console import make_console
+    from wit_plugin.evaluation.models import check_device, load_model
+    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
+
+    device = check_device(args.device)
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
     console = make_console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
     if args.pool:
         from wit_plugin.evaluation.crosstask.tasks import load_items
-        from wit_plugin.evaluation.posix.exemplars import evaluate_posix_with_exemplars, parse_conditions
+        from wit_plugin.evaluation.posix.exemplars import (
+            EXEMPLAR_CONDITIONS,
+            evaluate_posix_with_exemplars,
+            parse_conditions,
+        )
 
-        conditions, pool = parse_conditions(args.exemplars), load_items(args.pool)
-        model, tokenizer = load_model(args.model, args.device)
+        conditions = parse_conditions(args.exemplars or ",".join(EXEMPLAR_CONDITIONS))
+        pool = load_items(args.pool)
+        model, tokenizer = load_model(args.model, device)
         with console.status("POSIX under each exemplar block"):
             outcome = evaluate_posix_with_exemplars(
                 model,
@@ -143,14 +164,16 @@ def run(args: argparse.Namespace) -> int:
                 prompt_set_tasks(args.prompts),
                 pool,
                 conditions,
-                args.wit_crosstask_shots,
-                args.wit_crosstask_select,
+                options.resolved(vars(args), "wit_crosstask_shots"),
+                options.resolved(vars(args), "wit_crosstask_select"),
                 args.seed,
                 args.wit_posix_max_new_tokens,
                 args.wit_posix_batch_size,
             )
         for note in outcome.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
+        for name, result in outcome.results.items():
+            print_short_replies(console, result, f"{name}: ")
         console.print(exemplar_table(outcome))
         if args.out:
             args.out.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -158,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot and "none" in outcome.results:
             console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
         return 0
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, device)
     columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("posix", total=None)
@@ -170,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.wit_posix_batch_size,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    print_short_replies(console, result)
     console.print(summary_table(result))
     if args.out:
         console.print(f"trace: {result.write_trace(args.out)}")

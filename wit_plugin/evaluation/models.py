@@ -8,8 +8,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import torch
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -21,8 +19,47 @@ class ModelLoadError(ValueError):
     """A folder that holds no loadable model (the message names it)."""
 
 
+def check_model_folder(path: str | PathLike[str]) -> Path:
+    """``path`` if it is a folder that can hold a model, else :class:`ModelLoadError` naming it. Needs no framework,
+    so a typo fails at once instead of after the imports, as a Hugging Face hub-id error."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelLoadError(f"no model folder at {folder}")
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is a file, not a model folder")
+    if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise ModelLoadError(
+            f"no model in {folder}: it has neither config.json nor adapter_config.json (unfinished run?)"
+        )
+    return folder
+
+
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str | None) -> str:
+    """The device to evaluate on (``name``, else :func:`default_device`), refused in one sentence when this torch
+    cannot use it (instead of torch's assertion deep inside ``model.to``)."""
+    import torch
+
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device {name!r}: {error}") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"device {name!r}: this torch ({torch.__version__}) is built without CUDA; use cpu")
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(f"device {name!r}: {count} CUDA device(s) visible to this process")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available in this torch or on this machine")
+    return name
 
 
 def is_adapter(path: str | PathLike[str]) -> bool:
@@ -38,15 +75,16 @@ def adapter_base(path: str | PathLike[str]) -> str | None:
 def load_model(
     path: str | PathLike[str], device: str | None = None, base: str | PathLike[str] | None = None
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA when available).
+    """``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA when available) from a local folder.
 
     An adapter folder loads its base model (``base`` if given, else the adapter's recorded base) and applies the
     adapter; the tokenizer comes from the adapter folder when it has one (training saves it there, with any
     added tokens), else from the base.
     """
+    path = check_model_folder(path)
+    device = check_device(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
     try:
         if is_adapter(path):
             from peft import PeftModel
@@ -66,4 +104,4 @@ def load_model(
         if isinstance(error, ModelLoadError):
             raise
         raise ModelLoadError(f"cannot load a model from {path}: {error}") from None
-    return model.to(device or default_device()).eval(), tokenizer
+    return model.to(device).eval(), tokenizer

@@ -26,6 +26,7 @@ from wit_plugin.evaluation.models import load_model
 from wit_plugin.evaluation.posix.prompts import Prompt, validate_prompt_sets
 
 Progress = Callable[[int, int], None]
+SHORT_REPLY = 1  # tokens: a reply this short makes its part of psi one token's probability
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,19 @@ class SetResult:
     logprobs: np.ndarray
     psi: float
 
+    @property
+    def short_replies(self) -> int:
+        """Responses of at most :data:`SHORT_REPLY` tokens (EOS included): their column of ψ rests on the
+        probability of one token."""
+        return sum(len(response.token_ids) <= SHORT_REPLY for response in self.responses)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompts": self.prompts,
             "responses": [{"text": r.text, "token_ids": list(r.token_ids)} for r in self.responses],
             "logprobs": self.logprobs.tolist(),
             "psi": self.psi,
+            "short_replies": self.short_replies,
         }
 
 
@@ -67,10 +75,30 @@ class POSIXResult:
     def psis(self) -> list[float]:
         return [result.psi for result in self.sets]
 
+    @property
+    def short_replies(self) -> int:
+        return sum(result.short_replies for result in self.sets)
+
+    @property
+    def sets_with_short_replies(self) -> list[int]:
+        return [index for index, result in enumerate(self.sets) if result.short_replies]
+
+    def short_replies_note(self) -> str:
+        """What a reader of ψ should know when some replies are at most one token long."""
+        sets = self.sets_with_short_replies
+        replies = sum(len(result.responses) for result in self.sets)
+        return (
+            f"{self.short_replies} of {replies} replies are at most {SHORT_REPLY} token long (EOS included), in "
+            f"{len(sets)} of {len(self.sets)} sets ({', '.join(map(str, sets))}): their ψ rests on one token's "
+            "probability; prompts that ask for an answer the model writes out, or a larger --max-new-tokens, help"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "posix": self.posix,
             "max_new_tokens": self.max_new_tokens,
+            "short_replies": self.short_replies,
+            "sets_with_short_replies": self.sets_with_short_replies,
             "work": self.work,
             "sets": [result.to_dict() for result in self.sets],
         }

@@ -22,7 +22,7 @@ import numpy as np
 
 from wit_plugin.evaluation.crosstask.prompts import Demo, demo_block
 from wit_plugin.evaluation.crosstask.select import embed_inputs, selection_scores, top_k
-from wit_plugin.evaluation.crosstask.tasks import TaskItem
+from wit_plugin.evaluation.crosstask.tasks import TaskItem, usable_rows
 from wit_plugin.evaluation.engine import Prompt
 from wit_plugin.evaluation.posix.evaluate import POSIXResult, evaluate_posix
 from wit_plugin.evaluation.posix.prompts import PromptSet, prompt_text
@@ -32,15 +32,23 @@ EXEMPLAR_CONDITIONS: tuple[str, ...] = ("none", "cross", "in-task")
 
 @dataclass
 class ExemplarPOSIX:
-    """POSIX per exemplar condition, the demos each set got, and what was skipped."""
+    """POSIX per exemplar condition, the demos each set got, and what was skipped.
+
+    ``to_dict`` is the trace of an exemplar run (docs/posix.md): ``conditions`` maps each evaluated condition to
+    the plain POSIX trace (:meth:`POSIXResult.to_dict`) of the sets it evaluated, plus ``set_indices`` (which
+    sets of the prompts file, in order) and ``demos`` (per set, the demos' ``{task, id}``); ``exemplars`` holds
+    the settings, ``notes`` what was skipped or changed.
+    """
 
     results: dict[str, POSIXResult]
     demos: dict[str, list[list[dict[str, str]]]]  # condition -> per evaluated set: [{task, id}]
     evaluated: dict[str, list[int]]  # condition -> indices of the sets evaluated
     notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # conditions asked for, shots, select, seed
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "exemplars": self.settings,
             "conditions": {
                 name: {**result.to_dict(), "set_indices": self.evaluated[name], "demos": self.demos[name]}
                 for name, result in self.results.items()
@@ -82,7 +90,9 @@ def evaluate_posix_with_exemplars(
     max_new_tokens: int,
     batch_size: int,
 ) -> ExemplarPOSIX:
-    """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring)."""
+    """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); pool rows that list an
+    option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note."""
+    pool, notes = usable_rows(pool, "pool")
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
     states = None
     if select == "similar":
@@ -92,7 +102,8 @@ def evaluate_posix_with_exemplars(
         )
     scores = selection_scores(select, queries, [p.input for p in pool], seed, states=states)
     pool_tasks = np.array([p.task for p in pool], dtype=object)
-    outcome = ExemplarPOSIX({}, {}, {})
+    settings = {"conditions": list(conditions), "shots": shots, "select": select, "seed": seed}
+    outcome = ExemplarPOSIX({}, {}, {}, notes, settings)
     for condition in conditions:
         sets, demos, indices = [], [], []
         for index, (prompts, task) in enumerate(zip(prompt_sets, tasks)):

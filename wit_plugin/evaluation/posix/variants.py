@@ -59,6 +59,28 @@ def apply_format(text: str, fmt: str) -> Prompt:
     return TEMPLATES[fmt].format(text)
 
 
+def _frames() -> list[tuple[str, str]]:
+    """(prefix, suffix) of every template but raw, the longest first: ``Question:`` before ``Q:``."""
+    pairs = [tuple(TEMPLATES[fmt].split("{}")) for fmt in TEMPLATES if fmt != RAW]
+    return sorted(pairs, key=lambda pair: -len(pair[0] + pair[1]))
+
+
+def split_frame(text: str) -> tuple[str, str, str]:
+    """``(prefix, instruction, suffix)`` of a prompt that already carries a template frame (``Question: ...
+    \nAnswer:``), or only its answer cue (``...\nAnswer:``); ``("", text, "")`` when it has none.
+
+    Variants change the bare instruction and re-wrap it: a task input that comes framed is not framed twice.
+    """
+    for prefix, suffix in _frames():
+        middle = text[len(prefix) : len(text) - len(suffix)]
+        if text.startswith(prefix) and text.endswith(suffix) and middle.strip():
+            return prefix, middle, suffix
+    for _, suffix in _frames():
+        if text.endswith(suffix) and text[: -len(suffix)].strip():
+            return "", text[: -len(suffix)], suffix
+    return "", text, ""
+
+
 def parse_kinds(spec: str | Sequence[str]) -> tuple[str, ...]:
     """``"spelling,template"`` (or a sequence) to validated, de-duplicated kinds."""
     names = [name.strip() for name in (spec.split(",") if isinstance(spec, str) else spec) if name.strip()]
@@ -81,22 +103,30 @@ def make_prompt_set(
 
     Each variant applies a random non-empty subset of ``kinds`` (one kind alone when only one is given):
     a paraphrase replaces the text, spelling errors go into the text, a template change re-wraps it in a
-    different format than ``base_format``.
+    different format than the original's. An ``intent`` that already carries a template frame or answer cue
+    (:func:`split_frame`) is varied without it: the original keeps its frame, spelling errors and paraphrases go
+    into the bare instruction, and a template change wraps the bare instruction once.
     """
     kinds = parse_kinds(kinds)
     if size < 2:
         raise ValueError("a prompt set needs at least 2 prompts")
     if "paraphrase" in kinds and not paraphrases:
         raise ValueError(f"paraphrase variants need a 'paraphrases' list; none given for {intent[:60]!r}")
-    formats = _shuffled_cycle(rng, [fmt for fmt in FORMATS if fmt != base_format])
-    rewrites = _shuffled_cycle(rng, list(paraphrases))
+    prefix, bare, suffix = split_frame(intent)
+    own = next((fmt for fmt in TEMPLATES if TEMPLATES[fmt] == f"{prefix}{{}}{suffix}"), None)
+    original = own if base_format == RAW else base_format  # the format the original prompt is in, if one of ours
+    formats = _shuffled_cycle(rng, [fmt for fmt in FORMATS if fmt != original])
+    rewrites = _shuffled_cycle(rng, [split_frame(text)[1] for text in paraphrases])
     prompts = [apply_format(intent, base_format)]
     for _ in range(size - 1):
         chosen = set(rng.sample(kinds, rng.randint(1, len(kinds))))
-        text = next(rewrites) if "paraphrase" in chosen else intent
+        text = next(rewrites) if "paraphrase" in chosen else bare
         if "spelling" in chosen:
             text = misspell(text, rng, rate)
-        prompts.append(apply_format(text, next(formats) if "template" in chosen else base_format))
+        if "template" in chosen:
+            prompts.append(apply_format(text, next(formats)))
+        else:
+            prompts.append(apply_format(f"{prefix}{text}{suffix}", base_format))
     return prompts
 
 
