@@ -81,8 +81,8 @@ def evaluated(model, tokenizer, files):
         (row("t", "x", "c", ["a", "b"]), "field 'label' 'c' is not among the options"),
         (row("t", "x", "a", ["a"]), "field 'options' needs at least 2 options, got 1"),
         (row("t", "  ", "a"), "field 'input' is empty"),
-        ({"input": "x", "label": "a"}, "field 'task' must be a string, got NoneType"),
-        (row("t", "x", "a", ["a", "a"]), "field .options. lists an option twice"),
+        ({"input": "x", "label": "a"}, "field 'task' is missing"),
+        ({"task": None, "input": "x", "label": "a"}, "field 'task' must be a string, got NoneType"),
         ({**row("t", "x", "a"), "answer": "a"}, "unknown field\\(s\\) \\['answer'\\]"),
         (row("t", "x", 3), "field 'label' must be a string, got int"),
     ],
@@ -104,6 +104,97 @@ def test_ids_default_to_file_line_and_must_be_unique(tmp_path):
     path.write_text('{"task": "t"\n')
     with pytest.raises(ValueError, match=f"{path}:1: not valid JSON"):
         load_items(path)
+
+
+def test_options_listed_twice_are_resolved_by_role_not_fatal(model_path, tmp_path, capsys):
+    """Real CommonsenseQA rows list an option twice. A wrong option listed twice is kept once (pool and targets);
+    a target whose gold answer is listed twice is skipped; a pool row keeps its keyed label as a demo. Every
+    change is counted and named by file:line in the notes, on screen and in the trace."""
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation.crosstask.tasks import usable_rows
+
+    pool = write(
+        tmp_path / "pool.jsonl",
+        [
+            *POOL[:4],
+            row("capitals", "Country: Peru\nCapital:", "Lima", ["Lima", "Lima", "Quito"]),  # gold listed twice
+            row("opposites", "Word: wet\nOpposite:", "dry", ["dry", "damp", "damp"]),
+        ],
+    )
+    targets = write(
+        tmp_path / "targets.jsonl",
+        [
+            TARGETS[0],
+            row("capitals", "Country: Chile\nCapital:", "Santiago", ["Santiago", "Lima", "Santiago"]),  # skipped
+            row("opposites", "Word: new\nOpposite:", "old", ["old", "young", "young", "old2"]),  # kept once
+        ],
+    )
+    loaded_pool, loaded_targets = load_items(pool), load_items(targets)  # loading never aborts on it
+    kept, notes = usable_rows(loaded_pool, "pool")
+    assert [item.options for item in kept[4:]] == [("Lima", "Quito"), ("dry", "damp")]
+    assert notes == [f"pool: 2 row(s) list an option twice, kept once: {pool}:5, {pool}:6"]
+    kept, notes = usable_rows(loaded_targets, "targets")
+    assert [item.where for item in kept] == [f"{targets}:1", f"{targets}:3"]
+    assert kept[1].options == ("old", "young", "old2")
+    assert notes == [
+        f"targets: 1 row(s) list an option twice, kept once: {targets}:3",
+        f"targets: 1 row(s) skipped, their gold answer also listed as a wrong option: {targets}:2",
+    ]
+    assert usable_rows(kept, "targets") == (kept, [])  # nothing left to resolve
+
+    out = tmp_path / "trace.json"
+    argv = ["crosstask", "--model", str(model_path), "--pool", str(pool), "--targets", str(targets)]
+    assert main([*argv, "--conditions", "zero,gold", "--select", "lexical", "--out", str(out), "--device", "cpu"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    trace = json.loads(out.read_text())
+    for note in [*usable_rows(loaded_pool, "pool")[1], *notes]:
+        assert note in trace["notes"] and note in shown
+    assert {entry["id"] for entry in trace["items"]} == {"targets.jsonl:1", "targets.jsonl:3"}
+    assert {tuple(entry["options"]) for entry in trace["items"] if entry["id"] == "targets.jsonl:3"} == {
+        ("old", "young", "old2")
+    }
+
+
+def test_lexical_selection_embeds_nothing_unless_the_activation_analysis_is_asked_for(
+    model, tokenizer, model_path, files, monkeypatch, capsys
+):
+    from wit_plugin.evaluation.crosstask import evaluate as module
+
+    embedded = []
+    real = module.embed_inputs
+    monkeypatch.setattr(
+        module, "embed_inputs", lambda m, t, texts, *a, **k: embedded.append(len(texts)) or real(m, t, texts, *a, **k)
+    )
+    pool, targets = (load_items(path) for path in files)
+    settings = CrossTaskSettings.from_options(
+        {"wit_crosstask_conditions": "zero,cross", "wit_crosstask_select": "lexical"}
+    )
+    result = evaluate_crosstask(model, tokenizer, pool, targets[:2], settings)
+    assert embedded == [] and result.activation == []
+    assert any(note.startswith("activation analysis not run: lexical selection") for note in result.notes)
+    asked = evaluate_crosstask(model, tokenizer, pool, targets[:2], settings, activations=True)
+    assert embedded == [len(pool), 2] and len(asked.activation) == 31
+    assert [e.prediction for e in asked.items] == [e.prediction for e in result.items]  # the same demos
+    embedded.clear()
+    similar = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero,cross"})
+    assert len(evaluate_crosstask(model, tokenizer, pool, targets[:2], similar).activation) == 31  # states there anyway
+    assert evaluate_crosstask(model, tokenizer, pool, targets[:2], settings, activations=False).activation == []
+    from wit_plugin.cli import main
+
+    argv = [
+        "crosstask",
+        "--model",
+        str(model_path),
+        "--pool",
+        str(files[0]),
+        "--targets",
+        str(files[1]),
+        "--limit",
+        "1",
+    ]
+    for extra, shown in (([], "activation analysis not run"), (["--activations"], "hidden-state cosine, per layer")):
+        assert main([*argv, "--select", "lexical", "--device", "cpu", *extra]) == 0
+        assert shown in " ".join(capsys.readouterr().out.split())
 
 
 # --- demos -----------------------------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", required=True, type=Path, help="JSONL of labelled examples: where demos come from")
     parser.add_argument("--targets", required=True, type=Path, help="JSONL of items to evaluate")
     options.add_arguments(parser, FLAGS)
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="run the activation analysis with --select lexical or random too (embeds the pool with the model; "
+        "with similar selection it always runs, the hidden states being there anyway)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--out", type=Path, help="write the trace JSON (every item, prompt ids, option log-probs)")
     parser.add_argument("--plot", type=Path, help="write a PNG: accuracy bars and the source x target gain map")
@@ -32,16 +38,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wit_plugin.evaluation.models import check_model_folder
+
+    check_model_folder(args.model)
+    if args.plot:
+        import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
     from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
     from wit_plugin.evaluation.crosstask.select import model_cache_key
-    from wit_plugin.evaluation.models import load_model
+    from wit_plugin.evaluation.models import check_device, load_model
 
-    if args.plot:
-        import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
+    device = check_device(args.device)
     settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
     pool, targets = load_items(args.pool), load_items(args.targets)
     console = make_console()
@@ -50,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len({t.task for t in targets})} tasks; loading {args.model}",
         highlight=False,
     )
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, device)
     columns = (TextColumn("cross-task"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("crosstask", total=None)
@@ -62,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             settings,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             embedding_cache_key=model_cache_key(args.model),
+            activations=True if args.activations else None,
         )
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

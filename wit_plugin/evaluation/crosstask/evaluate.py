@@ -22,6 +22,7 @@ generation and normalised exact match.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import torch
 from wit_plugin import options as wit_options
 from wit_plugin.evaluation.crosstask.prompts import Demo, as_prompt, continuation, normalise, prompt_text
 from wit_plugin.evaluation.crosstask.select import InputStates, embed_inputs, selection_scores, stable_hash, top_k
-from wit_plugin.evaluation.crosstask.tasks import TaskItem, by_task
+from wit_plugin.evaluation.crosstask.tasks import TaskItem, by_task, usable_rows
 from wit_plugin.evaluation.engine import (
     SpecialIds,
     Tokens,
@@ -53,6 +54,7 @@ from wit_plugin.evaluation.engine import (
 )
 from wit_plugin.evaluation.stats import bootstrap_ci, spearman
 
+logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CONDITIONS = wit_options.CROSSTASK_CONDITIONS
 
@@ -237,7 +239,12 @@ class CrossTaskEvaluator:
     ) -> None:
         from wit_plugin.evaluation.crosstask.tasks import load_items
 
-        self.pool, self.targets = load_items(pool), load_items(targets)
+        (self.pool, pool_notes), (self.targets, target_notes) = (
+            usable_rows(load_items(pool), "pool"),
+            usable_rows(load_items(targets), "targets"),
+        )
+        for note in [*pool_notes, *target_notes]:
+            logger.warning("cross-task evaluation: %s", note)
         self.settings = CrossTaskSettings.from_options(values)
         self.last_result: CrossTaskResult | None = None
 
@@ -256,16 +263,22 @@ def evaluate_crosstask(
     settings: CrossTaskSettings | None = None,
     progress: Progress | None = None,
     embedding_cache_key: str | None = None,
-    activations: bool = True,
+    activations: bool | None = None,
 ) -> CrossTaskResult:
     """Evaluate ``model`` on ``targets`` under ``settings.conditions`` with demos from ``pool`` (see module doc).
 
     ``embedding_cache_key`` names the model's weights (:func:`~.select.model_cache_key`) so that the inputs'
-    hidden states are cached on disk; ``activations=False`` skips the activation analysis (and, unless demos
-    are selected by ``similar``, the hidden states it needs), as training-time evaluation does.
+    hidden states are cached on disk. The activation analysis (with ``cross``) needs every pool row's hidden
+    states: ``activations=None`` runs it where ``similar`` selection computes them anyway, ``True`` always (other
+    selections then embed the pool for it), ``False`` never (training-time evaluation). Rows listing an option
+    twice are resolved by :func:`~.tasks.usable_rows`, with notes.
     """
     settings = settings or CrossTaskSettings.from_options()
-    pool, notes, work = list(pool), [], Counter()
+    pool, pool_notes = usable_rows(pool, "pool")
+    targets, target_notes = usable_rows(targets, "targets")
+    if not targets:
+        raise ValueError("no target left to evaluate: " + "; ".join(target_notes))
+    notes, work = [*pool_notes, *target_notes], Counter()
     chosen = _limit(targets, settings.limit, settings.seed, notes)
     pool_tasks = by_task(pool)
     pseudo_sets = {
@@ -274,7 +287,13 @@ def evaluate_crosstask(
         if task in pool_tasks and {"gold", "pseudo"} & set(settings.conditions)
     }
     queries = list(dict.fromkeys([*chosen, *(row for rows in pseudo_sets.values() for row in rows)]))
-    needs_states = settings.select == "similar" or (activations and "cross" in settings.conditions)
+    analyse = "cross" in settings.conditions and (activations or (activations is None and settings.select == "similar"))
+    if activations is None and "cross" in settings.conditions and not analyse:
+        notes.append(
+            f"activation analysis not run: {settings.select} selection computes no hidden states (ask for it "
+            "with --activations, or activations=True: the pool is then embedded with the model)"
+        )
+    needs_states = settings.select == "similar" or analyse
     states = None
     if needs_states:
         with timed(work, "embed_s"):
@@ -330,7 +349,7 @@ def evaluate_crosstask(
     evaluated = [*requests, *in_task]
     results = _results(chosen, evaluated, settings)
     matrix = _gain_matrix(evaluated, results)
-    activation = _activation(evaluated, matrix, states, pool, queries) if states is not None and activations else []
+    activation = _activation(evaluated, matrix, states, pool, queries) if analyse else []
     return CrossTaskResult(
         settings.scoring, results, evaluated, matrix, activation, pseudo_labels, notes, settings, dict(work)
     )

@@ -3,12 +3,17 @@
 A row is ``{"task", "input", "label", "options"?, "definition"?, "id"?}``. A *pool* file holds the labelled
 examples demos are drawn from, a *targets* file the items evaluated. ``id`` defaults to ``<file name>:<line>``
 (the same wherever the file is read from); every error names ``file:line`` and the field.
+
+Real data has quirks a user cannot fix upstream: CommonsenseQA lists some options twice. Such a row loads as
+given; :func:`usable_rows` then resolves it by the rule of its role (pool or targets), counting and naming every
+row it changed or skipped, so one row never aborts a run.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,8 @@ def _string(row: dict[str, Any], key: str, where: str, required: bool = True) ->
     value = row.get(key)
     if value is None and not required:
         return ""
+    if key not in row:
+        raise TaskFileError(f"{where}: field '{key}' is missing")
     if not isinstance(value, str):
         raise TaskFileError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
     if required and not value.strip():
@@ -64,8 +71,6 @@ def parse_item(row: dict[str, Any], where: str, default_id: str | None = None) -
             raise TaskFileError(f"{where}: field 'options' needs at least 2 options, got {len(options)}")
         if any(not option.strip() for option in options):
             raise TaskFileError(f"{where}: field 'options' has an empty option")
-        if len(set(options)) != len(options):
-            raise TaskFileError(f"{where}: field 'options' lists an option twice: {options}")
         if label not in options:
             raise TaskFileError(f"{where}: field 'label' {label!r} is not among the options {options}")
         options = tuple(options)
@@ -101,6 +106,47 @@ def load_items(path: str | Path) -> list[TaskItem]:
         item if item.definition else TaskItem(**{**item.__dict__, "definition": definitions.get(item.task, "")})
         for item in items
     ]
+
+
+def listed_twice(item: TaskItem) -> list[str]:
+    """The options ``item`` lists more than once (in order of first appearance)."""
+    counts = Counter(item.options or ())
+    return [option for option in dict.fromkeys(item.options or ()) if counts[option] > 1]
+
+
+def usable_rows(items: Sequence[TaskItem], role: str) -> tuple[list[TaskItem], list[str]]:
+    """``items`` of a ``"pool"`` or ``"targets"`` file with options listed twice resolved, and notes that count and
+    name (``file:line``) every row changed or skipped.
+
+    * A wrong option listed twice is kept once (first place): the answer stays unambiguous.
+    * A target whose gold answer is also listed as a wrong option is skipped: the key marks the same text right
+      and wrong, so no prediction can be scored.
+    * A pool row with its gold answer listed twice is kept, options de-duplicated: a demo shows only its input
+      and its keyed label, and a pseudo-labelled row needs its options distinct, which they then are.
+    """
+    if role not in ("pool", "targets"):
+        raise ValueError(f"role must be 'pool' or 'targets', got {role!r}")
+    kept: list[TaskItem] = []
+    changed: list[str] = []
+    skipped: list[str] = []
+    for item in items:
+        twice = listed_twice(item)
+        if not twice:
+            kept.append(item)
+        elif role == "targets" and item.label in twice:
+            skipped.append(item.where)
+        else:
+            kept.append(replace(item, options=tuple(dict.fromkeys(item.options or ()))))
+            changed.append(item.where)
+    notes = []
+    if changed:
+        notes.append(f"{role}: {len(changed)} row(s) list an option twice, kept once: {', '.join(changed)}")
+    if skipped:
+        notes.append(
+            f"{role}: {len(skipped)} row(s) skipped, their gold answer also listed as a wrong option: "
+            + ", ".join(skipped)
+        )
+    return kept, notes
 
 
 def by_task(items: Sequence[TaskItem]) -> dict[str, list[TaskItem]]:
