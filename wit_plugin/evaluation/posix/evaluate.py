@@ -87,9 +87,10 @@ class POSIXResult:
         """What a reader of ψ should know when some replies are at most one token long."""
         sets = self.sets_with_short_replies
         replies = sum(len(result.responses) for result in self.sets)
+        named = ", ".join(map(str, sets[:20])) + (f", … ({len(sets) - 20} more in the trace)" if len(sets) > 20 else "")
         return (
             f"{self.short_replies} of {replies} replies are at most {SHORT_REPLY} token long (EOS included), in "
-            f"{len(sets)} of {len(self.sets)} sets ({', '.join(map(str, sets))}): their ψ rests on one token's "
+            f"{len(sets)} of {len(self.sets)} sets ({named}): their ψ rests on one token's "
             "probability; prompts that ask for an answer the model writes out, or a larger --max-new-tokens, help"
         )
 
