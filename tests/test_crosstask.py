@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +107,12 @@ def test_ids_default_to_file_line_and_must_be_unique(tmp_path):
         load_items(path)
 
 
-def test_options_listed_twice_are_resolved_by_role_not_fatal(model_path, tmp_path, capsys):
+def test_options_listed_twice_are_resolved_by_role_not_fatal(model_path, tmp_path, capsys, caplog):
     """Real CommonsenseQA rows list an option twice. A wrong option listed twice is kept once (pool and targets);
     a target whose gold answer is listed twice is skipped; a pool row keeps its keyed label as a demo. Every
     change is counted and named by file:line in the notes, on screen and in the trace."""
     from wit_plugin.cli import main
+    from wit_plugin.evaluation.crosstask.evaluate import CrossTaskEvaluator
     from wit_plugin.evaluation.crosstask.tasks import usable_rows
 
     pool = write(
@@ -141,6 +143,12 @@ def test_options_listed_twice_are_resolved_by_role_not_fatal(model_path, tmp_pat
         f"targets: 1 row(s) skipped, their gold answer also listed as a wrong option: {targets}:2",
     ]
     assert usable_rows(kept, "targets") == (kept, [])  # nothing left to resolve
+    with caplog.at_level(logging.WARNING, logger="wit_plugin"):  # training-time evaluation: one log line each
+        evaluator = CrossTaskEvaluator(pool, targets)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cross-task evaluation: {note}" for note in [*usable_rows(loaded_pool, "pool")[1], *notes]
+    ]
+    assert len(evaluator.targets) == 2 and evaluator.pool[4].options == ("Lima", "Quito")
 
     out = tmp_path / "trace.json"
     argv = ["crosstask", "--model", str(model_path), "--pool", str(pool), "--targets", str(targets)]
