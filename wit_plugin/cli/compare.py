@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 CROSSTASK_FLAGS = ("wit_crosstask_conditions", "wit_crosstask_shots", "wit_crosstask_limit", "wit_crosstask_select")
 ROLES_SHOWN = ("instruction", "response", "eot")
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per cross-task condition in the plot
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +68,10 @@ def _value(value: Any, digits: int = 4) -> str:
 
 
 def _conditions(runs: list[dict[str, Any]]) -> list[str]:
-    return sorted({k for entry in runs for k in entry.get("crosstask_pct", {}) if "/" not in k})
+    """The cross-task conditions the rows have, in the options' order (zero-shot first)."""
+    found = {k for entry in runs for k in entry.get("crosstask_pct", {}) if "/" not in k}
+    order = list(options.CROSSTASK_CONDITIONS)
+    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def footnotes(results: dict[str, Any]) -> list[str]:
@@ -101,7 +105,9 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_column("POSIX", justify="right", no_wrap=True)
     for condition in conditions:
         table.add_column(f"acc {condition} %", justify="right", no_wrap=True)
-    table.add_column("note", no_wrap=True)
+    with_notes = any(entry.get("error") or entry.get("note") for entry in runs)
+    if with_notes:
+        table.add_column("note", no_wrap=True)
     number = 0
     for entry in runs:
         train, held = entry.get("train", {}), entry.get("eval", {})
@@ -117,8 +123,7 @@ def results_table(results: dict[str, Any]) -> Table:
         if entry.get("error") or entry.get("note"):
             number += 1
             note = f"[red]failed [{number}][/]" if "error" in entry else f"[yellow]note [{number}][/]"
-        cells.append(note)
-        table.add_row(*cells)
+        table.add_row(*cells, *([note] if with_notes else []))
     return table
 
 
@@ -187,19 +192,24 @@ def draw(results: dict[str, Any]) -> Any:
         colours = plt.get_cmap("tab10")
         for c, condition in enumerate(conditions):
             points = [e for e in trained if condition in e.get("crosstask_pct", {})]
-            if points:
+            if points:  # hollow markers of their own shape: runs with equal values stay visible
                 axis.scatter(
                     [e["weights"]["instruction"] for e in points],
                     [e["crosstask_pct"][condition] for e in points],
-                    color=colours(c),
+                    marker=MARKERS[c % len(MARKERS)],
+                    facecolors="none",
+                    edgecolors=colours(c),
+                    linewidths=1.5,
+                    s=70,
                     label=condition,
                     gid=f"acc {condition}",
                 )
             for k, entry in enumerate(e for e in references if condition in e.get("crosstask_pct", {})):
-                axis.axhline(
+                axis.axhline(  # thinner for later conditions: equal lines still show every colour
                     entry["crosstask_pct"][condition],
                     color=colours(c),
                     linestyle=lines[k % 3],
+                    linewidth=max(0.8, 2.8 - 1.0 * c),
                     label=f"{condition}: {_label(entry)}",
                     gid=f"acc {condition}",
                 )
