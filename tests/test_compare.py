@@ -277,14 +277,18 @@ def test_a_failed_row_says_why_in_a_note_and_leaves_the_others_readable(runs, tm
     unfinished = tmp_path / ("an_unfinished_run_with_a_long_name_" * 3)
     unfinished.mkdir()
     (unfinished / "wit_run.json").write_text(json.dumps({**read_record(full), "finished": False}))
-    assert main(["compare", str(unfinished), str(full), "--eval-data", str(held_out)]) == 1
+    stopped = _short_run(full, tmp_path / "stopped", finished=False)  # a model saved, training not finished
+    assert main(["compare", str(unfinished), str(stopped), str(full), "--eval-data", str(held_out)]) == 1
     shown = capsys.readouterr().out
     assert "…" not in shown  # no column squeezed
     (good,) = [line for line in shown.splitlines() if "λp=0.3 λr=0.9" in line and "failed" not in line]
     assert [line for line in shown.splitlines() if "failed [1]" in line]
     assert len(re.findall(r" \d+\.\d{4} ", good)) == 6  # train and eval CE per role, all four decimals
     assert f"[1] {unfinished}: RunError: {unfinished} holds no saved model" in shown
-    assert "1 of 2 rows could not be evaluated" in shown
+    (noted,) = [line for line in shown.splitlines() if "note [2]" in line]
+    assert len(re.findall(r" \d+\.\d{4} ", noted)) == 6  # evaluated, with its caveat
+    assert f"[2] {stopped}: training did not finish: the model saved at step 2" in shown
+    assert "1 of 3 rows could not be evaluated" in shown
 
 
 def test_interrupted_compare_keeps_finished_rows_and_resumes(runs, tmp_path, model_path, monkeypatch, capsys):
