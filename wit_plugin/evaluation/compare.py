@@ -25,6 +25,7 @@ there (same flags and eval files, same model files) are reused instead of evalua
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,6 +37,7 @@ from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.runs import RUN_FILE, RunError, find_runs, read_record
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MODEL_FILES = ("config.json", "adapter_config.json")
 RESULTS_VERSION = 2  # bumped when a row's numbers change meaning: older --out files are recomputed, not reused
@@ -210,6 +212,7 @@ def compare_runs(
     rows = load_rows(settings.eval_data)
     previous = {entry["run"]: entry for entry in (saved.previous or {}).get("runs", [])} if saved else {}
     done = set(saved.done) if saved else set()
+    where = saved.path if saved else None
 
     def say(text: str) -> None:
         if progress is not None:
@@ -248,7 +251,7 @@ def compare_runs(
         model = fingerprint(model_identity(name))
         old = previous.get(name)
         if old is not None and name in done and old.get("model_fingerprint") == model and "error" not in old:
-            say(f"{name}: reusing its saved results")
+            log.info("%s: reusing its row saved in %s (same flags, files and model; --force recomputes)", name, where)
             entries.append(old)
             continue
         entry: dict[str, Any] = {"run": name, "kind": kind, "model_fingerprint": model}
