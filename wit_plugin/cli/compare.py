@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "For each run folder (with wit_run.json; a sweep's parent folder stands for its runs): the weights it "
             "trained with, its last training losses, held-out CE per role on --eval-data (tagged as the run tagged "
-            "its training data), POSIX on --posix sets and cross-task accuracy (%%) on --pool/--targets. A plain "
+            "its training data), POSIX on --posix sets and cross-task accuracy (%) on --pool/--targets. A plain "
             "model folder is a reference row. Held-out rows are cut at --max-length, else only beyond a model's "
             "context window: the same rule for every row. With --out, each row is saved as it completes and the "
             "same command resumes from the file."
