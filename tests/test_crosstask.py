@@ -528,3 +528,36 @@ def test_interrupted_posix_keeps_finished_exemplar_conditions(model_path, files,
     for name in ("none", "cross", "in-task"):
         resumed["conditions"][name].pop("work"), fresh["conditions"][name].pop("work")
     assert _without_run_details(resumed) == _without_run_details(fresh)
+
+
+def test_conditions_saved_one_by_one_give_the_one_pass_result(evaluated, model, tokenizer):
+    """With a checkpoint, conditions run one after the other (each handed over as it completes); the items and
+    accuracies are those of the one pass, which shares prompts across conditions."""
+    pool, targets, settings, result = evaluated
+    seen = []
+    stepwise = evaluate_crosstask(
+        model, tokenizer, pool, targets, settings, checkpoint=lambda partial, done: seen.append((partial, done))
+    )
+    assert [done for _, done in seen] == [list(settings.conditions[: k + 1]) for k in range(len(settings.conditions))]
+    for partial, done in seen:
+        assert {r["condition"] for r in partial.results} <= set(done)
+        assert {item.condition for item in partial.items} == {
+            c for c in done if any(r.condition == c for r in result.items)
+        }
+
+    def key(request):
+        return request.item.where, request.condition, request.source, tuple(d.item.where for d in request.demos)
+
+    one_pass = {key(r): r for r in result.items}
+    assert len(one_pass) == len(result.items) == len(stepwise.items) and {key(r) for r in stepwise.items} == set(
+        one_pass
+    )
+    for request in stepwise.items:
+        other = one_pass[key(request)]
+        assert request.prediction == other.prediction and request.prompt_ids == other.prompt_ids
+        if request.option_logprobs is not None:
+            assert request.option_logprobs == pytest.approx(other.option_logprobs, abs=1e-4)
+    assert [(r["task"], r["condition"], r["accuracy"]) for r in stepwise.results] == [
+        (r["task"], r["condition"], r["accuracy"]) for r in result.results
+    ]
+    assert stepwise.pseudo_labels == result.pseudo_labels

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             embedding_cache_key=model_cache_key(args.model),
             previous=saved.previous if saved else None,
             reuse=reuse,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint if saved else None,
         )
     if saved is not None:
         saved.write(result.to_dict(), list(settings.conditions), complete=True)

@@ -266,9 +266,10 @@ def evaluate_crosstask(
     hidden states are cached on disk; ``activations=False`` skips the activation analysis (and, unless demos
     are selected by ``similar``, the hidden states it needs), as training-time evaluation does.
 
-    Conditions run one after the other; after each, ``checkpoint`` gets the result so far and the conditions
-    done. The conditions in ``reuse`` take their items' outcomes from ``previous`` (a trace this function wrote
-    for the same model, files and settings) instead of running them, when it holds every request they make.
+    With a ``checkpoint``, conditions run one after the other and after each it gets the result so far and the
+    conditions done (without, all run in one pass: prompts shared across conditions run once). The conditions in
+    ``reuse`` take their items' outcomes from ``previous`` (a trace this function wrote for the same model, files
+    and settings) instead of running them, when it holds every request they make.
     """
     settings = settings or CrossTaskSettings.from_options()
     pool, notes, work = list(pool), [], Counter()
@@ -320,28 +321,32 @@ def evaluate_crosstask(
         if progress is not None:
             progress(done, total)
 
-    def run(condition: str, batch: list[Request], restore: Callable[[list[Request]], bool]) -> None:
-        if condition in reuse and restore(batch):
+    def run(stage: list[str], batch: list[Request], restore: Callable[[list[Request]], bool]) -> None:
+        if all(condition in reuse for condition in stage) and restore(batch):
             advance(len(batch))
         else:
             runner.run(batch, advance)
 
+    # Saved one by one, conditions run one after the other; else all in one pass, so that a prompt prefix shared
+    # across conditions (a demo block of cross and mixed, the rows of gold and pseudo) runs once.
+    one_pass = checkpoint is None and not reuse
+    stages = [list(settings.conditions)] if one_pass else [[condition] for condition in settings.conditions]
     evaluated: list[Request] = []
     pseudo_labels: list[dict[str, Any]] = []
     finished: list[str] = []
-    for condition in settings.conditions:
-        if condition == "pseudo":
-            run(condition, pseudo_requests, lambda batch: _restore_votes(batch, votes))
+    for stage in stages:
+        if "pseudo" in stage:
+            run(["pseudo"], pseudo_requests, lambda batch: _restore_votes(batch, votes))
             pseudo_labels, labels = _pseudo_labels(pseudo_sets, pseudo_requests, selector)
             unlabelled = [t for t in pseudo_sets if not all(row.where in labels for row in pseudo_sets[t])]
             for task in unlabelled:
                 notes.append(f"{task}: the pool has no other task to pseudo-label its rows with, so no pseudo demos")
             per_condition["pseudo"] = _in_task(chosen, pool, pseudo_sets, selector, settings, "pseudo", labels)
             total += len(per_condition["pseudo"])
-        batch = per_condition.get(condition, [])
-        run(condition, batch, lambda batch: _restore(batch, previous_items))
+        batch = [request for condition in stage for request in per_condition.get(condition, [])]
+        run(stage, batch, lambda batch: _restore(batch, previous_items))
         evaluated += batch
-        finished.append(condition)
+        finished += stage
         if checkpoint is not None:
             results = _results(chosen, evaluated, settings)
             checkpoint(
