@@ -225,7 +225,7 @@ def markdown(results: dict[str, Any]) -> str:
         if "error" in entry:
             lines.append(f"| {entry['run']} | error: {entry['error'][:80]} |" + " |" * 8)
             continue
-        w, e, c = entry.get("weights") or {}, entry.get("eval", {}), entry.get("crosstask", {})
+        w, e, c = entry.get("weights") or {}, entry.get("eval", {}), entry.get("crosstask_pct", {})
         cells = [
             entry["run"],
             f"{w['instruction']:g}" if w else "–",
@@ -235,8 +235,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{e.get('loss_response', float('nan')):.3f}",
             f"{e.get('loss_eot', float('nan')):.3f}",
             f"{entry.get('posix', float('nan')):.3f}",
-            f"{100 * c.get('zero', float('nan')):.1f}",
-            f"{100 * c.get('cross', float('nan')):.1f}",
+            f"{c.get('zero', float('nan')):.1f}",
+            f"{c.get('cross', float('nan')):.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

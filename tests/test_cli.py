@@ -217,3 +217,46 @@ def test_inspect_errors_are_clear(rows, model_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["posix", "--model", "m", "--prompts", "p.jsonl", "--max-new-tokens", "0"])
     assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err
+
+
+def _evaluating_commands(tmp_path):
+    """Each evaluating command with valid small inputs (what is read before a model loads)."""
+    from tests.test_crosstask import POOL, TARGETS, write
+
+    data = write(tmp_path / "eval.jsonl", [{"prompt": "Say hi:", "completion": " hi"}])
+    pool, targets = write(tmp_path / "pool.jsonl", POOL), write(tmp_path / "targets.jsonl", TARGETS)
+    prompts = write(tmp_path / "sets.jsonl", [{"prompts": ["Say hi.", "Say hello."]}])
+    return {
+        "compare": ["compare", "--base", "some-model", "--eval-data", str(data)],
+        "crosstask": ["crosstask", "--model", "some-model", "--pool", str(pool), "--targets", str(targets)],
+        "posix": ["posix", "--model", "some-model", "--prompts", str(prompts)],
+    }
+
+
+@pytest.mark.parametrize("command", ["compare", "crosstask", "posix"])
+def test_output_folders_are_made_or_refused_before_a_model_loads(command, tmp_path, monkeypatch, capsys):
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation import models
+
+    argv = _evaluating_commands(tmp_path)[command]
+    out, picture = tmp_path / "new" / "out.json", tmp_path / "other" / "deeper" / "plot.png"
+    seen = []
+
+    def load_model(*args, **kwargs):
+        seen.append((out.parent.is_dir(), picture.parent.is_dir()))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    try:
+        main([*argv, "--out", str(out), "--plot", str(picture)])
+    except RuntimeError:
+        pass
+    assert seen == [(True, True)]  # both folders existed when the model was about to load
+    seen.clear()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main([*argv, "--out", str(blocker / "out.json")]) == 2
+    assert f"cannot write {blocker / 'out.json'}: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main([*argv, "--plot", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder: give the name of the file to write" in capsys.readouterr().err
+    assert not seen  # refused before any model loads

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -123,10 +124,7 @@ def test_held_out_role_losses_equal_an_independent_computation(runs):
         expected = independent_role_losses(model, tokenizer, HELD_OUT, record["tagging"])
         for key, value in expected.items():
             assert entry["eval"][key] == pytest.approx(value, abs=1e-4), key
-        weights = RoleWeights(**record["weights"]).by_code()
-        counts = {role: entry["eval"][f"tokens_{role.label}"] for role in Role if role is not Role.PAD}
-        weighted = sum(weights[r] * entry["eval"].get(f"loss_{r.label}", 0) * counts[r] for r in counts)
-        assert entry["eval"]["loss"] == pytest.approx(weighted / sum(counts[r] for r in counts if weights[r] > 0))
+        assert "loss" not in entry["eval"]  # a WIT loss under each run's own weights is no ranking: not reported
     assert results["runs"][0]["eval"] != results["runs"][1]["eval"]  # the adapter changed the model
 
 
@@ -138,12 +136,14 @@ def test_bad_runs_are_reported_and_do_not_lose_the_others(runs, tmp_path, model_
         (no_tokenizer / name).unlink(missing_ok=True)
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
-    results = compare_runs([not_a_run, no_tokenizer, full], CompareSettings(eval_data=held_out, base=str(model_path)))
+    settings = CompareSettings(eval_data=held_out, references=[str(model_path)])
+    results = compare_runs([not_a_run, no_tokenizer, full], settings)
     by_run = {entry["run"]: entry for entry in results["runs"]}
     assert "is not a wit_plugin run: it has no wit_run.json" in by_run[str(not_a_run)]["error"]
     assert f"{no_tokenizer} holds no tokenizer" in by_run[str(no_tokenizer)]["error"]
     assert "loss_response" in by_run[str(full)]["eval"]  # the good run still has its results
-    assert results["runs"][0]["run"] == f"base: {model_path}" and "loss_response" in results["runs"][0]["eval"]
+    assert results["runs"][0]["run"] == str(model_path) and "loss_response" in results["runs"][0]["eval"]
+    assert results["runs"][0]["kind"] == "reference"
 
 
 def test_a_malformed_eval_file_names_its_line(runs, tmp_path):
@@ -174,4 +174,159 @@ def test_cli_table_results_and_plot(runs, tmp_path, capsys):
     assert set(results["runs"][0]["weights"]) == {"template", "system", "instruction", "response", "eot", "reasoning"}
     assert picture.stat().st_size > 10_000
     assert main(["compare", str(tmp_path), "--eval-data", str(held_out)]) == 1  # a folder with no run in it
-    assert f"{tmp_path} is not a wit_plugin run" in capsys.readouterr().out.replace("\n", "")
+    assert f"[1] {tmp_path}: RunError: {tmp_path} is not a wit_plugin run" in capsys.readouterr().out
+
+
+# --- a model's numbers depend only on the model, the eval data and the flags; nothing is lost -------------------
+
+
+def _short_run(full: Path, folder: Path, **record_changes) -> Path:
+    """A copy of ``full`` (its files linked, not copied) whose run record says something else, e.g. a short
+    training ``sequence_len``."""
+    folder.mkdir()
+    for path in full.iterdir():
+        if path.name != "wit_run.json":
+            (folder / path.name).symlink_to(path)
+    record = {**read_record(full), **record_changes}
+    (folder / "wit_run.json").write_text(json.dumps(record))
+    return folder
+
+
+def _long_held_out(path: Path) -> Path:
+    rows = [*HELD_OUT, {"prompt": "Count: " + " ".join(str(n) for n in range(40)), "completion": " 40"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_models_row_does_not_depend_on_its_neighbours(runs, tmp_path, model_path, tokenizer):
+    """The reference row is the same alone and beside a run trained with a short sequence_len (which used to cut
+    the reference's rows too); one truncation rule for all, shown as rows_truncated; --max-length cuts all."""
+    _root, full, _, _ = runs
+    short = _short_run(full, tmp_path / "short", sequence_len=16)
+    held_out = _long_held_out(tmp_path / "held_out.jsonl")
+    alone = compare_runs([], CompareSettings(eval_data=held_out, references=[str(model_path)]))["runs"][0]
+    beside = compare_runs([short], CompareSettings(eval_data=held_out, references=[str(model_path)]))["runs"]
+    assert beside[0]["eval"] == alone["eval"] and alone["eval"]["rows_truncated"] == 0
+    assert beside[1]["eval"]["rows_truncated"] == 0 and beside[1]["eval"]["cut_at"] == alone["eval"]["cut_at"] > 1000
+    cut = compare_runs([short], CompareSettings(eval_data=held_out, references=[str(model_path)], max_length=64))
+    longer = sum(len(RoleTagger(tokenizer, None).tag(json.loads(line)).input_ids) > 64 for line in held_out.open())
+    assert 1 <= longer < 4 and [entry["eval"]["rows_truncated"] for entry in cut["runs"]] == [longer, longer]
+    assert all(entry["eval"]["cut_at"] == 64 for entry in cut["runs"])
+    assert cut["runs"][0]["eval"]["tokens_response"] < alone["eval"]["tokens_response"]
+
+
+def test_plain_model_folders_are_reference_rows(runs, tmp_path, model_path, capsys):
+    """Any plain model folder (positional or --base, several) is a reference row; the same weights give the same
+    row wherever they come from."""
+    from wit_plugin.cli import main
+
+    _root, full, _, held_out = runs
+    copy_of_base = tmp_path / "copy_of_base"
+    copy_of_base.mkdir()
+    for path in model_path.iterdir():
+        (copy_of_base / path.name).symlink_to(path)
+    out = tmp_path / "results.json"
+    argv = ["compare", str(copy_of_base), str(full), "--base", str(model_path), "--eval-data", str(held_out)]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["runs"]
+    assert [(r["run"], r["kind"]) for r in rows] == [
+        (str(model_path), "reference"),
+        (str(copy_of_base), "reference"),
+        (str(full), "run"),
+    ]
+    assert rows[0]["eval"] == rows[1]["eval"] and rows[2]["eval"] != rows[0]["eval"]
+    shown = capsys.readouterr().out
+    assert "reference" in shown and "WIT loss" not in shown and "rows cut" in shown
+
+
+def test_table_json_and_plot_show_the_same_accuracy_in_percent(runs, tmp_path, model_path, capsys):
+    """Cross-task accuracy per condition, in %, is the same number in the JSON, the table and the plot (which
+    used to average the conditions); outputs go into folders that did not exist."""
+    from tests.test_crosstask import POOL, TARGETS, write
+    from wit_plugin.cli import main
+    from wit_plugin.cli.compare import draw
+
+    _root, full, _, held_out = runs
+    pool, targets = write(tmp_path / "pool.jsonl", POOL), write(tmp_path / "targets.jsonl", TARGETS[:3])
+    out, picture = tmp_path / "new" / "results.json", tmp_path / "other" / "deeper" / "results.png"
+    argv = ["compare", str(full), "--base", str(model_path), "--eval-data", str(held_out), "--pool", str(pool)]
+    argv += ["--targets", str(targets), "--conditions", "zero,cross", "--select", "lexical"]
+    assert main([*argv, "--out", str(out), "--plot", str(picture)]) == 0
+    shown = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert picture.stat().st_size > 10_000
+    figure = draw(results)
+    axis = figure.axes[-1]
+    assert "%" in axis.get_ylabel()
+    for condition in ("zero", "cross"):
+        values = [entry["crosstask_pct"][condition] for entry in results["runs"]]
+        assert all(0 <= value <= 100 for value in values)
+        for value in values:
+            assert f" {value:.1f} " in shown  # the table's cell
+        (points,) = [c for c in axis.collections if c.get_gid() == f"acc {condition}"]  # the trained run
+        assert points.get_offsets()[:, 1].tolist() == pytest.approx([values[1]])
+        (line,) = [x for x in axis.lines if x.get_gid() == f"acc {condition}"]  # the reference
+        assert line.get_ydata()[0] == pytest.approx(values[0])
+    assert "acc zero %" in shown and "acc cross %" in shown
+
+
+def test_a_failed_row_says_why_in_a_note_and_leaves_the_others_readable(runs, tmp_path, capsys):
+    from wit_plugin.cli import main
+
+    _root, full, _, held_out = runs
+    unfinished = tmp_path / ("an_unfinished_run_with_a_long_name_" * 3)
+    unfinished.mkdir()
+    (unfinished / "wit_run.json").write_text(json.dumps({**read_record(full), "finished": False}))
+    stopped = _short_run(full, tmp_path / "stopped", finished=False)  # a model saved, training not finished
+    assert main(["compare", str(unfinished), str(stopped), str(full), "--eval-data", str(held_out)]) == 1
+    shown = capsys.readouterr().out
+    assert "…" not in shown  # no column squeezed
+    (good,) = [line for line in shown.splitlines() if "λp=0.3 λr=0.9" in line and "failed" not in line]
+    assert [line for line in shown.splitlines() if "failed [1]" in line]
+    assert len(re.findall(r" \d+\.\d{4} ", good)) == 6  # train and eval CE per role, all four decimals
+    assert f"[1] {unfinished}: RunError: {unfinished} holds no saved model" in shown
+    (noted,) = [line for line in shown.splitlines() if "note [2]" in line]
+    assert len(re.findall(r" \d+\.\d{4} ", noted)) == 6  # evaluated, with its caveat
+    assert f"[2] {stopped}: training did not finish: the model saved at step 2" in shown
+    assert "1 of 3 rows could not be evaluated" in shown
+
+
+def test_interrupted_compare_keeps_finished_rows_and_resumes(runs, tmp_path, model_path, monkeypatch, capsys):
+    """Each row is saved as it completes; Ctrl-C exits 130 with one line; the same command evaluates only what is
+    missing; other flags or --force recompute."""
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation import compare
+
+    _root, full, adapter, held_out = runs
+    real, calls = compare.evaluate_model, []
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "evaluate_model", counting)
+    out = tmp_path / "results.json"
+    argv = ["compare", str(full), str(adapter), "--base", str(model_path), "--eval-data", str(held_out)]
+    argv += ["--out", str(out)]
+    interrupt_at = 3
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert (
+        "Traceback" not in err
+        and err.splitlines()[-1]
+        == f"wit compare: interrupted; what finished is saved in {out}: the same command resumes from it"
+    )
+    saved = json.loads(out.read_text())
+    assert [r["run"] for r in saved["runs"]] == [str(model_path), str(full)] and not saved["resume"]["complete"]
+    interrupt_at, calls[:] = None, []
+    assert main(argv) == 0
+    assert calls == [str(adapter)]  # only the row that had not finished
+    final = json.loads(out.read_text())
+    assert final["resume"]["complete"] and final["runs"][:2] == saved["runs"]
+    calls.clear()
+    assert main([*argv, "--force"]) == 0 and len(calls) == 3
+    calls.clear()
+    assert main([*argv, "--max-length", "8"]) == 0 and len(calls) == 3  # other flags: other numbers
+    assert {r["eval"]["cut_at"] for r in json.loads(out.read_text())["runs"]} == {8}

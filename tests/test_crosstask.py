@@ -546,3 +546,117 @@ def test_gain_does_not_depend_on_the_order_of_conditions(model, tokenizer, files
         result = evaluate_crosstask(model, tokenizer, pool, targets[:2], settings)
         gains.append({r["task"]: r["gain"] for r in result.results if r["condition"] == "random"})
     assert gains[0] == gains[1] and all(value is not None for value in gains[0].values())
+
+
+# --- nothing lost: results saved per condition, resumed by the same command ------------------------------------
+
+
+def _without_run_details(trace: dict) -> dict:
+    return {k: v for k, v in trace.items() if k not in ("work", "resume")}
+
+
+def test_interrupted_crosstask_keeps_finished_conditions_and_resumes(model_path, files, tmp_path, monkeypatch, capsys):
+    """The trace is written after each condition; Ctrl-C exits 130 with one line; the same command runs only the
+    conditions left (pseudo-labelling included) and ends with the trace a fresh run writes."""
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation.crosstask import evaluate as module
+
+    real, ran = module._Runner.run, []
+
+    def run(self, requests, advance):
+        ran.append(requests[0].condition if requests else None)
+        if stop_at in ran:
+            raise KeyboardInterrupt
+        return real(self, requests, advance)
+
+    monkeypatch.setattr(module._Runner, "run", run)
+    out = tmp_path / "trace.json"
+    argv = ["crosstask", "--model", str(model_path), "--pool", str(files[0]), "--targets", str(files[1])]
+    argv += ["--conditions", "zero,cross,gold,pseudo", "--limit", "1", "--shots", "1", "--select", "lexical"]
+    stop_at = "label"  # interrupted while pseudo-labelling
+    assert main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"wit crosstask: interrupted; what finished is saved in {out}: the same command resumes from it"
+    partial = json.loads(out.read_text())
+    assert partial["resume"]["done"] == ["zero", "cross", "gold"] and not partial["resume"]["complete"]
+    assert {item["condition"] for item in partial["items"]} == {"zero", "cross", "gold"}
+    assert {row["condition"] for row in partial["results"]} == {"zero", "cross", "gold"}
+    stop_at, ran[:] = None, []
+    assert main([*argv, "--out", str(out)]) == 0
+    assert [condition for condition in ran if condition] == ["label", "pseudo"]  # only what was left
+    resumed = json.loads(out.read_text())
+    assert resumed["resume"]["complete"]
+    ran.clear()
+    assert main([*argv, "--out", str(tmp_path / "fresh.json"), "--force"]) == 0
+    assert [condition for condition in ran if condition] == ["zero", "cross", "gold", "label", "pseudo"]
+    assert _without_run_details(resumed) == _without_run_details(json.loads((tmp_path / "fresh.json").read_text()))
+    ran.clear()
+    assert main([*argv, "--out", str(out), "--shots", "2"]) == 0  # other flags: nothing reused
+    assert [condition for condition in ran if condition] == ["zero", "cross", "gold", "label", "pseudo"]
+
+
+def test_interrupted_posix_keeps_finished_exemplar_conditions(model_path, files, tmp_path, monkeypatch, capsys):
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation.posix import exemplars
+
+    real, calls = exemplars.evaluate_posix, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exemplars, "evaluate_posix", counting)
+    prompts = write(
+        tmp_path / "sets.jsonl",
+        [{"prompts": ["Country: Norway\nCapital:", "Q: Country: Norway\nCapital:\nA:"], "task": "capitals"}],
+    )
+    out = tmp_path / "posix.json"
+    argv = ["posix", "--model", str(model_path), "--prompts", str(prompts), "--pool", str(files[0])]
+    argv += ["--exemplars", "none,cross,in-task", "--shots", "1", "--select", "lexical", "--max-new-tokens", "3"]
+    stop_at = 2
+    assert main([*argv, "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("wit posix: interrupted; what finished is")
+    assert list(json.loads(out.read_text())["conditions"]) == ["none"]
+    stop_at, calls[:] = None, []
+    assert main([*argv, "--out", str(out)]) == 0 and len(calls) == 2  # cross and in-task only
+    resumed = json.loads(out.read_text())
+    assert main([*argv, "--out", str(tmp_path / "fresh.json"), "--force"]) == 0 and len(calls) == 5
+    fresh = json.loads((tmp_path / "fresh.json").read_text())
+    for name in ("none", "cross", "in-task"):
+        resumed["conditions"][name].pop("work"), fresh["conditions"][name].pop("work")
+    assert _without_run_details(resumed) == _without_run_details(fresh)
+
+
+def test_conditions_saved_one_by_one_give_the_one_pass_result(evaluated, model, tokenizer):
+    """With a checkpoint, conditions run one after the other (each handed over as it completes); the items and
+    accuracies are those of the one pass, which shares prompts across conditions."""
+    pool, targets, settings, result = evaluated
+    seen = []
+    stepwise = evaluate_crosstask(
+        model, tokenizer, pool, targets, settings, checkpoint=lambda partial, done: seen.append((partial, done))
+    )
+    assert [done for _, done in seen] == [list(settings.conditions[: k + 1]) for k in range(len(settings.conditions))]
+    for partial, done in seen:
+        assert {r["condition"] for r in partial.results} <= set(done)
+        assert {item.condition for item in partial.items} == {
+            c for c in done if any(r.condition == c for r in result.items)
+        }
+
+    def key(request):
+        return request.item.where, request.condition, request.source, tuple(d.item.where for d in request.demos)
+
+    one_pass = {key(r): r for r in result.items}
+    assert len(one_pass) == len(result.items) == len(stepwise.items) and {key(r) for r in stepwise.items} == set(
+        one_pass
+    )
+    for request in stepwise.items:
+        other = one_pass[key(request)]
+        assert request.prediction == other.prediction and request.prompt_ids == other.prompt_ids
+        if request.option_logprobs is not None:
+            assert request.option_logprobs == pytest.approx(other.option_logprobs, abs=1e-4)
+    assert [(r["task"], r["condition"], r["accuracy"]) for r in stepwise.results] == [
+        (r["task"], r["condition"], r["accuracy"]) for r in result.results
+    ]
+    assert stepwise.pseudo_labels == result.pseudo_labels

@@ -504,6 +504,24 @@ def test_cli_writes_trace_and_plot(smol_path, tmp_path, capsys):
     assert main(["posix", "--model", str(smol_path), "--prompts", str(tmp_path / "missing.jsonl")]) == 2
 
 
+def test_the_same_command_reuses_a_saved_result_and_force_recomputes(smol_path, tmp_path, monkeypatch):
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation import models
+
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", [[CAPITAL, MIXED_SET[0]]])
+    trace = tmp_path / "new" / "trace.json"  # a folder that does not exist yet
+    argv = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--max-new-tokens", "3"]
+    assert main([*argv, "--out", str(trace)]) == 0
+    first = json.loads(trace.read_text())
+    assert first["resume"]["complete"] and len(first["sets"]) == 1
+    real, loads = models.load_model, []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert main([*argv, "--out", str(trace)]) == 0 and not loads  # nothing to evaluate again
+    assert json.loads(trace.read_text()) == first
+    assert main([*argv, "--out", str(trace), "--force"]) == 0 and len(loads) == 1
+    assert main([*argv, "--out", str(trace), "--max-new-tokens", "2"]) == 0 and len(loads) == 2  # other flags
+
+
 def test_callback_options(tmp_path):
     assert evaluation_callbacks({}) == []
     with pytest.raises(OptionError, match="set without `wit_posix_prompts`"):

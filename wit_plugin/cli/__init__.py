@@ -52,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except KeyboardInterrupt:  # what finished is already saved (wit_plugin.evaluation.resume): no traceback
+        from wit_plugin.evaluation.resume import interrupted_message
+
+        print(interrupted_message(args.command, getattr(args, "out", None)), file=sys.stderr)
+        return 130
     except (ValueError, OSError, ImportError, yaml.YAMLError) as error:  # bad input, missing files or packages
         print(f"wit {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -14,28 +14,43 @@ if TYPE_CHECKING:
 
 CROSSTASK_FLAGS = ("wit_crosstask_conditions", "wit_crosstask_shots", "wit_crosstask_limit", "wit_crosstask_select")
 ROLES_SHOWN = ("instruction", "response", "eot")
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per cross-task condition in the plot
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="compare trained runs (Axolotl or TRL output folders, sweeps) on held-out data",
+        help="compare trained runs (Axolotl or TRL output folders, sweeps) and plain models on held-out data",
         description=(
             "For each run folder (with wit_run.json; a sweep's parent folder stands for its runs): the weights it "
             "trained with, its last training losses, held-out CE per role on --eval-data (tagged as the run tagged "
-            "its training data), POSIX on --posix sets and cross-task accuracy on --pool/--targets."
+            "its training data), POSIX on --posix sets and cross-task accuracy (%) on --pool/--targets. A plain "
+            "model folder is a reference row. Held-out rows are cut at --max-length, else only beyond a model's "
+            "context window: the same rule for every row. With --out, each row is saved as it completes and the "
+            "same command resumes from the file."
         ),
     )
-    parser.add_argument("runs", nargs="*", type=Path, help="run folders or sweep parent folders")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders, sweep parent folders or plain model folders")
     parser.add_argument("--eval-data", required=True, type=Path, help="held-out JSONL: messages, prompt/completion...")
-    parser.add_argument("--base", help="also evaluate this untrained model (a reference row)")
+    parser.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also evaluate this untrained model as a reference row (repeat for several)",
+    )
     parser.add_argument("--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix`")
     parser.add_argument("--pool", type=Path, help="cross-task pool (JSONL), with --targets")
     parser.add_argument("--targets", type=Path, help="cross-task targets (JSONL), with --pool")
     options.add_arguments(parser, CROSSTASK_FLAGS)
-    parser.add_argument("--max-length", type=positive_int, help="cut eval rows here (default: each run's own)")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        help="cut every model's eval rows here (default: only beyond each model's context window)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--out", type=Path, help="write results JSON here")
+    parser.add_argument("--out", type=Path, help="write results JSON here (after every row; resumed from when rerun)")
+    parser.add_argument("--force", action="store_true", help="recompute every row even if --out holds it")
     parser.add_argument("--plot", type=Path, help="write a PNG: held-out loss per role, POSIX and accuracy vs λ")
     parser.set_defaults(run=run)
 
@@ -43,51 +58,93 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _weights(entry: dict[str, Any]) -> str:
     weights = entry.get("weights")
     if not weights:
-        return "–"
+        return "reference" if entry.get("kind") == "reference" else "–"
     prompt, response = weights["instruction"], weights["response"]
     return f"λp={prompt:g} λr={response:g}" + ("" if weights["template"] == prompt else f" tpl={weights['template']:g}")
 
 
-def _value(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "–"
+def _value(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (float, int)) and not isinstance(value, bool) else "–"
+
+
+def _conditions(runs: list[dict[str, Any]]) -> list[str]:
+    """The cross-task conditions the rows have, in the options' order (zero-shot first)."""
+    found = {k for entry in runs for k in entry.get("crosstask_pct", {}) if "/" not in k}
+    order = list(options.CROSSTASK_CONDITIONS)
+    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+def footnotes(results: dict[str, Any]) -> list[str]:
+    """One line per row with an error or a note, numbered as the table's note column refers to them."""
+    notes = [entry.get("error") or entry.get("note") for entry in results["runs"]]
+    lines, number = [], 0
+    for entry, text in zip(results["runs"], notes):
+        if text:
+            number += 1
+            lines.append(f"[{number}] {entry['run']}: {text}")
+    return lines
 
 
 def results_table(results: dict[str, Any]) -> Table:
+    """One row per model; a row that failed or carries a caveat says so in the note column, its reason in a
+    numbered footnote below the table (a long error never squeezes the other rows' numbers)."""
     from rich.table import Table
 
     runs = results["runs"]
-    table = Table(title=f"runs on {results['eval_data']} (held-out CE per role; train: last logged)")
-    table.add_column("run", no_wrap=True)
+    table = Table(title=f"runs on {results['eval_data']} (held-out CE per role; train: last logged; accuracy in %)")
+    table.add_column("run", overflow="fold")  # a long path wraps; the numbers never shrink to "4…"
     table.add_column("weights", no_wrap=True)
     for role in ROLES_SHOWN:
-        table.add_column(f"train {role}", justify="right")
+        table.add_column(f"train {role}", justify="right", no_wrap=True)
     for role in ROLES_SHOWN:
-        table.add_column(f"eval {role}", justify="right")
-    table.add_column("eval WIT loss", justify="right")
+        table.add_column(f"eval {role}", justify="right", no_wrap=True)
+    table.add_column("rows cut", justify="right", no_wrap=True)
     show_posix = any("posix" in entry for entry in runs)
-    conditions = sorted({k for entry in runs for k in entry.get("crosstask", {}) if "/" not in k})
+    conditions = _conditions(runs)
     if show_posix:
-        table.add_column("POSIX", justify="right")
+        table.add_column("POSIX", justify="right", no_wrap=True)
     for condition in conditions:
-        table.add_column(f"acc {condition}", justify="right")
+        table.add_column(f"acc {condition} %", justify="right", no_wrap=True)
+    with_notes = any(entry.get("error") or entry.get("note") for entry in runs)
+    if with_notes:
+        table.add_column("note", no_wrap=True)
+    number = 0
     for entry in runs:
-        if "error" in entry:
-            table.add_row(entry["run"], f"[red]{entry['error']}[/]")
-            continue
         train, held = entry.get("train", {}), entry.get("eval", {})
         cells = [entry["run"], _weights(entry)]
         cells += [_value(train.get(f"wit/loss_{role}")) for role in ROLES_SHOWN]
         cells += [_value(held.get(f"loss_{role}")) for role in ROLES_SHOWN]
-        cells.append(_value(held.get("loss")))
+        cut = held.get("rows_truncated")
+        cells.append("–" if cut is None else f"{cut}/{held['rows']}")
         if show_posix:
             cells.append(_value(entry.get("posix")))
-        cells += [_value(entry.get("crosstask", {}).get(condition)) for condition in conditions]
-        table.add_row(*cells)
+        cells += [_value(entry.get("crosstask_pct", {}).get(condition), 1) for condition in conditions]
+        note = ""
+        if entry.get("error") or entry.get("note"):
+            number += 1
+            note = f"[red]failed [{number}][/]" if "error" in entry else f"[yellow]note [{number}][/]"
+        table.add_row(*cells, *([note] if with_notes else []))
     return table
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """Held-out loss per role for each run; POSIX and cross-task accuracy against λp (colour: λr)."""
+def _label(entry: dict[str, Any]) -> str:
+    name = Path(entry["run"]).name or entry["run"]
+    return f"{name} (reference)" if entry.get("kind") == "reference" else name
+
+
+def _weight_axis(axis: Any, trained: list[dict[str, Any]]) -> None:
+    """λp from 0 to 1 (or the largest weight), and the legend under the axes, clear of the points."""
+    largest = max([1.0, *(e["weights"]["instruction"] for e in trained)])
+    axis.set_xlim(-0.05 * largest, 1.05 * largest)
+    axis.set_xlabel("λp (instruction weight)")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def draw(results: dict[str, Any]) -> Any:
+    """The figure: held-out loss per role for each row; POSIX and cross-task accuracy (%, per condition, the
+    table's numbers) against λp, trained runs as points (POSIX coloured by λr), reference models as dashed
+    lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,40 +153,78 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     runs = [entry for entry in results["runs"] if "eval" in entry]
     trained = [entry for entry in runs if entry.get("weights")]
-    panels = 1 + any("posix" in e for e in trained) + any("crosstask" in e for e in trained)
-    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.6), dpi=120, squeeze=False)
+    references = [entry for entry in runs if not entry.get("weights")]
+    conditions = _conditions(runs)
+    panels = 1 + any("posix" in e for e in runs) + bool(conditions)
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8), dpi=120, squeeze=False)
     bars = axes[0][0]
-    names = [Path(e["run"]).name if e.get("weights") else "base" for e in runs]
     width = 0.8 / len(ROLES_SHOWN)
     for k, role in enumerate(ROLES_SHOWN):
         values = [e["eval"].get(f"loss_{role}", np.nan) for e in runs]
         bars.bar(np.arange(len(runs)) + (k - 1) * width, values, width, label=role)
-    bars.set_xticks(range(len(runs)), names, rotation=35, ha="right", fontsize=7)
+    labels = [_label(e) for e in runs]
+    bars.set_xticks(range(len(runs)), labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=7)
     bars.set_ylabel("held-out CE (nats/token)")
     bars.set_title("held-out loss per role")
-    bars.legend()
+    bars.legend(fontsize=8)
     panel = 1
-    for metric, label in (("posix", "POSIX"), ("crosstask", "cross-task accuracy")):
-        points = [e for e in trained if metric in e]
-        if not points:
-            continue
+    lines = ("--", ":", "-.")
+    if any("posix" in e for e in runs):
         axis = axes[0][panel]
         panel += 1
-        values = [
-            e["posix"] if metric == "posix" else float(np.mean([v for k, v in e["crosstask"].items() if "/" not in k]))
-            for e in points
-        ]
-        scatter = axis.scatter(
-            [e["weights"]["instruction"] for e in points],
-            values,
-            c=[e["weights"]["response"] for e in points],
-            cmap="viridis",
-        )
-        figure.colorbar(scatter, ax=axis, label="λr (response)")
-        axis.set_xlabel("λp (instruction weight)")
-        axis.set_ylabel(label)
-        axis.set_title(f"{label} against the weights")
+        points = [e for e in trained if "posix" in e]
+        if points:
+            scatter = axis.scatter(
+                [e["weights"]["instruction"] for e in points],
+                [e["posix"] for e in points],
+                c=[e["weights"]["response"] for e in points],
+                cmap="viridis",
+                label="trained runs",
+            )
+            figure.colorbar(scatter, ax=axis, label="λr (response)")
+        for k, entry in enumerate(e for e in references if "posix" in e):
+            axis.axhline(entry["posix"], color="grey", linestyle=lines[k % 3], label=_label(entry))
+        _weight_axis(axis, trained)
+        axis.set_ylabel("POSIX (lower: less prompt-sensitive)")
+        axis.set_title("POSIX against the weights")
+    if conditions:
+        axis = axes[0][panel]
+        colours = plt.get_cmap("tab10")
+        for c, condition in enumerate(conditions):
+            points = [e for e in trained if condition in e.get("crosstask_pct", {})]
+            if points:  # hollow markers of their own shape: runs with equal values stay visible
+                axis.scatter(
+                    [e["weights"]["instruction"] for e in points],
+                    [e["crosstask_pct"][condition] for e in points],
+                    marker=MARKERS[c % len(MARKERS)],
+                    facecolors="none",
+                    edgecolors=colours(c),
+                    linewidths=1.5,
+                    s=70,
+                    label=condition,
+                    gid=f"acc {condition}",
+                )
+            for k, entry in enumerate(e for e in references if condition in e.get("crosstask_pct", {})):
+                axis.axhline(  # thinner for later conditions: equal lines still show every colour
+                    entry["crosstask_pct"][condition],
+                    color=colours(c),
+                    linestyle=lines[k % 3],
+                    linewidth=max(0.8, 2.8 - 1.0 * c),
+                    label=f"{condition}: {_label(entry)}",
+                    gid=f"acc {condition}",
+                )
+        _weight_axis(axis, trained)
+        axis.set_ylim(-3, 103)
+        axis.set_ylabel("accuracy (%), mean over target tasks")
+        axis.set_title("cross-task accuracy per condition")
     figure.tight_layout()
+    return figure
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure = draw(results)
     figure.savefig(path)
     plt.close(figure)
     return path
@@ -137,7 +232,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
-    from wit_plugin.evaluation.compare import CompareSettings, compare_runs, write_results
+    from wit_plugin.evaluation.compare import RESULTS_VERSION, CompareSettings, compare_runs
+    from wit_plugin.evaluation.resume import Saved, command_key, prepare_outputs
 
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
@@ -147,9 +243,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--pool and --targets go together")
     if not args.eval_data.is_file():
         raise FileNotFoundError(f"no eval data at {args.eval_data}")
+    prepare_outputs(args.out, args.plot)
     settings = CompareSettings(
         eval_data=args.eval_data,
-        base=args.base,
+        references=args.base,
         posix=args.posix,
         pool=args.pool,
         targets=args.targets,
@@ -157,15 +254,19 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
     )
+    key = command_key(args, ignore=("runs", "base"), version=RESULTS_VERSION)  # each row checks its own model
+    saved = Saved(args.out, key, force=args.force) if args.out else None
     console = make_console()
     with console.status("comparing") as status:
-        results = compare_runs(args.runs, settings, progress=lambda text: status.update(text))
+        results = compare_runs(args.runs, settings, progress=lambda text: status.update(text), saved=saved)
     console.print(results_table(results))
+    for line in footnotes(results):
+        console.print(line, highlight=False, soft_wrap=True)
     if args.out:
-        console.print(f"results: {write_results(results, args.out)}")
+        console.print(f"results: {args.out}")
     if args.plot:
         console.print(f"plot:    {plot(results, args.plot)}")
-    failed = [entry for entry in results["runs"] if "error" in entry]
-    for entry in failed:
-        console.print(f"[red]{entry['run']}[/]: {entry['error']}", highlight=False)
+    failed = sum("error" in entry for entry in results["runs"])
+    if failed:
+        console.print(f"[red]{failed} of {len(results['runs'])} rows could not be evaluated[/] (see the notes)")
     return 1 if failed else 0

@@ -32,7 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "with similar selection it always runs, the hidden states being there anyway)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--out", type=Path, help="write the trace JSON (every item, prompt ids, option log-probs)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write the trace JSON (every item, prompt ids, option log-probs), after every condition; the same "
+        "command resumes from it",
+    )
+    parser.add_argument("--force", action="store_true", help="recompute every condition even if --out holds it")
     parser.add_argument("--plot", type=Path, help="write a PNG: accuracy bars and the source x target gain map")
     parser.set_defaults(run=run)
 
@@ -47,14 +53,26 @@ def run(args: argparse.Namespace) -> int:
 
     from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
+    from wit_plugin.evaluation.crosstask.evaluate import CrossTaskResult
     from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
     from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import check_device, load_model
+    from wit_plugin.evaluation.resume import Saved, command_key, prepare_outputs
 
     device = check_device(args.device)
+    prepare_outputs(args.out, args.plot)
     settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
     pool, targets = load_items(args.pool), load_items(args.targets)
     console = make_console()
+    saved = Saved(args.out, command_key(args), force=args.force) if args.out else None
+    reuse = saved.done if saved else []
+    if reuse:
+        console.print(f"resuming from {args.out}: {', '.join(reuse)} done", highlight=False)
+
+    def checkpoint(partial: CrossTaskResult, done: list[str]) -> None:
+        if saved is not None:
+            saved.write(partial.to_dict(), done, complete=False)
+
     console.print(
         f"{len(pool)} pool rows of {len({p.task for p in pool})} tasks, {len(targets)} targets of "
         f"{len({t.task for t in targets})} tasks; loading {args.model}",
@@ -73,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             embedding_cache_key=model_cache_key(args.model),
             activations=True if args.activations else None,
+            previous=saved.previous if saved else None,
+            reuse=reuse,
+            checkpoint=checkpoint if saved else None,
         )
+    if saved is not None:
+        saved.write(result.to_dict(), list(settings.conditions), complete=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(results_table(result))
@@ -85,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         correct = sum(r["correct"] for r in result.pseudo_labels)
         console.print(f"pseudo-labels: {correct} of {len(result.pseudo_labels)} equal the gold label")
     if args.out:
-        console.print(f"trace: {result.write_trace(args.out)}")
+        console.print(f"trace: {args.out}")
     if args.plot:
         console.print(f"plot:  {plot(result, args.plot)}")
     return 0

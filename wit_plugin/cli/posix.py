@@ -50,7 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name in ("wit_crosstask_shots", "wit_crosstask_select"):
         options.add_arguments(parser, [name], unset=options.OPTION_BY_NAME[name].describe_default().strip("`"))
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the trace (prompts, responses, matrices) here; with --pool after every exemplar condition. "
+        "The same command reuses what it holds",
+    )
+    parser.add_argument("--force", action="store_true", help="recompute even if --out holds the results")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
     parser.set_defaults(run=run)
 
@@ -124,37 +131,47 @@ def print_short_replies(console: Any, result: POSIXResult, label: str = "") -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from wit_plugin.evaluation.models import check_model_folder
+    from wit_plugin.evaluation.resume import Saved, command_key, prepare_outputs
 
     check_exemplar_flags(args)
     check_model_folder(args.model)
     if not args.prompts.is_file():
         raise FileNotFoundError(f"no prompts file at {args.prompts}")
+    prepare_outputs(args.out, args.plot)
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wit_plugin.cli.console import make_console
     from wit_plugin.evaluation.models import check_device, load_model
-    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix
     from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
 
     device = check_device(args.device)
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
     console = make_console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
+    saved = Saved(args.out, command_key(args), force=args.force) if args.out else None
     if args.pool:
         from wit_plugin.evaluation.crosstask.tasks import load_items
         from wit_plugin.evaluation.posix.exemplars import (
             EXEMPLAR_CONDITIONS,
+            ExemplarPOSIX,
             evaluate_posix_with_exemplars,
             parse_conditions,
         )
 
         conditions = parse_conditions(args.exemplars or ",".join(EXEMPLAR_CONDITIONS))
         pool = load_items(args.pool)
+        done = ExemplarPOSIX.from_dict(saved.previous) if saved and saved.previous else None
+        if done is not None:
+            console.print(f"resuming from {args.out}: {', '.join(done.results)} done", highlight=False)
+
+        def checkpoint(partial: ExemplarPOSIX) -> None:
+            if saved is not None:
+                saved.write(partial.to_dict(), list(partial.results), complete=False)
+
         model, tokenizer = load_model(args.model, device)
         with console.status("POSIX under each exemplar block"):
             outcome = evaluate_posix_with_exemplars(
@@ -169,34 +186,43 @@ def run(args: argparse.Namespace) -> int:
                 args.seed,
                 args.wit_posix_max_new_tokens,
                 args.wit_posix_batch_size,
+                done=done,
+                checkpoint=checkpoint,
             )
+        if saved is not None:
+            saved.write(outcome.to_dict(), list(outcome.results), complete=True)
         for note in outcome.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
         for name, result in outcome.results.items():
             print_short_replies(console, result, f"{name}: ")
         console.print(exemplar_table(outcome))
         if args.out:
-            args.out.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
             console.print(f"trace: {args.out}")
         if args.plot and "none" in outcome.results:
             console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
         return 0
-    model, tokenizer = load_model(args.model, device)
-    columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("posix", total=None)
-        result = evaluate_posix(
-            model,
-            sets,
-            tokenizer,
-            max_new_tokens=args.wit_posix_max_new_tokens,
-            batch_size=args.wit_posix_batch_size,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
+    if saved is not None and saved.complete:  # one unit: the whole evaluation, already saved for these inputs
+        console.print(f"reusing {args.out} (same model, prompts and flags; --force recomputes)", highlight=False)
+        result = POSIXResult.from_dict(saved.previous)
+    else:
+        model, tokenizer = load_model(args.model, device)
+        columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("posix", total=None)
+            result = evaluate_posix(
+                model,
+                sets,
+                tokenizer,
+                max_new_tokens=args.wit_posix_max_new_tokens,
+                batch_size=args.wit_posix_batch_size,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        if saved is not None:
+            saved.write(result.to_dict(), ["posix"], complete=True)
     print_short_replies(console, result)
     console.print(summary_table(result))
     if args.out:
-        console.print(f"trace: {result.write_trace(args.out)}")
+        console.print(f"trace: {args.out}")
     if args.plot:
         console.print(f"plot:  {plot_psi(result, args.plot)}")
     return 0

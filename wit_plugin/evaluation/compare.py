@@ -2,13 +2,30 @@
 data (per-role CE, POSIX, cross-task accuracy), for ``wit compare``.
 
 A run is an Axolotl or TRL output folder with ``wit_run.json`` (full weights or a PEFT adapter); a sweep's
-parent folder stands for its runs. One bad run is reported with its error and does not stop the others.
+parent folder stands for its runs. A plain model folder (no ``wit_run.json``) is a reference row; several may
+be given. One bad run is reported with its error and does not stop the others.
+
+A model's numbers depend only on that model, the eval data and the flags, never on the other rows of the table:
+
+* Truncation: a held-out row is cut at ``--max-length`` when given, else only where it exceeds the model's own
+  context window (``max_position_embeddings``); never at a run's training ``sequence_len`` (a reference model
+  would have to borrow one from a neighbour). Each row reports ``rows_truncated`` and ``cut_at``.
+* Tagging: a run's rows are tagged as the run tagged its training data; a reference model's with its own
+  tokenizer and the detected row format, never a neighbour's set-up.
+* No "WIT loss" column: the WIT loss of a run averages Σ w·CE over the tokens *its own* weights count, so two
+  runs' values are averages over different tokens with different weights, and a lower one does not mean a
+  better model (λp=0 averages only response tokens). The per-role CE columns are the comparable numbers.
+* Cross-task accuracy is in percent (``crosstask_pct``): per condition averaged over tasks, and per
+  ``task/condition``, as the table and the plot show them.
+
+With a :class:`~wit_plugin.evaluation.resume.Saved` file, each row is written as it completes, and rows already
+there (same flags and eval files, same model files) are reused instead of evaluated again.
 """
 
 from __future__ import annotations
 
 import gc
-import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,25 +33,31 @@ from pathlib import Path
 from typing import Any
 
 from wit_plugin.evaluation.models import TOKENIZER_FILES, has_tokenizer
+from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
-from wit_plugin.roles import RoleWeights
-from wit_plugin.runs import RunError, find_runs, read_record
+from wit_plugin.runs import RUN_FILE, RunError, find_runs, read_record
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MODEL_FILES = ("config.json", "adapter_config.json")
+RESULTS_VERSION = 2  # bumped when a row's numbers change meaning: older --out files are recomputed, not reused
 
 
 @dataclass
 class CompareSettings:
     eval_data: Path
-    base: str | None = None
+    references: Sequence[str] = ()  # plain models (folders or names), evaluated as reference rows
     posix: Path | None = None
     pool: Path | None = None
     targets: Path | None = None
     crosstask: dict[str, Any] = field(default_factory=dict)  # wit_crosstask_* values
-    max_length: int | None = None  # default: each run's own sequence length
+    max_length: int | None = None  # default: each model's own context window
     posix_max_new_tokens: int = 32
     device: str | None = None
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in MODEL_FILES)
 
 
 def _check_run_folder(folder: Path) -> None:
@@ -91,19 +114,31 @@ def _tag_rows(tokenizer: Any, tagging: dict[str, Any], rows: list[tuple[int, dic
     return tagged
 
 
+def context_length(model: Any) -> int | None:
+    """The model's context window, as its config states it (None when it states none)."""
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def cut_length(model: Any, max_length: int | None) -> int | None:
+    """Where held-out rows are cut for ``model``: ``max_length`` (``--max-length``) when given, never beyond the
+    model's context window; the same for every model of a table and for a model evaluated alone."""
+    limits = [value for value in (max_length, context_length(model)) if value]
+    return min(limits) if limits else None
+
+
 def evaluate_model(
     name: str,
     model: Any,
     tokenizer: Any,
-    weights: RoleWeights | None,
     tagging: dict[str, Any],
-    max_length: int | None,
     settings: CompareSettings,
     rows: list[tuple[int, dict[str, Any]]],
     progress: Progress | None = None,
     weights_key: str | None = None,
 ) -> dict[str, Any]:
-    """Held-out per-role CE, POSIX and cross-task accuracy of one loaded model."""
+    """Held-out per-role CE, POSIX and cross-task accuracy (%) of one loaded model."""
     from wit_plugin.evaluation.heldout import heldout_losses
 
     def say(text: str) -> None:
@@ -111,8 +146,9 @@ def evaluate_model(
             progress(f"{name}: {text}")
 
     say("held-out CE")
-    held = heldout_losses(model, _tag_rows(tokenizer, tagging, rows, settings.eval_data), max_length)
-    result: dict[str, Any] = {"eval": held.metrics(weights)}
+    cut_at = cut_length(model, settings.max_length)
+    held = heldout_losses(model, _tag_rows(tokenizer, tagging, rows, settings.eval_data), cut_at)
+    result: dict[str, Any] = {"eval": {**held.metrics(), "cut_at": cut_at}}
     if settings.posix:
         from wit_plugin.evaluation.posix import evaluate_posix
         from wit_plugin.evaluation.posix.variants import load_prompt_sets
@@ -133,7 +169,7 @@ def evaluate_model(
             embedding_cache_key=weights_key,
             activations=False,
         )
-        result["crosstask"] = {k.removeprefix("crosstask/"): v for k, v in outcome.metrics().items()}
+        result["crosstask_pct"] = {k.removeprefix("crosstask/"): 100 * v for k, v in outcome.metrics().items()}
     return result
 
 
@@ -149,16 +185,34 @@ def _guarded(entry: dict[str, Any], evaluate: Callable[[], dict[str, Any]]) -> d
     return entry
 
 
+def _rows(paths: Sequence[str | Path], references: Sequence[str]) -> list[tuple[str, str]]:
+    """``(kind, name)`` per table row in command order: ``--base`` references first, then each path: a run
+    (``wit_run.json``), a plain model folder (a reference), or a sweep's parent standing for the runs below."""
+    rows = [("reference", str(name)) for name in references]
+    for path in map(Path, paths):
+        if is_model_folder(path) and not (path / RUN_FILE).is_file():
+            rows.append(("reference", str(path)))
+        else:
+            rows += [("run", str(folder)) for folder in find_runs([path])]
+    return list(dict.fromkeys(rows))
+
+
 def compare_runs(
-    paths: Sequence[str | Path], settings: CompareSettings, progress: Progress | None = None
+    paths: Sequence[str | Path],
+    settings: CompareSettings,
+    progress: Progress | None = None,
+    saved: Saved | None = None,
 ) -> dict[str, Any]:
-    """``{"runs": [...]}``: one entry per run (and the base model first, when given); a run that fails has
-    ``error`` instead of results."""
+    """``{"eval_data", "runs": [...]}``: one entry per row (see :func:`_rows`); a row that fails has ``error``
+    instead of results, and one that evaluated with a caveat (training unfinished) a ``note``. With ``saved``,
+    the document is written after every row, and rows it already holds for the same model files are reused."""
     from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import load_model
 
     rows = load_rows(settings.eval_data)
-    reference: dict[str, Any] = {}  # the first run's tagging and length, for the base model
+    previous = {entry["run"]: entry for entry in (saved.previous or {}).get("runs", [])} if saved else {}
+    done = set(saved.done) if saved else set()
+    where = saved.path if saved else None
 
     def say(text: str) -> None:
         if progress is not None:
@@ -166,8 +220,6 @@ def compare_runs(
 
     def evaluate_run(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
         record = read_record(folder)
-        _check_run_folder(folder)
-        weights = RoleWeights(**record["weights"])
         entry.update(
             weights=record["weights"],
             preset=(record.get("options") or {}).get("wit_preset"),
@@ -175,35 +227,42 @@ def compare_runs(
             train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
             finished=record.get("finished", False),
         )
-        reference["tagging"] = reference.get("tagging") or record["tagging"]
+        _check_run_folder(folder)
+        if not entry["finished"]:
+            entry["note"] = f"training did not finish: the model saved at step {entry['train'].get('step', '?')}"
         say(f"{folder}: loading")
         model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
-        max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
-        reference["max_length"] = reference.get("max_length") or max_length
         return evaluate_model(
-            str(folder), model, tokenizer, weights, record["tagging"], max_length, settings, rows, progress,
+            str(folder), model, tokenizer, record["tagging"], settings, rows, progress,
             weights_key=model_cache_key(folder),
         )  # fmt: skip
 
-    def evaluate_base(entry: dict[str, Any]) -> dict[str, Any]:
-        say(f"{settings.base}: loading the base model")
-        model, tokenizer = load_model(settings.base, settings.device)
-        max_length = settings.max_length or reference.get("max_length")
-        return evaluate_model(
-            entry["run"], model, tokenizer, None, reference.get("tagging", {}), max_length, settings, rows, progress,
-            weights_key=model_cache_key(settings.base),
-        )  # fmt: skip
+    def evaluate_reference(name: str) -> dict[str, Any]:
+        say(f"{name}: loading the reference model")
+        model, tokenizer = load_model(name, settings.device)
+        return evaluate_model(name, model, tokenizer, {}, settings, rows, progress, weights_key=model_cache_key(name))
 
-    entries = []
-    for folder in find_runs(paths):
-        entry: dict[str, Any] = {"run": str(folder)}
-        entries.append(_guarded(entry, partial(evaluate_run, folder, entry)))
-    if settings.base:
-        base: dict[str, Any] = {"run": f"base: {settings.base}", "weights": None, "train": {}}
-        entries.insert(0, _guarded(base, partial(evaluate_base, base)))
-    return {"eval_data": str(settings.eval_data), "runs": entries}
+    entries: list[dict[str, Any]] = []
 
+    def document() -> dict[str, Any]:
+        return {"eval_data": str(settings.eval_data), "runs": entries}
 
-def write_results(results: dict[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    for kind, name in _rows(paths, settings.references):
+        model = fingerprint(model_identity(name))
+        old = previous.get(name)
+        if old is not None and name in done and old.get("model_fingerprint") == model and "error" not in old:
+            log.info("%s: reusing its row saved in %s (same flags, files and model; --force recomputes)", name, where)
+            entries.append(old)
+            continue
+        entry: dict[str, Any] = {"run": name, "kind": kind, "model_fingerprint": model}
+        if kind == "reference":
+            entry.update(weights=None, train={})
+            _guarded(entry, partial(evaluate_reference, name))
+        else:
+            _guarded(entry, partial(evaluate_run, Path(name), entry))
+        entries.append(entry)
+        if saved is not None:
+            saved.write(document(), [e["run"] for e in entries if "error" not in e], complete=False)
+    if saved is not None:
+        saved.write(document(), [e["run"] for e in entries if "error" not in e], complete=True)
+    return document()

@@ -3,9 +3,10 @@
 Rows are tagged by a :class:`~wit_plugin.tagging.RoleTagger` (a run's own tagging set-up), run through the
 model in batches of about ``batch_tokens`` tokens (their ``[tokens x vocab]`` logits are the memory to mind),
 and each target token's CE (fp32) is summed per role; a row's first token is never a target, as in training.
-Rows longer than ``max_length`` are cut there, so that every run is scored on the same tokens (training may
-have dropped such rows instead). ``loss_<role>`` is the mean CE over that role's target tokens; ``loss`` is the WIT loss of the
-given weights over all rows (Σ w·CE / number of tokens with w > 0).
+Rows longer than ``max_length`` are cut there (the caller picks it by one rule for every model: see
+:func:`wit_plugin.evaluation.compare.cut_length`); ``rows_truncated`` counts them. ``loss_<role>`` is the mean
+CE over that role's target tokens. No WIT loss is reported: under each model's own weights it averages
+different tokens with different weights, so it cannot rank models (see :mod:`wit_plugin.evaluation.compare`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,12 @@ class HeldOut:
     rows: int
     truncated: int
 
-    def metrics(self, weights: RoleWeights | None = None) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         logs: dict[str, float] = {"rows": self.rows, "rows_truncated": self.truncated}
         for role in TRAINABLE_ROLES:
             logs[f"tokens_{role.label}"] = self.tokens[role]
             if self.tokens[role]:
                 logs[f"loss_{role.label}"] = self.loss_sum[role] / self.tokens[role]
-        if weights is not None:
-            table = weights.by_code()
-            counted = sum(self.tokens[r] for r in TRAINABLE_ROLES if table[r] > 0)
-            if counted:
-                logs["loss"] = sum(table[r] * self.loss_sum[r] for r in TRAINABLE_ROLES) / counted
         return logs
 
 

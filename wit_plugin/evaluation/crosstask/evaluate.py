@@ -21,7 +21,6 @@ generation and normalised exact match.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -180,9 +179,9 @@ class CrossTaskResult:
         }
 
     def write_trace(self, path: str | PathLike[str]) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        from wit_plugin.evaluation.resume import write_json
+
+        return write_json(Path(path), self.to_dict(), indent=None)
 
 
 class _Selector:
@@ -264,6 +263,9 @@ def evaluate_crosstask(
     progress: Progress | None = None,
     embedding_cache_key: str | None = None,
     activations: bool | None = None,
+    previous: Mapping[str, Any] | None = None,
+    reuse: Sequence[str] = (),
+    checkpoint: Callable[[CrossTaskResult, list[str]], None] | None = None,
 ) -> CrossTaskResult:
     """Evaluate ``model`` on ``targets`` under ``settings.conditions`` with demos from ``pool`` (see module doc).
 
@@ -272,6 +274,11 @@ def evaluate_crosstask(
     states: ``activations=None`` runs it where ``similar`` selection computes them anyway, ``True`` always (other
     selections then embed the pool for it), ``False`` never (training-time evaluation). Rows listing an option
     twice are resolved by :func:`~.tasks.usable_rows`, with notes.
+
+    With a ``checkpoint``, conditions run one after the other and after each it gets the result so far and the
+    conditions done (without, all run in one pass: prompts shared across conditions run once). The conditions in
+    ``reuse`` take their items' outcomes from ``previous`` (a trace this function wrote for the same model, files
+    and settings) instead of running them, when it holds every request they make.
     """
     settings = settings or CrossTaskSettings.from_options()
     pool, pool_notes = usable_rows(pool, "pool")
@@ -319,7 +326,12 @@ def evaluate_crosstask(
         skipped = sorted({i.task for i in chosen} - {r.item.task for r in requests if r.condition == condition})
         if condition in settings.conditions and skipped:
             notes.append(f"{condition}: no pool rows of another task for {', '.join(skipped)}, so no {condition} demos")
-    total = len(requests) + len(pseudo_requests)
+    previous_items = [t for t in (previous or {}).get("items", []) if t.get("condition") in reuse]
+    votes = {(r["task"], r["id"]): r["votes"] for r in (previous or {}).get("pseudo_labels", [])}
+    per_condition = {c: [r for r in requests if r.condition == c] for c in settings.conditions}
+    if "gold" in settings.conditions:
+        per_condition["gold"] = _in_task(chosen, pool, pseudo_sets, selector, settings, "gold", {})
+    total = sum(map(len, per_condition.values())) + len(pseudo_requests)  # pseudo demos: counted once labelled
     done = 0
 
     def advance(count: int) -> None:
@@ -328,31 +340,103 @@ def evaluate_crosstask(
         if progress is not None:
             progress(done, total)
 
-    runner.run(pseudo_requests, advance)
-    pseudo_labels, labels = _pseudo_labels(pseudo_sets, pseudo_requests, selector)
-    in_task = []
-    for task, items in by_task(chosen).items():
-        if task not in pseudo_sets:
-            continue
-        allowed = np.array([p in pseudo_sets[task] for p in pool])
-        labelled = all(row.where in labels for row in pseudo_sets[task])
-        if "pseudo" in settings.conditions and not labelled:
-            notes.append(f"{task}: the pool has no other task to pseudo-label its rows with, so no pseudo demos")
-        for item in items:
-            rows = selector.best(item, allowed, settings.shots)
-            if "gold" in settings.conditions:
-                in_task.append(Request(item, "gold", _gold(rows)))
-            if "pseudo" in settings.conditions and labelled:
-                in_task.append(Request(item, "pseudo", tuple(Demo(r, labels[r.where]) for r in rows)))
-    total += len(in_task)
-    runner.run(requests + in_task, advance)
-    evaluated = [*requests, *in_task]
+    def run(stage: list[str], batch: list[Request], restore: Callable[[list[Request]], bool]) -> None:
+        if all(condition in reuse for condition in stage) and restore(batch):
+            advance(len(batch))
+        else:
+            runner.run(batch, advance)
+
+    # Saved one by one, conditions run one after the other; else all in one pass, so that a prompt prefix shared
+    # across conditions (a demo block of cross and mixed, the rows of gold and pseudo) runs once.
+    one_pass = checkpoint is None and not reuse
+    stages = [list(settings.conditions)] if one_pass else [[condition] for condition in settings.conditions]
+    evaluated: list[Request] = []
+    pseudo_labels: list[dict[str, Any]] = []
+    finished: list[str] = []
+    for stage in stages:
+        if "pseudo" in stage:
+            run(["pseudo"], pseudo_requests, lambda batch: _restore_votes(batch, votes))
+            pseudo_labels, labels = _pseudo_labels(pseudo_sets, pseudo_requests, selector)
+            unlabelled = [t for t in pseudo_sets if not all(row.where in labels for row in pseudo_sets[t])]
+            for task in unlabelled:
+                notes.append(f"{task}: the pool has no other task to pseudo-label its rows with, so no pseudo demos")
+            per_condition["pseudo"] = _in_task(chosen, pool, pseudo_sets, selector, settings, "pseudo", labels)
+            total += len(per_condition["pseudo"])
+        batch = [request for condition in stage for request in per_condition.get(condition, [])]
+        run(stage, batch, lambda batch: _restore(batch, previous_items))
+        evaluated += batch
+        finished += stage
+        if checkpoint is not None:
+            results = _results(chosen, evaluated, settings)
+            checkpoint(
+                CrossTaskResult(
+                    settings.scoring, results, list(evaluated), _gain_matrix(evaluated, results), [],
+                    pseudo_labels, list(notes), settings, dict(work),
+                ),
+                list(finished),
+            )  # fmt: skip
     results = _results(chosen, evaluated, settings)
     matrix = _gain_matrix(evaluated, results)
     activation = _activation(evaluated, matrix, states, pool, queries) if analyse else []
     return CrossTaskResult(
         settings.scoring, results, evaluated, matrix, activation, pseudo_labels, notes, settings, dict(work)
     )
+
+
+def _in_task(
+    chosen: list[TaskItem],
+    pool: list[TaskItem],
+    pseudo_sets: dict[str, list[TaskItem]],
+    selector: _Selector,
+    settings: CrossTaskSettings,
+    condition: str,
+    labels: dict[str, str],
+) -> list[Request]:
+    """``gold`` or ``pseudo`` requests: the K best of the task's sampled pool rows, with gold labels or with the
+    pseudo-labels (tasks whose rows could not all be pseudo-labelled get none)."""
+    requests = []
+    for task, items in by_task(chosen).items():
+        if task not in pseudo_sets:
+            continue
+        if condition == "pseudo" and not all(row.where in labels for row in pseudo_sets[task]):
+            continue
+        allowed = np.array([p in pseudo_sets[task] for p in pool])
+        for item in items:
+            rows = selector.best(item, allowed, settings.shots)
+            demos = _gold(rows) if condition == "gold" else tuple(Demo(r, labels[r.where]) for r in rows)
+            requests.append(Request(item, condition, demos))
+    return requests
+
+
+def _restore(requests: list[Request], traces: list[dict[str, Any]]) -> bool:
+    """Fill ``requests`` with the outcomes of trace items of the same item, condition and demos (and the same
+    prompt tokens); False, changing nothing, unless every request has one."""
+    by_key = {(t["task"], t["id"], t["condition"], tuple((d["task"], d["id"]) for d in t["demos"])): t for t in traces}
+    found = []
+    for request in requests:
+        demos = tuple((demo.item.task, demo.item.id) for demo in request.demos)
+        trace = by_key.get((request.item.task, request.item.id, request.condition, demos))
+        if trace is None:
+            return False
+        found.append(trace)
+    for request, trace in zip(requests, found):
+        request.prompt_ids = tuple(trace["prompt_ids"])
+        option_ids = trace["option_ids"]
+        request.option_ids = [tuple(ids) for ids in option_ids] if option_ids is not None else None
+        request.option_logprobs = trace["option_logprobs"]
+        request.prediction = trace["prediction"]
+        request.generated = trace.get("generated")
+    return True
+
+
+def _restore_votes(requests: list[Request], votes: dict[tuple[str, str], dict[str, str]]) -> bool:
+    """Pseudo-labelling requests' predictions from a trace's ``pseudo_labels`` votes (all or nothing)."""
+    found = [votes.get((r.item.task, r.item.id), {}).get(r.source or "") for r in requests]
+    if any(prediction is None for prediction in found):
+        return False
+    for request, prediction in zip(requests, found):
+        request.prediction = prediction
+    return True
 
 
 def _gold(items: Sequence[TaskItem]) -> tuple[Demo, ...]:

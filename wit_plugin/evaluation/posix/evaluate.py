@@ -104,13 +104,27 @@ class POSIXResult:
             "sets": [result.to_dict() for result in self.sets],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> POSIXResult:
+        """The result :meth:`to_dict` wrote (a saved trace, reused when the same command runs again)."""
+        sets = [
+            SetResult(
+                item["prompts"],
+                [Response(r["text"], tuple(r["token_ids"])) for r in item["responses"]],
+                np.asarray(item["logprobs"], dtype=np.float64),
+                item["psi"],
+            )
+            for item in data["sets"]
+        ]
+        return cls(data["posix"], sets, data["max_new_tokens"], dict(data.get("work", {})))
+
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def write_trace(self, path: str | PathLike[str]) -> Path:
-        path = Path(path)
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
+        from wit_plugin.evaluation.resume import write_json
+
+        return write_json(Path(path), self.to_dict(), indent=2)
 
 
 def psi(logprobs: np.ndarray | Sequence[Sequence[float]], lengths: Sequence[int]) -> float:

@@ -14,7 +14,7 @@ its format; a chat prompt gets the block at the start of its first user message.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,18 @@ class ExemplarPOSIX:
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExemplarPOSIX:
+        """What :meth:`to_dict` wrote: the conditions a saved trace holds, reused when the command runs again."""
+        conditions = data.get("conditions", {})
+        return cls(
+            {name: POSIXResult.from_dict(entry) for name, entry in conditions.items()},
+            {name: entry["demos"] for name, entry in conditions.items()},
+            {name: entry["set_indices"] for name, entry in conditions.items()},
+            list(data.get("notes", [])),
+            dict(data.get("exemplars", {})),
+        )
+
 
 def parse_conditions(spec: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
@@ -89,9 +101,13 @@ def evaluate_posix_with_exemplars(
     seed: int,
     max_new_tokens: int,
     batch_size: int,
+    done: ExemplarPOSIX | None = None,
+    checkpoint: Callable[[ExemplarPOSIX], None] | None = None,
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); pool rows that list an
-    option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note."""
+    option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note.
+    A condition ``done`` holds for the same sets and demos (a saved trace of the same command) is taken from it,
+    not evaluated; ``checkpoint`` gets the outcome after each condition."""
     pool, notes = usable_rows(pool, "pool")
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
     states = None
@@ -124,6 +140,17 @@ def evaluate_posix_with_exemplars(
             outcome.notes.append(f"{condition}: {skipped} set(s) without a task that has pool rows were skipped")
         if not sets:
             continue
-        outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size)
+        reused = (
+            done is not None
+            and done.evaluated.get(condition) == indices
+            and done.demos.get(condition) == demos
+            and [item.prompts for item in done.results[condition].sets] == sets
+        )
+        if reused:
+            outcome.results[condition] = done.results[condition]
+        else:
+            outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size)
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
+        if checkpoint is not None:
+            checkpoint(outcome)
     return outcome
