@@ -370,3 +370,16 @@ def test_lora_kernels_are_turned_off_without_cuda(base_cfg, caplog, monkeypatch)
     assert [r.message for r in caplog.records if "lora_mlp_kernel" in r.message and "set to false" in r.message]
     with pytest.raises(WITConfigError, match="`lora_qkv_kernel`: Axolotl's fused LoRA kernels need CUDA"):
         load_cfg(DictDefault({**base_cfg, **LORA, "lora_qkv_kernel": True}))
+
+
+def test_every_datasets_chat_template_is_recorded(base_cfg, tokenizer, with_plugin):
+    from wit_plugin.integrations.axolotl.strategies import tagging_record
+
+    jinja = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    second = {**base_cfg["datasets"][0], "chat_template": "jinja", "chat_template_jinja": jinja}
+    cfg = load_cfg(DictDefault({**base_cfg, "datasets": [base_cfg["datasets"][0], second]}))
+    first, other = (tagging_record(tokenizer, cfg, dataset) for dataset in cfg.datasets)
+    assert first["options"]["chat_template"] == tokenizer.chat_template
+    assert other["options"]["chat_template"] == jinja

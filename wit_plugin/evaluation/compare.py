@@ -18,7 +18,7 @@ from typing import Any
 from wit_plugin.evaluation.models import TOKENIZER_FILES, has_tokenizer
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.roles import RoleWeights
-from wit_plugin.runs import RunError, find_runs, read_record
+from wit_plugin.runs import RunError, dataset_taggings, find_runs, read_record
 
 Progress = Callable[[str], None]
 MODEL_FILES = ("config.json", "adapter_config.json")
@@ -61,6 +61,8 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     from wit_plugin.tagging.registry import get_format
 
     row_format, options = tagging.get("format"), tagging.get("options") or {}
+    if not row_format:
+        return False
     if row_format == "chat":
         return (options.get("field_messages") or "messages") in row
     if row_format == "text":
@@ -68,23 +70,27 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     return bool(row_format) and get_format(row_format).matches(row)
 
 
-def _tag_rows(tokenizer: Any, tagging: dict[str, Any], rows: list[tuple[int, dict[str, Any]]], path: Path) -> list:
-    """Rows of the run's training shape go through the run's own tagger (format and options); a row of another
-    shape gets its detected format with only the run's chat rendering (template, its arguments, end of turn,
-    role names), so one held-out file may mix shapes."""
+def _tag_rows(
+    tokenizer: Any, taggings: Sequence[dict[str, Any]], rows: list[tuple[int, dict[str, Any]]], path: Path
+) -> list:
+    """A row goes through the tagger of the first training dataset whose shape it has (row format and field
+    names: that dataset's own chat template and options); a row of no training shape gets its detected format
+    with the first dataset's chat rendering (template, its arguments, end of turn, role names), so one held-out
+    file may mix shapes."""
     from wit_plugin.tagging import RoleTagger, TaggingError
     from wit_plugin.tagging.registry import detect_format
 
-    options = dict(tagging.get("options") or {})
-    rendering = {key: value for key, value in options.items() if key in CHAT_RENDERING}
-    taggers: dict[tuple[str, bool], RoleTagger] = {}
+    taggings = list(taggings) or [{}]
+    rendering = {key: value for key, value in (taggings[0].get("options") or {}).items() if key in CHAT_RENDERING}
+    taggers: dict[tuple[str, int | None], RoleTagger] = {}
     tagged = []
     for line, row in rows:
         try:
-            own = bool(tagging.get("format")) and _fits(tagging, row)
-            key = (tagging["format"], True) if own else (detect_format(row).name, False)
+            own = next((i for i, tagging in enumerate(taggings) if _fits(tagging, row)), None)
+            key = (taggings[own]["format"], own) if own is not None else (detect_format(row).name, None)
             if key not in taggers:
-                taggers[key] = RoleTagger(tokenizer, key[0], **(options if own else rendering))
+                options = dict(taggings[own].get("options") or {}) if own is not None else rendering
+                taggers[key] = RoleTagger(tokenizer, key[0], **options)
             tagged.append(taggers[key].tag(row))
         except TaggingError as error:
             raise TaggingError(f"{path}:{line}: {error}") from None
@@ -96,7 +102,7 @@ def evaluate_model(
     model: Any,
     tokenizer: Any,
     weights: RoleWeights | None,
-    tagging: dict[str, Any],
+    taggings: Sequence[dict[str, Any]],
     max_length: int | None,
     settings: CompareSettings,
     rows: list[tuple[int, dict[str, Any]]],
@@ -111,7 +117,7 @@ def evaluate_model(
             progress(f"{name}: {text}")
 
     say("held-out CE")
-    held = heldout_losses(model, _tag_rows(tokenizer, tagging, rows, settings.eval_data), max_length)
+    held = heldout_losses(model, _tag_rows(tokenizer, taggings, rows, settings.eval_data), max_length)
     result: dict[str, Any] = {"eval": held.metrics(weights)}
     if settings.posix:
         from wit_plugin.evaluation.posix import evaluate_posix
@@ -175,13 +181,13 @@ def compare_runs(
             train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
             finished=record.get("finished", False),
         )
-        reference["tagging"] = reference.get("tagging") or record["tagging"]
+        reference["taggings"] = reference.get("taggings") or dataset_taggings(record)
         say(f"{folder}: loading")
         model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
         max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
         reference["max_length"] = reference.get("max_length") or max_length
         return evaluate_model(
-            str(folder), model, tokenizer, weights, record["tagging"], max_length, settings, rows, progress,
+            str(folder), model, tokenizer, weights, dataset_taggings(record), max_length, settings, rows, progress,
             weights_key=model_cache_key(folder),
         )  # fmt: skip
 
@@ -190,7 +196,7 @@ def compare_runs(
         model, tokenizer = load_model(settings.base, settings.device)
         max_length = settings.max_length or reference.get("max_length")
         return evaluate_model(
-            entry["run"], model, tokenizer, None, reference.get("tagging", {}), max_length, settings, rows, progress,
+            entry["run"], model, tokenizer, None, reference.get("taggings", []), max_length, settings, rows, progress,
             weights_key=model_cache_key(settings.base),
         )  # fmt: skip
 
