@@ -457,7 +457,10 @@ def test_packed_and_padding_free_roles_equal_unpacked(tmp_path: Path, model_path
     """Per-role training and evaluation losses are the same whether rows are padded, BFD-packed or flattened
     (padding-free): no packed sequence sees another. A model TRL loads for packing gets an isolating attention."""
     padded = _first_step_and_eval(fresh_model(model_path), tmp_path / "padded", tokenizer, logging_steps=1)
-    for name, options in {"packed": {"packing": True}, "padding_free": {"padding_free": True, "max_length": None}}.items():
+    for name, options in {
+        "packed": {"packing": True},
+        "padding_free": {"padding_free": True, "max_length": None},
+    }.items():
         with caplog.at_level("WARNING", logger="wit_plugin"):
             step, metrics = _first_step_and_eval(
                 str(model_path), tmp_path / name, tokenizer, logging_steps=1, **options
@@ -479,13 +482,13 @@ def test_packing_under_an_attention_that_mixes_rows_is_refused(tmp_path: Path, m
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="wit_test_unmasked")
     rows = Dataset.from_list(CHAT)
     WITSFTTrainer(model=model, args=wit_config(tmp_path), train_dataset=rows, processing_class=tokenizer)  # unpacked
-    for options in ({"packing": True}, {"padding_free": True}):
+    for options in ({"packing": True}, {"padding_free": True, "max_length": None}):
         with pytest.raises(PackingAttentionError, match="attn_implementation='wit_test_unmasked'.*attend to each"):
             WITSFTTrainer(
                 model=model, args=wit_config(tmp_path, **options), train_dataset=rows, processing_class=tokenizer
             )
     loader = {"model_init_kwargs": {"attn_implementation": "wit_test_unmasked"}, "packing": True}
-    with pytest.raises(PackingAttentionError, match="model_init_kwargs"):
+    with pytest.raises(PackingAttentionError, match="attn_implementation='wit_test_unmasked'"):
         WITSFTTrainer(model=str(model_path), args=wit_config(tmp_path, **loader), train_dataset=rows)
 
 

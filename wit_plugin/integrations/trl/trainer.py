@@ -100,8 +100,9 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
             check_row(next(iter(kwargs["train_dataset"])))
         self.wit_weights = weights  # read by _prepare_dataset, which SFTTrainer.__init__ calls
-        keep_packed_rows_apart(model, args)
+        choose_packing_attention(model, args)
         super().__init__(model, args=args, **kwargs)
+        check_packing_attention(self.model, args)
         if self.aux_loss_enabled:
             raise ValueError(
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
@@ -150,29 +151,31 @@ def packing_keys(args: WITConfig) -> str | None:
     return ", ".join(f"{key}=True" for key in keys) or None
 
 
-def keep_packed_rows_apart(model: Any, args: WITConfig) -> None:
-    """With packed rows, the attention must keep them apart: a model TRL loads gets one that does (when the user
-    named none); a loaded model whose implementation cannot is refused."""
-    from wit_plugin.compat import transformers_isolates_packed_rows
-    from wit_plugin.packing import ISOLATING_CHOICES, PackingAttentionError, default_attention, log_choice
+def choose_packing_attention(model: Any, args: WITConfig) -> None:
+    """With packed rows, a model TRL loads from a name gets an attention that keeps them apart, when the user
+    named none (checked once loaded, by :func:`check_packing_attention`)."""
+    from wit_plugin.packing import default_attention, log_choice
 
     packing = packing_keys(args)
-    if packing is None:
+    init_kwargs = dict(args.model_init_kwargs or {})
+    if packing is None or not isinstance(model, str) or init_kwargs.get("attn_implementation") is not None:
         return
-    if isinstance(model, str):  # TRL loads it with model_init_kwargs
-        init_kwargs = dict(args.model_init_kwargs or {})
-        implementation = init_kwargs.get("attn_implementation")
-        if implementation is None:
-            init_kwargs["attn_implementation"] = default_attention(on_cpu=bool(args.use_cpu))
-            args.model_init_kwargs = init_kwargs
-            log_choice(init_kwargs["attn_implementation"], packing)
-            return
-        where = f"model_init_kwargs['attn_implementation']={implementation!r}"
-    else:
-        implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        where = f"the model's attn_implementation={implementation!r}"
-    if not transformers_isolates_packed_rows(implementation):
+    init_kwargs["attn_implementation"] = default_attention(on_cpu=bool(args.use_cpu))
+    args.model_init_kwargs = init_kwargs
+    log_choice(init_kwargs["attn_implementation"], packing)
+
+
+def check_packing_attention(model: Any, args: WITConfig) -> None:
+    """With packed rows, refuse a model whose attention cannot keep them apart (no mask builder: a custom
+    attention function); hub kernels are known only once the model is loaded, hence after TRL loads it."""
+    from wit_plugin.compat import transformers_isolates_packed_rows
+    from wit_plugin.packing import ISOLATING_CHOICES, PackingAttentionError
+
+    packing = packing_keys(args)
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if packing is not None and not transformers_isolates_packed_rows(implementation):
         raise PackingAttentionError(
-            f"WITSFTTrainer: {packing} with {where}: packed sequences would attend to each other. Load the model "
-            f"with attn_implementation set to {ISOLATING_CHOICES}, or turn packing off"
+            f"WITSFTTrainer: {packing} with the model's attn_implementation={implementation!r}: packed sequences "
+            f"would attend to each other. Load the model with attn_implementation set to {ISOLATING_CHOICES} "
+            "(model_init_kwargs when TRL loads it), or turn packing off"
         )
