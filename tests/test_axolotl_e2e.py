@@ -36,8 +36,10 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
         max_steps=3,
         logging_steps=1,
     )
+    data_count = overrides.pop("data_count", 48)
     cfg.update(overrides)
-    cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=48, seed=1))
+    cfg = {key: value for key, value in cfg.items() if value is not None}  # None: leave the key out
+    cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=data_count, seed=1))
     config = tmp_path / "cfg.yml"
     config.write_text(yaml.safe_dump(cfg))
     env = {
@@ -137,3 +139,52 @@ def test_chunked_loss_step_equals_eager_step_through_axolotl(model_path, tmp_pat
     for key in ("loss", "grad_norm", "wit/loss_instruction", "wit/loss_response"):  # printed to 4 digits
         assert float(steps["chunked"][key]) == pytest.approx(float(steps["eager"][key]), rel=1e-3), key
     assert steps["chunked"]["wit/tokens_template"] == steps["eager"]["wit/tokens_template"]
+
+
+# --- packed rows kept apart: packed == unpacked, per role -------------------------------------------------------
+
+PER_ROLE = [f"wit/loss_{role}" for role in ("template", "instruction", "response", "eot")]
+
+
+@pytest.fixture(scope="module")
+def one_step_runs(model_path, tmp_path_factory) -> dict[str, list[dict]]:
+    """One training step over every training row (so its per-role losses are those of the same rows whatever the
+    batching), then an evaluation at a learning rate too small to move the model: unpacked, packed with the
+    shipped example's attention setting, and packed with no attention key (the plugin chooses)."""
+    common = {
+        "val_set_size": 0.25,
+        "eval_strategy": "steps",
+        "eval_steps": 1,
+        "max_steps": 1,
+        "gradient_accumulation_steps": 32,  # more micro-batches than the data has: the one step sees every row
+        "learning_rate": 1e-9,
+        "lr_scheduler": "constant",
+        "seed": 3,
+    }
+    shipped = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
+    runs = {
+        "unpacked": {"sample_packing": False, "attn_implementation": None},
+        "packed as shipped": {"sample_packing": True, "attn_implementation": shipped.get("attn_implementation")},
+        "packed, no attention key": {"sample_packing": True, "attn_implementation": None},
+    }
+    logs = {}
+    for name, overrides in runs.items():
+        folder = tmp_path_factory.mktemp(name.replace(" ", "_").replace(",", ""))
+        logs[name], _ = train(model_path, folder, AXOLOTL_TRAIN, **common, **overrides, data_count=24)
+    return logs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packed", ["packed as shipped", "packed, no attention key"])
+def test_packed_rows_train_and_evaluate_as_unpacked(one_step_runs, packed):
+    """Per-role losses of one training step and of the evaluation after it equal the unpacked run's: no packed
+    sequence attends to another (Axolotl 0.19's default would pass its sequence-number mask as padding)."""
+    reference, run = one_step_runs["unpacked"], one_step_runs[packed]
+    for kind, prefix in (("loss", ""), ("eval_loss", "eval_")):
+        expected = next(entry for entry in reference if kind in entry)
+        actual = next(entry for entry in run if kind in entry)
+        for key in PER_ROLE:
+            count = f"{prefix}{key.replace('loss', 'tokens')}"
+            assert int(actual[count]) == int(expected[count]), (count, actual, expected)  # the same tokens
+            assert float(actual[prefix + key]) == pytest.approx(float(expected[prefix + key]), abs=2e-3), key
+    assert not [entry for entry in run if "ppl" in entry or "eval_ppl" in entry]  # exp(weighted loss): not logged

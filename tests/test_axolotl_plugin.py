@@ -305,3 +305,81 @@ def test_posix_callback_is_added_when_prompts_are_configured(tmp_path):
         DictDefault({"wit_posix_prompts": str(prompts), "wit_posix_steps": 5}), trainer=None
     )
     assert isinstance(callback, POSIXCallback) and callback.every_n_steps == 5 and len(callback.prompt_sets) == 1
+
+
+# --- packed rows kept apart; LoRA kernels on CPU --------------------------------------------------------------
+
+
+def _without_attention(cfg: dict) -> dict:
+    return {key: value for key, value in cfg.items() if key != "attn_implementation"}
+
+
+@pytest.mark.parametrize(
+    "packing", [{"sample_packing": True}, {"sample_packing": False, "eval_sample_packing": True}], ids=str
+)
+def test_packing_without_an_attention_key_gets_one_that_keeps_rows_apart(base_cfg, caplog, packing):
+    """Axolotl keeps the multipack collator's sequence-number attention_mask unless an attention implementation is
+    set; transformers reads that mask as padding, so packed rows would see each other."""
+    with caplog.at_level("WARNING"):
+        cfg = load_cfg(DictDefault({**_without_attention(base_cfg), "val_set_size": 0.1, **packing}))
+    assert cfg.attn_implementation == "sdpa"  # on CPU; flash-attention on CUDA when installed
+    assert cfg.attn_decontaminates_packing  # Axolotl now drops the sequence-number mask
+    assert [r.message for r in caplog.records if "attn_implementation=sdpa" in r.message]
+
+
+def test_unpacked_runs_and_deprecated_attention_keys_are_left_alone(base_cfg):
+    unpacked = load_cfg(DictDefault({**_without_attention(base_cfg), "sample_packing": False}))
+    assert unpacked.attn_implementation is None
+    legacy = load_cfg(DictDefault({**_without_attention(base_cfg), "sdp_attention": True}))  # Axolotl maps it
+    assert legacy.attn_implementation == "sdpa" and legacy.attn_decontaminates_packing
+
+
+@pytest.mark.parametrize("implementation", ["fp8", "kernels-community/some-attention"])
+def test_packing_under_an_attention_that_mixes_rows_is_refused(base_cfg, implementation):
+    cfg = {**base_cfg, "attn_implementation": implementation}
+    with pytest.raises(WITConfigError, match="`sample_packing: true` with `attn_implementation`.*set `attn_impl"):
+        load_cfg(DictDefault(cfg))
+
+
+def test_schema_validator_refuses_packing_that_mixes_rows():
+    """The same rule on the validated config (after Axolotl's own normalisation), as a named validator."""
+    from pydantic import ValidationError
+
+    from wit_plugin.integrations.axolotl.args import WITArgs
+
+    class Merged(WITArgs):  # what Axolotl's merged schema gives the validator
+        sample_packing: bool | None = None
+        attn_implementation: str | None = None
+
+    Merged(sample_packing=True, attn_implementation="sdpa")
+    with pytest.raises(ValidationError, match="attends to the ones before it"):
+        Merged(sample_packing=True, attn_implementation="fp8")
+
+
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True}
+
+
+def test_lora_kernels_are_turned_off_without_cuda(base_cfg, caplog, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        cfg = load_cfg(DictDefault({**base_cfg, **LORA}))  # Axolotl would auto-enable all four
+    kernels = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+    assert [cfg[key] for key in kernels] == [False] * 4
+    assert [r.message for r in caplog.records if "lora_mlp_kernel" in r.message and "set to false" in r.message]
+    with pytest.raises(WITConfigError, match="`lora_qkv_kernel`: Axolotl's fused LoRA kernels need CUDA"):
+        load_cfg(DictDefault({**base_cfg, **LORA, "lora_qkv_kernel": True}))
+
+
+def test_every_datasets_chat_template_is_recorded(base_cfg, tokenizer, with_plugin):
+    from wit_plugin.integrations.axolotl.strategies import tagging_record
+
+    jinja = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    second = {**base_cfg["datasets"][0], "chat_template": "jinja", "chat_template_jinja": jinja}
+    cfg = load_cfg(DictDefault({**base_cfg, "datasets": [base_cfg["datasets"][0], second]}))
+    first, other = (tagging_record(tokenizer, cfg, dataset) for dataset in cfg.datasets)
+    assert first["options"]["chat_template"] == tokenizer.chat_template
+    assert other["options"]["chat_template"] == jinja

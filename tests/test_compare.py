@@ -330,3 +330,30 @@ def test_interrupted_compare_keeps_finished_rows_and_resumes(runs, tmp_path, mod
     calls.clear()
     assert main([*argv, "--max-length", "8"]) == 0 and len(calls) == 3  # other flags: other numbers
     assert {r["eval"]["cut_at"] for r in json.loads(out.read_text())["runs"]} == {8}
+
+
+# ChatML without SmolLM2's default system prompt: a second dataset trained under another template.
+PLAIN_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_held_out_rows_are_tagged_by_the_dataset_they_look_like(tokenizer, tmp_path):
+    """Each training dataset's chat template is recorded; a held-out row goes through the tagger of the dataset
+    whose shape it has. An older record (one ``tagging``) still reads."""
+    from wit_plugin.evaluation.compare import _tag_rows
+    from wit_plugin.runs import dataset_taggings
+
+    first = {"format": "chat", "options": {"chat_template": tokenizer.chat_template}}
+    second = {"format": "chat", "options": {"chat_template": PLAIN_CHATML, "field_messages": "conversation"}}
+    record = {"tagging": {"version": 2, **first}, "dataset_taggings": [first, second]}
+    turns = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]
+    rows = [(1, {"messages": turns}), (2, {"conversation": turns})]
+    tagged = _tag_rows(tokenizer, dataset_taggings(record), rows, tmp_path / "held.jsonl")
+    expected = [
+        RoleTagger(tokenizer, "chat", **tagging["options"]).tag(row) for tagging, (_, row) in zip((first, second), rows)
+    ]
+    assert [t.input_ids for t in tagged] == [e.input_ids for e in expected]
+    assert len(tagged[0].input_ids) > len(tagged[1].input_ids) + 10  # SmolLM2's template adds a system prompt
+    assert dataset_taggings({"tagging": {"version": 2, **first}}) == [{"version": 2, **first}]

@@ -670,7 +670,7 @@ def test_exemplar_trace_holds_the_plain_trace_per_condition(smol_path, tmp_path,
     assert main(argv) == 0
     shown = " ".join(capsys.readouterr().out.split())
     data = json.loads(trace.read_text())
-    assert set(data) == {"exemplars", "conditions", "notes"}
+    assert set(data) == {"exemplars", "conditions", "notes", "resume"}  # resume: what the same command reuses
     assert data["exemplars"] == {"conditions": ["none", "cross", "in-task"], "shots": 1, "select": "lexical", "seed": 0}
     assert list(data["conditions"]) == ["none", "cross", "in-task"]
     plain = {"posix", "max_new_tokens", "short_replies", "sets_with_short_replies", "work", "sets"}

@@ -428,3 +428,78 @@ def test_fused_chunked_loss_gives_the_eager_step_on_packed_rows(
         eager, chunked = (params[name].detach() - start.detach() for params in (updated["eager"], updated["chunked"]))
         relative_error = float((chunked - eager).norm() / eager.norm())
         assert relative_error < 5e-4, (name, relative_error)  # fp32 summation order (measured max ~1.2e-4)
+
+
+# --- packed rows kept apart ------------------------------------------------------------------------------------
+
+ROLE_METRICS = [f"wit/{kind}_{role}" for kind in ("loss", "tokens") for role in ("system", "instruction", "response")]
+
+
+def _first_step_and_eval(model: Any, tmp_path: Path, tokenizer: Any, **options: Any) -> tuple[dict, dict]:
+    """One step over every CHAT row (its per-role losses are the model's before the update), then evaluation."""
+    args = wit_config(
+        tmp_path, **WIT, wit_loss_impl="eager", per_device_train_batch_size=len(CHAT), **ONE_SGD_STEP, **options
+    )
+    args.learning_rate = 1e-9  # evaluation sees (almost) the same model in every layout
+    trainer = WITSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(CHAT),
+        eval_dataset=Dataset.from_list(CHAT),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    step = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return step, trainer.evaluate()
+
+
+def test_packed_and_padding_free_roles_equal_unpacked(tmp_path: Path, model_path: Path, tokenizer: Any, caplog) -> None:
+    """Per-role training and evaluation losses are the same whether rows are padded, BFD-packed or flattened
+    (padding-free): no packed sequence sees another. A model TRL loads for packing gets an isolating attention."""
+    padded = _first_step_and_eval(fresh_model(model_path), tmp_path / "padded", tokenizer, logging_steps=1)
+    for name, options in {
+        "packed": {"packing": True},
+        "padding_free": {"padding_free": True, "max_length": None},
+    }.items():
+        with caplog.at_level("WARNING", logger="wit_plugin"):
+            step, metrics = _first_step_and_eval(
+                str(model_path), tmp_path / name, tokenizer, logging_steps=1, **options
+            )
+        assert "attn_implementation=sdpa" in caplog.text  # chosen and said once
+        for key in ROLE_METRICS:
+            assert step[key] == pytest.approx(padded[0][key], rel=1e-4), (name, key)
+            assert metrics[f"eval_{key}"] == pytest.approx(padded[1][f"eval_{key}"], rel=1e-4), (name, key)
+
+
+def test_packing_under_an_attention_that_mixes_rows_is_refused(tmp_path: Path, model_path: Path, tokenizer: Any):
+    """A registered attention function without a mask builder attends across the sequences of a packed row."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from wit_plugin.packing import PackingAttentionError
+
+    AttentionInterface.register("wit_test_unmasked", sdpa_attention_forward)
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="wit_test_unmasked")
+    rows = Dataset.from_list(CHAT)
+    WITSFTTrainer(model=model, args=wit_config(tmp_path), train_dataset=rows, processing_class=tokenizer)  # unpacked
+    for options in ({"packing": True}, {"padding_free": True, "max_length": None}):
+        with pytest.raises(PackingAttentionError, match="attn_implementation='wit_test_unmasked'.*attend to each"):
+            WITSFTTrainer(
+                model=model, args=wit_config(tmp_path, **options), train_dataset=rows, processing_class=tokenizer
+            )
+    loader = {"model_init_kwargs": {"attn_implementation": "wit_test_unmasked"}, "packing": True}
+    with pytest.raises(PackingAttentionError, match="attn_implementation='wit_test_unmasked'"):
+        WITSFTTrainer(model=str(model_path), args=wit_config(tmp_path, **loader), train_dataset=rows)
+
+
+def test_num_tokens_is_logged_with_the_default_loss(tmp_path: Path, model_path: Path, tokenizer: Any) -> None:
+    """TRL's cumulative ``num_tokens`` also when the loss builds no logits (wit_loss_impl's default)."""
+    args = wit_config(tmp_path, **WIT, max_steps=2, logging_steps=1, per_device_train_batch_size=len(CHAT))
+    trainer = WITSFTTrainer(
+        model=fresh_model(model_path), args=args, train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer
+    )
+    trainer.train()
+    assert trainer.wit_loss_impl != "eager"  # the default builds no logits on this machine
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    tokens = sum(len(row["input_ids"]) for row in trainer.train_dataset)  # every row once per step
+    assert [entry["num_tokens"] for entry in steps] == [tokens, 2 * tokens]

@@ -12,7 +12,11 @@ takes the right branch.
 * TRL 1.9 hands its own ``compute_loss`` a ``_prediction_loss_only`` input; TRL 1.16 counts a tensor-parallel
   group's tokens once (``_tp_size``).
 * Axolotl 0.21 logs ``ppl = exp(loss)`` unless a trainer sets ``reports_token_perplexity = False`` (0.19 always
-  logs it; the attribute is then ignored).
+  logs it; the attribute is then ignored, and wit_plugin's trainer drops the key before it is logged).
+* Attention under sample packing: Axolotl 0.19 and 0.21 spell it the same way (``attn_implementation``, with the
+  deprecated booleans ``sdp_attention``, ``flash_attention``, ``flex_attention``, ``eager_attention``...
+  mapped onto it) and both keep the multipack collator's ``attention_mask`` of sequence numbers (1, 1, 2, 2...)
+  unless the implementation is one Axolotl knows to separate packed rows; read from Axolotl's own tables.
 """
 
 from __future__ import annotations
@@ -86,3 +90,40 @@ def trl_token_divisor(trainer: Any) -> int:
 # Class attributes of wit_plugin's Axolotl trainer: Axolotl 0.21 logs ``ppl = exp(loss)`` unless told not to, and
 # exp of a weighted loss is not a perplexity (0.19 ignores the attribute and always logs it).
 AXOLOTL_TRAINER_ATTRIBUTES: dict[str, Any] = {"reports_token_perplexity": False}
+
+
+# Axolotl's trainer drops these from its log lines: 0.19 computes them as exp of the (weighted) loss.
+AXOLOTL_WEIGHTED_PERPLEXITY_KEYS = ("ppl", "eval_ppl")
+
+
+def axolotl_attention(cfg: Any) -> tuple[str | None, str | None]:
+    """The attention implementation an Axolotl config asks for and the key that asks: ``attn_implementation``,
+    else the first deprecated boolean Axolotl maps onto it (in Axolotl's own priority order); (None, None) if
+    none is set."""
+    from axolotl.utils.schemas.enums import LEGACY_ATTN_FLAG_TO_IMPL
+
+    if cfg.get("attn_implementation"):
+        return "attn_implementation", str(cfg["attn_implementation"])
+    for flag, implementation in LEGACY_ATTN_FLAG_TO_IMPL.items():
+        if cfg.get(flag):
+            return flag, implementation
+    return None, None
+
+
+def axolotl_isolates_packed_rows(implementation: str) -> bool:
+    """Whether Axolotl keeps packed rows apart under ``implementation``: it drops the collator's
+    ``attention_mask`` of sequence numbers (which transformers would read as a padding mask, letting every row
+    of a pack see the rows before it) for varlen backends and for sdpa/eager, whose block mask transformers then
+    builds from the restarting ``position_ids``. (Axolotl's ``attn_decontaminates_packing``.)"""
+    from axolotl.utils.schemas.enums import ATTN_IMPLS_SUPPORTING_PACKING, attn_impl_base
+
+    return attn_impl_base(implementation) in ATTN_IMPLS_SUPPORTING_PACKING or implementation in ("sdpa", "eager")
+
+
+def transformers_isolates_packed_rows(implementation: str | None) -> bool:
+    """Whether transformers separates sequences packed in one row (told apart by ``position_ids`` alone) under
+    ``implementation``: exactly those with a registered mask builder (sdpa, eager, flex, the flash variants and
+    any kernel registered with a flash mask); a custom attention function without one attends across rows."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return implementation is not None and implementation in ALL_MASK_ATTENTION_FUNCTIONS

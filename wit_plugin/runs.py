@@ -2,7 +2,8 @@
 
 At train start wit_plugin's trainers (Axolotl and TRL) write ``wit_run.json``: the resolved role weights, every
 ``wit_*`` option, the loss implementation, package versions, base model, datasets and the tagging set-up (row
-format and chat options, so held-out rows can be tagged exactly as training tagged them). Each log line updates
+format and chat options, so held-out rows can be tagged exactly as training tagged them): ``tagging`` for the
+first dataset and ``dataset_taggings`` for each (Axolotl; records from before it have ``tagging`` only). Each log line updates
 the last training metrics (``train``), and the end of training marks the run ``finished``.
 """
 
@@ -122,6 +123,11 @@ def read_record(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise RunError(f"{path} lacks {missing}")
     return record
+
+
+def dataset_taggings(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each training dataset's tagging set-up, in the config's order (an older record: its one ``tagging``)."""
+    return [tagging for tagging in record.get("dataset_taggings") or [record["tagging"]] if tagging]
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:

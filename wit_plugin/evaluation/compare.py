@@ -35,7 +35,7 @@ from typing import Any
 from wit_plugin.evaluation.models import TOKENIZER_FILES, has_tokenizer
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
-from wit_plugin.runs import RUN_FILE, RunError, find_runs, read_record
+from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -84,6 +84,8 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     from wit_plugin.tagging.registry import get_format
 
     row_format, options = tagging.get("format"), tagging.get("options") or {}
+    if not row_format:
+        return False
     if row_format == "chat":
         return (options.get("field_messages") or "messages") in row
     if row_format == "text":
@@ -91,23 +93,27 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     return bool(row_format) and get_format(row_format).matches(row)
 
 
-def _tag_rows(tokenizer: Any, tagging: dict[str, Any], rows: list[tuple[int, dict[str, Any]]], path: Path) -> list:
-    """Rows of the run's training shape go through the run's own tagger (format and options); a row of another
-    shape gets its detected format with only the run's chat rendering (template, its arguments, end of turn,
-    role names), so one held-out file may mix shapes."""
+def _tag_rows(
+    tokenizer: Any, taggings: Sequence[dict[str, Any]], rows: list[tuple[int, dict[str, Any]]], path: Path
+) -> list:
+    """A row goes through the tagger of the first training dataset whose shape it has (row format and field
+    names: that dataset's own chat template and options); a row of no training shape gets its detected format
+    with the first dataset's chat rendering (template, its arguments, end of turn, role names), so one held-out
+    file may mix shapes."""
     from wit_plugin.tagging import RoleTagger, TaggingError
     from wit_plugin.tagging.registry import detect_format
 
-    options = dict(tagging.get("options") or {})
-    rendering = {key: value for key, value in options.items() if key in CHAT_RENDERING}
-    taggers: dict[tuple[str, bool], RoleTagger] = {}
+    taggings = list(taggings) or [{}]
+    rendering = {key: value for key, value in (taggings[0].get("options") or {}).items() if key in CHAT_RENDERING}
+    taggers: dict[tuple[str, int | None], RoleTagger] = {}
     tagged = []
     for line, row in rows:
         try:
-            own = bool(tagging.get("format")) and _fits(tagging, row)
-            key = (tagging["format"], True) if own else (detect_format(row).name, False)
+            own = next((i for i, tagging in enumerate(taggings) if _fits(tagging, row)), None)
+            key = (taggings[own]["format"], own) if own is not None else (detect_format(row).name, None)
             if key not in taggers:
-                taggers[key] = RoleTagger(tokenizer, key[0], **(options if own else rendering))
+                options = dict(taggings[own].get("options") or {}) if own is not None else rendering
+                taggers[key] = RoleTagger(tokenizer, key[0], **options)
             tagged.append(taggers[key].tag(row))
         except TaggingError as error:
             raise TaggingError(f"{path}:{line}: {error}") from None
@@ -132,7 +138,7 @@ def evaluate_model(
     name: str,
     model: Any,
     tokenizer: Any,
-    tagging: dict[str, Any],
+    taggings: Sequence[dict[str, Any]],
     settings: CompareSettings,
     rows: list[tuple[int, dict[str, Any]]],
     progress: Progress | None = None,
@@ -147,7 +153,7 @@ def evaluate_model(
 
     say("held-out CE")
     cut_at = cut_length(model, settings.max_length)
-    held = heldout_losses(model, _tag_rows(tokenizer, tagging, rows, settings.eval_data), cut_at)
+    held = heldout_losses(model, _tag_rows(tokenizer, taggings, rows, settings.eval_data), cut_at)
     result: dict[str, Any] = {"eval": {**held.metrics(), "cut_at": cut_at}}
     if settings.posix:
         from wit_plugin.evaluation.posix import evaluate_posix
@@ -233,14 +239,14 @@ def compare_runs(
         say(f"{folder}: loading")
         model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
         return evaluate_model(
-            str(folder), model, tokenizer, record["tagging"], settings, rows, progress,
+            str(folder), model, tokenizer, dataset_taggings(record), settings, rows, progress,
             weights_key=model_cache_key(folder),
         )  # fmt: skip
 
     def evaluate_reference(name: str) -> dict[str, Any]:
         say(f"{name}: loading the reference model")
         model, tokenizer = load_model(name, settings.device)
-        return evaluate_model(name, model, tokenizer, {}, settings, rows, progress, weights_key=model_cache_key(name))
+        return evaluate_model(name, model, tokenizer, [], settings, rows, progress, weights_key=model_cache_key(name))
 
     entries: list[dict[str, Any]] = []
 

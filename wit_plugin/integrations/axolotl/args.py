@@ -53,3 +53,42 @@ class WITArgs(_WITFields):  # type: ignore[misc, valid-type]
     def crosstask_has_data(self) -> WITArgs:
         options.check_crosstask(self.model_dump())
         return self
+
+    # The two checks below read Axolotl's own keys: in Axolotl's merged schema ``self`` has them (already
+    # normalised: deprecated attention booleans mapped onto ``attn_implementation``, LoRA kernels auto-enabled).
+
+    @model_validator(mode="after")
+    def packed_rows_kept_apart(self) -> WITArgs:
+        from wit_plugin.integrations.axolotl.plugin import packing_attention_problems
+
+        _refuse(packing_attention_problems(_axolotl_keys(self)))
+        return self
+
+    @model_validator(mode="after")
+    def lora_kernels_have_cuda(self) -> WITArgs:
+        from wit_plugin.integrations.axolotl.plugin import lora_kernel_problems
+
+        _refuse(lora_kernel_problems(_axolotl_keys(self)))
+        return self
+
+
+def _axolotl_keys(model: BaseModel) -> dict[str, Any]:
+    return {key: getattr(model, key, None) for key in AXOLOTL_KEYS}
+
+
+AXOLOTL_KEYS = (
+    "sample_packing",
+    "eval_sample_packing",
+    "attn_implementation",
+    "adapter",
+    "use_cpu",
+    "lora_mlp_kernel",
+    "lora_qkv_kernel",
+    "lora_o_kernel",
+    "lora_embedding_kernel",
+)
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("wit_plugin cannot train with:\n  - " + "\n  - ".join(problems))

@@ -102,8 +102,78 @@ def check_config(cfg: Any) -> None:
         for name in cfg.get("plugins") or []
         if "cut_cross_entropy" in name or "liger" in name.lower()
     ]
+    problems += packing_attention_problems(cfg) + lora_kernel_problems(cfg)
     if problems:
         raise WITConfigError("wit_plugin cannot train with:\n  - " + "\n  - ".join(problems))
+
+
+def packing_keys(cfg: Any) -> str | None:
+    """The keys that pack rows (``sample_packing``, ``eval_sample_packing``), as the messages name them."""
+    keys = [key for key in ("sample_packing", "eval_sample_packing") if cfg.get(key)]
+    return " / ".join(f"`{key}: true`" for key in keys) or None
+
+
+def packing_attention_problems(cfg: Any) -> list[str]:
+    """An explicit attention implementation under which packed rows would see each other."""
+    from wit_plugin.compat import axolotl_attention, axolotl_isolates_packed_rows
+    from wit_plugin.packing import ISOLATING_CHOICES
+
+    packing = packing_keys(cfg)
+    key, implementation = axolotl_attention(cfg)
+    if packing is None or implementation is None or axolotl_isolates_packed_rows(implementation):
+        return []
+    why = (
+        f"{packing} with `{key}` ({implementation}): Axolotl passes the packed rows' sequence numbers as an "
+        "attention mask that transformers reads as padding, so every packed sequence attends to the ones before "
+        f"it; set `attn_implementation` to {ISOLATING_CHOICES} (and remove `{key}`), or turn packing off"
+    )
+    return [why]
+
+
+def choose_packing_attention(cfg: Any) -> None:
+    """Under packing with no attention key, pick one that keeps packed rows apart (Axolotl would otherwise keep
+    its sequence-number mask, which transformers reads as padding: the rows would attend to each other)."""
+    from wit_plugin.compat import axolotl_attention
+    from wit_plugin.packing import default_attention, log_choice
+
+    packing = packing_keys(cfg)
+    if packing is None or axolotl_attention(cfg)[1] is not None:
+        return
+    cfg["attn_implementation"] = default_attention(on_cpu=_on_cpu(cfg))
+    log_choice(cfg["attn_implementation"], packing)
+
+
+LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def _on_cpu(cfg: Any) -> bool:
+    import torch
+
+    return bool(cfg.get("use_cpu")) or not torch.cuda.is_available()
+
+
+def _lora(cfg: Any) -> bool:
+    return cfg.get("adapter") in ("lora", "qlora")
+
+
+def lora_kernel_problems(cfg: Any) -> list[str]:
+    """Axolotl's fused LoRA kernels are Triton (CUDA) kernels: on CPU they fail at the first step."""
+    explicit = [key for key in LORA_KERNELS if cfg.get(key)]
+    if not explicit or not _lora(cfg) or not _on_cpu(cfg):
+        return []
+    keys = ", ".join(f"`{key}`" for key in explicit)
+    return [f"{keys}: Axolotl's fused LoRA kernels need CUDA, and this run is on the CPU; set them to false"]
+
+
+def disable_lora_kernels_on_cpu(cfg: Any) -> None:
+    """Axolotl 0.19 and 0.21 turn on every ``lora_*_kernel`` for a LoRA run that sets none of them, CUDA or not;
+    on CPU they crash (``Torch not compiled with CUDA enabled``), so unset ones are set false here."""
+    unset = [key for key in LORA_KERNELS if cfg.get(key) is None]
+    if not unset or not _lora(cfg) or not _on_cpu(cfg):
+        return
+    for key in unset:
+        cfg[key] = False
+    LOG.warning("wit: no CUDA for Axolotl's fused LoRA kernels: %s set to false", ", ".join(unset))
 
 
 def config_sharding(cfg: Any) -> str | None:
@@ -155,6 +225,8 @@ class WITPlugin(BasePlugin):
 
     def register(self, cfg: dict) -> None:
         check_config(cfg)
+        choose_packing_attention(cfg)
+        disable_lora_kernels_on_cpu(cfg)
         map_dataset_types(cfg)
         version_prepared_path(cfg)
         check_dataset_files(cfg)
@@ -213,6 +285,7 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
         {key: dataset.get(key) for key in ("path", "type", "split", "field_messages") if dataset.get(key) is not None}
         for dataset in cfg.get("datasets") or []
     ]
+    taggings = [tagging_record(trainer.processing_class, cfg, dataset) for dataset in cfg.get("datasets") or []]
     record = run_record(
         "axolotl",
         trainer.wit_weights,
@@ -220,7 +293,8 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
         trainer.wit_loss_impl,
         cfg.get("base_model"),
         datasets,
-        tagging_record(trainer.processing_class, cfg),
+        taggings[0] if taggings else {},
+        dataset_taggings=taggings,
         adapter=cfg.get("adapter"),
         sequence_len=cfg.get("sequence_len"),
         seed=cfg.get("seed"),

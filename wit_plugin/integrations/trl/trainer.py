@@ -42,13 +42,28 @@ class LogitsSFTTrainer(SFTTrainer):
         loss, outputs = Trainer.compute_loss(
             self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
+        self._count_tokens(inputs)
         if getattr(outputs, "logits", None) is not None:  # a fused loss (wit_loss_impl) builds no logits
-            self._record_metrics(inputs, outputs.logits, labels)
+            self._record_metrics(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _record_metrics(self, inputs: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """TRL's ``entropy``, ``mean_token_accuracy`` (over target tokens) and ``num_tokens`` (over inputs)."""
+    def _count_tokens(self, inputs: dict[str, Any]) -> None:
+        """TRL's ``num_tokens`` (input tokens seen in training so far), whatever the loss implementation."""
+        mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            else:  # padding-free: one row, every position counts
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(local).sum().item() // trl_token_divisor(
+                self
+            )
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    @torch.no_grad()
+    def _record_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """TRL's ``entropy`` and ``mean_token_accuracy`` (over target tokens), from the logits."""
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         targets = labels[..., 1:]
@@ -60,13 +75,6 @@ class LogitsSFTTrainer(SFTTrainer):
         correct = gather((scored.argmax(-1) == targets[mask]).sum()).sum()
         self._metrics[mode]["entropy"].append((entropy / total).item() if total > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
-        if mode == "train":
-            if "attention_mask" in inputs:
-                local = inputs["attention_mask"].sum()
-            else:  # padding-free: one row, every position counts
-                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
-            self._total_train_tokens += gather(local).sum().item() // trl_token_divisor(self)
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
 
 class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
@@ -92,7 +100,9 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
             check_row(next(iter(kwargs["train_dataset"])))
         self.wit_weights = weights  # read by _prepare_dataset, which SFTTrainer.__init__ calls
+        choose_packing_attention(model, args)
         super().__init__(model, args=args, **kwargs)
+        check_packing_attention(self.model, args)
         if self.aux_loss_enabled:
             raise ValueError(
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
@@ -133,3 +143,39 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         dataset_name: str,
     ) -> AnyDataset:
         return prepare_dataset(dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name)
+
+
+def packing_keys(args: WITConfig) -> str | None:
+    """The options under which rows share one sequence (``packing``, ``eval_packing``, ``padding_free``)."""
+    keys = [key for key in ("packing", "eval_packing", "padding_free") if getattr(args, key, None)]
+    return ", ".join(f"{key}=True" for key in keys) or None
+
+
+def choose_packing_attention(model: Any, args: WITConfig) -> None:
+    """With packed rows, a model TRL loads from a name gets an attention that keeps them apart, when the user
+    named none (checked once loaded, by :func:`check_packing_attention`)."""
+    from wit_plugin.packing import default_attention, log_choice
+
+    packing = packing_keys(args)
+    init_kwargs = dict(args.model_init_kwargs or {})
+    if packing is None or not isinstance(model, str) or init_kwargs.get("attn_implementation") is not None:
+        return
+    init_kwargs["attn_implementation"] = default_attention(on_cpu=bool(args.use_cpu))
+    args.model_init_kwargs = init_kwargs
+    log_choice(init_kwargs["attn_implementation"], packing)
+
+
+def check_packing_attention(model: Any, args: WITConfig) -> None:
+    """With packed rows, refuse a model whose attention cannot keep them apart (no mask builder: a custom
+    attention function); hub kernels are known only once the model is loaded, hence after TRL loads it."""
+    from wit_plugin.compat import transformers_isolates_packed_rows
+    from wit_plugin.packing import ISOLATING_CHOICES, PackingAttentionError
+
+    packing = packing_keys(args)
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if packing is not None and not transformers_isolates_packed_rows(implementation):
+        raise PackingAttentionError(
+            f"WITSFTTrainer: {packing} with the model's attn_implementation={implementation!r}: packed sequences "
+            f"would attend to each other. Load the model with attn_implementation set to {ISOLATING_CHOICES} "
+            "(model_init_kwargs when TRL loads it), or turn packing off"
+        )

@@ -177,18 +177,15 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
 
 
-def tagging_record(tokenizer: Any, cfg: Any) -> dict[str, Any]:
-    """How the config's first dataset is tagged (row format and the tagger's options), for the run record: enough
-    to tag held-out rows the same way without Axolotl."""
+def tagging_record(tokenizer: Any, cfg: Any, ds_cfg: Any) -> dict[str, Any]:
+    """How one dataset of the config is tagged (row format and the tagger's options, its chat template included),
+    for the run record: enough to tag held-out rows the same way without Axolotl."""
     from wit_plugin.integrations.axolotl.plugin import strategy_module
 
-    datasets = cfg.get("datasets") or []
-    if not datasets:
-        return {}
-    module = strategy_module(str(datasets[0].get("type")))
+    module = strategy_module(str(_as_dict(ds_cfg).get("type")))
     if module is None:
         return {}
-    tagger = dataset_tagger(tokenizer, cfg, datasets[0], MODULE_FORMATS[module])
+    tagger = dataset_tagger(tokenizer, cfg, ds_cfg, MODULE_FORMATS[module])
     options = {key: value for key, value in tagger.options.items() if key != "chat_template_name"}
     return {"format": MODULE_FORMATS[module], "options": options, "max_length": tagger.max_length}
 
