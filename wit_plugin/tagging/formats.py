@@ -90,7 +90,9 @@ class ChatFormat(RowFormat):
 
     Options: ``field_messages``, ``chat_template``, ``role_map``, ``role_field``, ``content_field``,
     ``template_kwargs``, ``field_tools`` (a row's tool definitions, rendered by the template and tagged
-    ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own).
+    ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own),
+    ``drop_unrendered`` (drop tool calls, tool definitions and texts the template does not render instead of
+    refusing the row), ``chat_template_name`` (named in errors).
     A row's ``chat_template_kwargs`` (TRL's per-row template arguments) are passed to the template too.
     """
 
@@ -110,6 +112,8 @@ class ChatFormat(RowFormat):
             messages_field=self.field_messages,
             template_kwargs=options.get("template_kwargs") or {},
             eot_tokens=tuple(options.get("eot_tokens") or ()),
+            template_name=options.get("chat_template_name"),
+            drop_unrendered=bool(options.get("drop_unrendered")),
         )
         if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
