@@ -612,6 +612,13 @@ def _is_text_part(part: Any) -> bool:
     return isinstance(part, Mapping) and part.get("type", "text") == "text" and "text" in part
 
 
+def text_content(content: Any, where: str) -> str:
+    """A content as one string: text parts joined (as templates that take parts render them); a non-text part is
+    an error naming it."""
+    texts = _content_texts(content, where)
+    return texts if isinstance(texts, str) else "".join(texts)
+
+
 def _content_texts(content: Any, where: str) -> str | list[str]:
     """A content as its text, or its text parts' texts; anything else is an error naming the field."""
     if isinstance(content, str):
