@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from wit_plugin.tagging.chat import dropped_counts
 from wit_plugin.tagging.formats import RowFormat
 from wit_plugin.tagging.registry import detect_format, get_format
 from wit_plugin.tagging.spans import TaggedSequence, TaggingError, tag_rendered
 
-__all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError"]
+__all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError", "dropped_counts"]
 
 # Bumped whenever the same row can be tagged differently (v2: reasoning role, text ends of turn, tool calls and
 # definitions; v3: a generation prompt matched by its role header only, text parts joined for string templates): prepared-dataset caches keyed on it (Axolotl's hash, TRL's map fingerprint) are then not reused.

@@ -274,7 +274,10 @@ class ChatRenderer:
         return f"{self.messages_field}[{message.source}]"
 
     def _describe_template(self) -> str:
-        return f"`{self.template_name}`" if self.template_name else "the tokenizer's"
+        if self.template_name:
+            return f"`{self.template_name}`"
+        source = getattr(self.tokenizer, "name_or_path", "")
+        return "a template given as chat_template" if self.chat_template else f"the tokenizer's, {source}"
 
     def _refuse_or_drop(self, kind: str, what: str) -> None:
         """Count a field the template does not render, or refuse the row (the default) naming it and the fix."""
@@ -288,8 +291,8 @@ class ChatRenderer:
         if kind not in self._dropped_warned:
             self._dropped_warned.add(kind)
             LOG.warning(
-                "wit: dropping %s (wit_drop_unrendered): the chat template (%s) does not render it; the dataset's "
-                "count is logged once it is prepared",
+                "wit: dropping %s (wit_drop_unrendered): the chat template (%s) does not render it; further drops "
+                "of this kind are counted (the totals are logged once the datasets are prepared)",
                 what,
                 self._describe_template(),
             )

@@ -251,12 +251,20 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
 
 
 def audit_datasets(trainer: Any, template: str | None) -> None:
-    """Warn once per dataset about assistant turns left without an end-of-turn token."""
+    """Warn once per dataset about assistant turns left without an end-of-turn token; log what
+    ``wit_drop_unrendered`` dropped while tagging in this process."""
     from wit_plugin.collation import ROLES_KEY
+    from wit_plugin.tagging import dropped_counts
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
 
     if not trainer.is_world_process_zero():
         return
+    if dropped_counts():
+        LOG.warning(
+            "wit: dropped what the chat templates do not render (wit_drop_unrendered), tagged in this process "
+            "(dataset_num_proc > 1 tags in workers, a cached prepared dataset is not tagged again): %s",
+            dropped_counts(),
+        )
     for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
             audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, template)
