@@ -47,7 +47,7 @@ def test_plugin_keys_are_the_shared_option_schema():
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
     assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
-    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v2")
+    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v3")
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
@@ -383,3 +383,74 @@ def test_every_datasets_chat_template_is_recorded(base_cfg, tokenizer, with_plug
     first, other = (tagging_record(tokenizer, cfg, dataset) for dataset in cfg.datasets)
     assert first["options"]["chat_template"] == tokenizer.chat_template
     assert other["options"]["chat_template"] == jinja
+
+
+TOOL_ROW = {
+    "messages": [
+        {"role": "user", "content": "Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w"}}]},
+        {"role": "tool", "content": "-3"},
+        {"role": "assistant", "content": "Cold.", "weight": 0},
+    ]
+}
+
+
+def test_wit_drop_unrendered_per_dataset_travels_in_the_type_and_other_wit_dataset_keys_are_errors():
+    cfg = {
+        "datasets": [
+            {"path": "a", "type": "chat_template", "wit_drop_unrendered": True},
+            {"path": "b", "type": "chat_template"},
+            {"path": "c", "type": "chat_template", "wit_drop_unrendered": False},
+        ],
+        "wit_drop_unrendered": None,
+    }
+    map_dataset_types(cfg)
+    kinds = [dataset["type"] for dataset in cfg["datasets"]]
+    assert kinds == [f"{STRATEGIES}.chat_template_drop_unrendered"] + [f"{STRATEGIES}.chat_template"] * 2
+    map_dataset_types(cfg)  # idempotent
+    assert [dataset["type"] for dataset in cfg["datasets"]] == kinds
+    cfg["wit_drop_unrendered"] = True  # the config's value, for datasets that set none
+    map_dataset_types(cfg)
+    assert [d["type"].endswith("_drop_unrendered") for d in cfg["datasets"]] == [True, True, False]
+    with pytest.raises(WITConfigError, match=r"datasets\[0\]\.wit_drop_unrendred: .*did you mean wit_drop_unrendered"):
+        map_dataset_types({"datasets": [{"path": "a", "type": "chat_template", "wit_drop_unrendred": True}]})
+    with pytest.raises(WITConfigError, match=r"datasets\[0\]: wit_drop_unrendered must be true or false"):
+        map_dataset_types({"datasets": [{"path": "a", "type": "chat_template", "wit_drop_unrendered": "yes"}]})
+    with pytest.raises(WITConfigError, match=r"only chat datasets"):
+        map_dataset_types({"datasets": [{"path": "a", "type": "alpaca", "wit_drop_unrendered": True}]})
+
+
+def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_when_opted_in(
+    tokenizer, with_plugin, tmp_path, caplog
+):
+    import logging
+
+    data = tmp_path / "tools.jsonl"
+    data.write_text(json.dumps(TOOL_ROW) + "\n")
+    cfg = DictDefault({"sequence_len": 256, "chat_template": "chatml"})
+    strategy = chat_strategy.load(tokenizer, cfg, {"type": "chat_template", "path": str(data)})
+    with pytest.raises(ValueError, match=rf"^{data}:1: the chat template \(`chatml`\) does not render messages\[1\]"):
+        strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
+    cfg_map = {"datasets": [{"path": str(data), "type": "chat_template", "wit_drop_unrendered": True}]}
+    map_dataset_types(cfg_map)
+    ds_cfg = {"type": cfg_map["datasets"][0]["type"], "path": str(data)}  # what survives Axolotl's schema
+    strategy = chat_strategy.load(tokenizer, cfg, ds_cfg)
+    with caplog.at_level(logging.WARNING):
+        features = strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
+        strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
+    assert tokenizer.decode(features["input_ids"]).count("<|im_start|>assistant") == 1
+    assert strategy.tagger.dropped() == {"tool_calls": 2, "empty_turns": 2}
+    unread = [r.getMessage() for r in caplog.records if "message key 'weight'" in r.getMessage()]
+    assert len(unread) == 1 and f"first seen at {data}:1, messages[3].weight" in unread[0]
+
+
+def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_strategy(base_cfg, tokenizer):
+    from axolotl.prompt_strategies import load
+
+    base_cfg["datasets"][0]["wit_drop_unrendered"] = True
+    cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
+    kind = cfg.datasets[0]["type"]
+    assert kind == f"{STRATEGIES}.chat_template_drop_unrendered"
+    strategy = load(kind, tokenizer, cfg, cfg.datasets[0])
+    assert strategy.tagger.options["drop_unrendered"] is True
+    assert strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))["input_ids"]

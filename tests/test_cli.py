@@ -89,6 +89,35 @@ def test_inspect_colours_tokens_by_role_and_writes_html(rows, model_path, tmp_pa
     assert all(weight == "0" for role, weight in trained if role in ("template", "instruction", "system"))
 
 
+def test_inspect_counts_only_tokens_with_a_weight_as_trained_and_names_unread_keys(rows, model_path, tmp_path, capsys):
+    data = tmp_path / "weighted.jsonl"
+    row = {
+        "messages": [
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "one", "weight": 0},
+        ]
+    }
+    data.write_text(json.dumps(row) + "\n")
+    assert (
+        main(
+            ["inspect", str(data), "--tokenizer", str(model_path), "--preset", "it", "--html", str(tmp_path / "p.html")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    legend = {
+        cells[0]: cells[1:]
+        for line in out.splitlines()
+        if len(cells := [c.strip() for c in re.split("[│┃]", line)]) == 4
+    }
+    assert legend["role"] == ["weight", "tokens", "trained (weight > 0)"]
+    assert legend["template"][0] == "0" and int(legend["template"][1]) > 0 and legend["template"][2] == "0"
+    assert legend["instruction"] == ["0", "2", "0"] and legend["response"] == ["1", "1", "1"]
+    assert "message key messages[1].weight: read by no row format" in out
+    page = (tmp_path / "p.html").read_text()
+    assert "<th>trained (weight &gt; 0)</th>" in page or "<th>trained (weight > 0)</th>" in page
+
+
 PLUGIN = "plugins: [wit_plugin.WITPlugin]\n"
 needs_axolotl = pytest.mark.skipif(importlib.util.find_spec("axolotl") is None, reason="--config reads Axolotl configs")
 

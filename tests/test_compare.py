@@ -16,7 +16,7 @@ from datasets import Dataset
 from wit_plugin.evaluation.compare import CompareSettings, compare_runs
 from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.runs import find_runs, read_record
-from wit_plugin.tagging import RoleTagger
+from wit_plugin.tagging import TAGGING_VERSION, RoleTagger
 
 TRAIN = [
     {
@@ -88,7 +88,7 @@ def test_every_run_records_what_it_trained_with(runs):
         {"wit_prompt_weight": 0.3, "wit_response_weight": 0.9}
     )
     assert record["options"]["wit_prompt_weight"] == 0.3 and record["loss_impl"] in ("chunked", "eager")
-    assert record["versions"]["transformers"] and record["tagging"]["version"] == 2
+    assert record["versions"]["transformers"] and record["tagging"]["version"] == TAGGING_VERSION
     assert {"loss", "wit/loss_response", "wit/tokens_response"} <= set(record["train"])
     assert RoleWeights(**read_record(adapter)["weights"]) == RoleWeights.preset("it")
     assert find_runs([root / "sweep"]) == [full, adapter]  # a parent folder stands for the runs below it

@@ -152,7 +152,7 @@ def test_template_that_drops_a_response_is_an_error(tokenizer):
         RoleTagger(tokenizer, "chat", chat_template=drops_assistant).tag(row)
 
 
-def test_template_that_drops_a_system_prompt_warns_once_and_trains_nothing_of_it(tokenizer, caplog):
+def test_template_that_drops_a_system_prompt_is_refused_unless_the_dataset_opts_in(tokenizer, caplog):
     drops_system = (
         "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
     )
@@ -163,12 +163,15 @@ def test_template_that_drops_a_system_prompt_warns_once_and_trains_nothing_of_it
             {"role": "assistant", "content": "yo"},
         ]
     }
-    tagger = RoleTagger(tokenizer, "chat", chat_template=drops_system)
+    with pytest.raises(TaggingError, match=r"does not render messages\[0\]\.content \(system\).*wit_drop_unrendered"):
+        RoleTagger(tokenizer, "chat", chat_template=drops_system).tag(row)
+    tagger = RoleTagger(tokenizer, "chat", chat_template=drops_system, drop_unrendered=True)
     with caplog.at_level(logging.WARNING, logger="wit_plugin.tagging.chat"):
         first, _second = tagger.tag(row), tagger.tag(row)
-    warnings = [record.getMessage() for record in caplog.records if "leaves out" in record.getMessage()]
+    warnings = [record.getMessage() for record in caplog.records if "dropping" in record.getMessage()]
     assert len(warnings) == 1 and "messages[0].content" in warnings[0]
     assert "secret" not in tokenizer.decode(first.input_ids) and Role.SYSTEM not in first.roles
+    assert tagger._format.renderer.dropped == {"content": 2} and first.dropped == ("messages[0].content",)
 
 
 text = st.text(alphabet=st.sampled_from(list("abcXYZ 019\n\t.,!?'\"<>|_-é🙂")), max_size=40)

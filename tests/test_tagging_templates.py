@@ -208,10 +208,51 @@ def test_tools_from_template_kwargs_are_system(tokenizer):
     assert "get_weather" in role_text(tagged, Role.SYSTEM)
 
 
-def test_a_template_that_never_renders_tool_calls_accepts_null_content(tokenizer):
-    row = {"messages": copy.deepcopy(TOOL_CONVERSATION)}
-    tagged = check_chat_row(tokenizer, row, "<|im_end|>")  # SmolLM2's ChatML template ignores tool_calls
-    assert "Yes: -3 °C." in role_text(tagged, Role.RESPONSE)
+def test_tool_calls_and_tools_a_template_does_not_render_are_refused_naming_the_message(tokenizer):
+    row = {"messages": copy.deepcopy(TOOL_CONVERSATION), "tools": [WEATHER_TOOL]}
+    tagger = RoleTagger(tokenizer, "chat", chat_template_name="chatml")  # SmolLM2's ChatML renders neither
+    with pytest.raises(
+        TaggingError, match=r"\(`chatml`\) does not render messages\[2\]\.tool_calls.*chat_template_jinja"
+    ):
+        tagger.tag(row)
+    del row["messages"][2]["tool_calls"], row["messages"][2]["content"]
+    row["messages"][2]["content"] = "Let me check."
+    with pytest.raises(TaggingError, match=r"does not render tool definitions \(`tools`\).*wit_drop_unrendered"):
+        tagger.tag(row)
+
+
+def test_tool_calls_and_tools_a_template_does_not_render_are_dropped_and_counted_when_opted_in(tokenizer, caplog):
+    from wit_plugin.tagging.chat import dropped_counts
+
+    row = {"messages": copy.deepcopy(TOOL_CONVERSATION), "tools": [WEATHER_TOOL]}
+    tagger = RoleTagger(tokenizer, "chat", drop_unrendered=True)
+    before = dropped_counts()
+    with caplog.at_level(logging.WARNING, logger="wit_plugin.tagging.chat"):
+        tagged = tagger.tag(row)
+    # the emptied tool-call turn is gone: no lone end of turn is trained for it, one eot for the final answer
+    assert tagged.text.count("<|im_start|>assistant") == 1 and role_text(tagged, Role.EOT) == "<|im_end|>"
+    assert role_text(tagged, Role.RESPONSE) == "Yes: -3 °C."
+    assert tagged.dropped == ("messages[2].tool_calls", "messages[2]", "tools")
+    assert tagger._format.renderer.dropped == {"tool_calls": 1, "empty_turns": 1, "tools": 1}
+    after = dropped_counts()
+    change = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert change == {"tool_calls": 1, "empty_turns": 1, "tools": 1}
+    assert "dropping messages[2].tool_calls" in caplog.text
+    stock = RoleTagger(tokenizer, "chat").tag({"messages": [m for k, m in enumerate(TOOL_CONVERSATION) if k != 2]})
+    assert (tagged.input_ids, tagged.roles) == (stock.input_ids, stock.roles)
+
+
+def test_message_keys_no_format_reads_are_reported(tokenizer):
+    messages = [
+        {"role": "user", "content": "hi", "loss_weight": 0.0},
+        {"role": "assistant", "content": "yo", "weight": 0, "tool_call_id": "x", "name": "bot"},
+    ]
+    tagged = RoleTagger(tokenizer, "chat").tag({"messages": messages})
+    assert tagged.unread == ("messages[0].loss_weight", "messages[1].weight")
+    rendering = "{% for m in messages %}{{ m.content }}{{ m.weight }}<|im_end|>{% endfor %}"  # a template reads it
+    assert RoleTagger(tokenizer, "chat", chat_template=rendering).tag({"messages": messages}).unread == (
+        "messages[0].loss_weight",
+    )
 
 
 def test_reasoning_content_and_thinking_blocks_are_reasoning(tokenizer):
@@ -291,7 +332,14 @@ def test_any_tool_and_reasoning_conversation_keeps_every_character_in_its_role(
     row = {"messages": messages, **({"tools": [WEATHER_TOOL]} if tools else {})}
     chat_template = QWEN3_STYLE if template == "qwen3" else QWEN25_STYLE
     try:
-        check_chat_row(tokenizer, row, "<|im_end|>", chat_template=chat_template, messages_in_order=template == "qwen3")
+        check_chat_row(  # Qwen 2.5 renders no reasoning_content: dropped (opted in), it is not trained
+            tokenizer,
+            row,
+            "<|im_end|>",
+            chat_template=chat_template,
+            messages_in_order=template == "qwen3",
+            drop_unrendered=template == "qwen25",
+        )
     except TaggingError as error:  # Qwen 2.5 renders a think block as written: its markers must not be refused
         pytest.fail(f"refused: {error}")
 
@@ -312,3 +360,52 @@ def test_dataset_audit_counts_turns_without_an_end(caplog):
         audit.warn("train", "llama3")
     assert "2 of 4 assistant turns in the train dataset have no end-of-turn token (first in row 1)" in caplog.text
     assert "with chat template llama3" in caplog.text
+
+
+def test_qwen3_template_on_another_tokenizer_tags_all_text_inside_an_assistant_turn_as_output(tokenizer):
+    """The generation prompt ``<|im_start|>assistant\\n<think>\\n\\n`` is matched by its role header only: the ``<``
+    of ``<tool_call>`` (and an empty thinking block) belong to the turn, not to the template."""
+    row = {"messages": copy.deepcopy(TOOL_CONVERSATION), "tools": [WEATHER_TOOL]}
+    tagged = check_chat_row(tokenizer, row, "<|im_end|>", chat_template=axolotl_template("qwen3"))
+    texts, roles = tagged.token_texts(), tagged.roles
+    header = ["<|im_start|>", "ass", "istant", "\n"]
+    turns = [k + len(header) for k in range(len(texts)) if texts[k : k + len(header)] == header]
+    assert len(turns) == 2
+    for start in turns:
+        end = texts.index("<|im_end|>", start)
+        assert Role.TEMPLATE not in roles[start:end], [(t, Role(r).label) for t, r in zip(texts[start:end], roles)]
+    assert "<tool_call>" in role_text(tagged, Role.RESPONSE)
+
+
+def test_text_parts_are_joined_for_a_template_that_concatenates_strings(tokenizer):
+    parts = [{"type": "text", "text": "Describe "}, {"type": "text", "text": "Oslo."}]
+    as_parts = [
+        {"role": "user", "content": parts},
+        {"role": "assistant", "content": [{"type": "text", "text": "Cold."}]},
+    ]
+    as_strings = [{"role": "user", "content": "Describe Oslo."}, {"role": "assistant", "content": "Cold."}]
+    tagger = RoleTagger(tokenizer, "chat")  # SmolLM2's template: '...' + message['content'] + '...'
+    tagged = tagger.tag({"messages": as_parts})
+    stock = tagger.tag({"messages": as_strings})
+    assert (tagged.text, tagged.input_ids, tagged.roles) == (stock.text, stock.input_ids, stock.roles)
+    image = [*parts, {"type": "image", "url": "oslo.png"}]
+    with pytest.raises(TaggingError, match=r"messages\[0\]\.content\[2\] is a 'image' part"):
+        tagger.tag({"messages": [{"role": "user", "content": image}, as_strings[1]]})
+
+
+def test_a_thinking_block_after_text_in_a_template_that_renders_reasoning_content_is_tagged_as_written(tokenizer):
+    renders_reasoning = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
+        "</think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "Sure. <think>x</think> 6"}]
+    tagged = RoleTagger(tokenizer, "chat", chat_template=renders_reasoning).tag({"messages": messages})
+    assert role_text(tagged, Role.REASONING) == "x"
+    assert role_text(tagged, Role.RESPONSE) == "Sure. <think></think> 6"
+
+
+def test_a_thinking_block_the_template_strips_is_refused_with_what_to_do(tokenizer):
+    messages = [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "<think>x</think>6"}]
+    tagger = RoleTagger(tokenizer, "chat", chat_template=axolotl_template("deepseek_v3"))
+    with pytest.raises(TaggingError, match=r"does not render the thinking block \(<think>…</think>\) in messages\[1\]"):
+        tagger.tag({"messages": messages})

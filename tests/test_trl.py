@@ -503,3 +503,49 @@ def test_num_tokens_is_logged_with_the_default_loss(tmp_path: Path, model_path: 
     steps = [entry for entry in trainer.state.log_history if "loss" in entry]
     tokens = sum(len(row["input_ids"]) for row in trainer.train_dataset)  # every row once per step
     assert [entry["num_tokens"] for entry in steps] == [tokens, 2 * tokens]
+
+
+def test_rows_mixing_string_and_list_contents_load_with_text_contents(tmp_path: Path, tokenizer: Any) -> None:
+    import pyarrow
+
+    from wit_plugin.trl import text_contents
+
+    mixed = copy.deepcopy(CHAT[:2])
+    mixed[1]["messages"][1]["content"] = [
+        {"type": "text", "text": "Translate the word "},
+        {"type": "text", "text": "cat, please."},
+    ]
+    with pytest.raises((pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError)):
+        Dataset.from_list(mixed)
+    args = wit_config(tmp_path)
+    rows = prepare_dataset(Dataset.from_list(text_contents(mixed)), tokenizer, args, args.role_weights, False, "t")
+    stock = prepare_dataset(Dataset.from_list(CHAT[:2]), tokenizer, args, args.role_weights, False, "t")
+    assert list(rows) == list(stock)
+    mixed[1]["messages"][1]["content"].append({"type": "image", "url": "cat.png"})
+    with pytest.raises(ValueError, match=r"row 1: messages\[1\]\.content\[2\] is a 'image' part"):
+        text_contents(mixed)
+
+
+def test_tool_calls_the_template_drops_are_refused_unless_wit_drop_unrendered(
+    tmp_path: Path, tokenizer: Any, caplog: Any
+) -> None:
+    import logging
+
+    call = {"type": "function", "function": {"name": "w", "arguments": "{}"}}
+    row = copy.deepcopy(CHAT[0])
+    row["messages"][2:2] = [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "5"},
+    ]
+    row["messages"][-1]["loss_weight"] = 1.0
+    args = wit_config(tmp_path)
+    with pytest.raises(ValueError, match=r"t dataset, row 0: the chat template .* messages\[2\]\.tool_calls"):
+        prepare_dataset(Dataset.from_list([row]), tokenizer, args, args.role_weights, False, "t")
+    args = wit_config(tmp_path, wit_drop_unrendered=True)
+    with caplog.at_level(logging.WARNING):
+        tagged = prepare_dataset(Dataset.from_list([row]), tokenizer, args, args.role_weights, False, "t")[0]
+    assert tokenizer.decode(tagged["input_ids"]).count("<|im_start|>assistant") == 1
+    assert (
+        "t dataset: dropped what the chat template does not render: {'tool_calls': 1, 'empty_turns': 1}" in caplog.text
+    )
+    assert "message key 'loss_weight'" in caplog.text and "t dataset, row 0, messages[4].loss_weight" in caplog.text

@@ -122,6 +122,15 @@ OPTIONS: tuple[Option, ...] = (
     _weight("eot", "end of turn only"),
     _weight("reasoning", "reasoning (thinking) text only"),
     Option(
+        "wit_drop_unrendered",
+        bool,
+        False,
+        "drop the tool calls, tool definitions and message texts that the chat template does not render (and a "
+        "tool-call turn left empty) instead of refusing the row; the counts are logged. Axolotl: also a key of "
+        "each dataset, overriding this one",
+        "data",
+    ),
+    Option(
         "wit_loss_impl",
         str,
         "auto",
@@ -266,6 +275,22 @@ def check_known_keys(keys: Iterable[Any]) -> None:
         guesses = {key: difflib.get_close_matches(key, OPTION_BY_NAME, n=1) for key in unknown}
         hints = "".join(f"; {key}: did you mean {guess[0]}?" for key, guess in guesses.items() if guess)
         raise OptionError(f"unknown wit_plugin option(s) {unknown}{hints}; valid: {sorted(OPTION_BY_NAME)}")
+
+
+DATASET_OPTIONS: tuple[str, ...] = ("wit_drop_unrendered",)  # Axolotl: also set per dataset
+
+
+def check_dataset_options(dataset: Mapping[str, Any], where: str) -> None:
+    """The ``wit_*`` keys of one Axolotl dataset entry (``datasets[0]``): known and valid, or an error naming it."""
+    for key in [str(key) for key in dataset if str(key).startswith("wit_")]:
+        if key not in DATASET_OPTIONS:
+            guess = difflib.get_close_matches(key, DATASET_OPTIONS, n=1)
+            hint = f"; did you mean {guess[0]}?" if guess else ""
+            raise OptionError(f"{where}.{key}: unknown per-dataset wit_plugin option{hint}; valid: {DATASET_OPTIONS}")
+        try:
+            OPTION_BY_NAME[key].check(dataset[key])
+        except OptionError as error:
+            raise OptionError(f"{where}: {error}") from None
 
 
 def check_values(values: Mapping[str, Any]) -> None:

@@ -28,6 +28,7 @@ ROLE_COLOURS: dict[Role, str] = {
     Role.PAD: "#adb5bd",
 }
 NEVER_TARGET = "the first token of a row is never a target: nothing before it predicts it"
+TARGETS_HEADER = "trained (weight > 0)"  # tokens the loss counts: weight > 0, never a row's first token
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ def inspect_tokens(tagged: TaggedSequence, weights: RoleWeights) -> list[Inspect
 
 
 def _summary_rows(tokens: list[InspectedToken], weights: RoleWeights) -> list[tuple[str, str, str, str]]:
-    """Per role: weight, tokens, and tokens that are targets (all but the row's first token)."""
+    """Per role: weight, tokens, and tokens the loss trains (weight > 0; the row's first token has weight 0)."""
     rows = []
     for role in TRAINABLE_ROLES:
         count = sum(t.role is role for t in tokens)
-        targets = sum(t.role is role for t in tokens[1:])
+        targets = sum(t.role is role and t.weight > 0 for t in tokens)
         rows.append((role.label, f"{getattr(weights, role.label):g}", str(count), str(targets)))
     return rows
 
@@ -67,7 +68,7 @@ def render_rich(tokens: list[InspectedToken], weights: RoleWeights) -> Group:
         style = f"{ROLE_COLOURS[token.role]}" + (" underline" if token.weight > 0 else " dim")
         text.append(token.text.replace("\n", "⏎\n"), style=style)
     legend = Table(title="roles", show_edge=False)
-    for column in ("role", "weight", "tokens", "targets"):
+    for column in ("role", "weight", "tokens", TARGETS_HEADER):
         legend.add_column(column)
     for label, weight, count, targets in _summary_rows(tokens, weights):
         legend.add_row(Text(label, style=ROLE_COLOURS[Role[label.upper()]]), weight, count, targets)
@@ -125,5 +126,5 @@ def _html_section(title: str, tokens: list[InspectedToken], weights: RoleWeights
     )
     return (
         f"<h2>{html.escape(title)}</h2><div class='text'>{''.join(spans)}</div>"
-        f"<table><tr><th>role</th><th>weight</th><th>tokens</th><th>targets</th></tr>{legend}</table>"
+        f"<table><tr><th>role</th><th>weight</th><th>tokens</th><th>{TARGETS_HEADER}</th></tr>{legend}</table>"
     )

@@ -201,6 +201,10 @@ def run(args: argparse.Namespace) -> int:
         console.rule(escape(f"{where} (row {index})"))
         console.print(escape(f"{setup.tagger.format_name} row, {len(tokens)} tokens: {fate}"), highlight=False)
         console.print(render_rich(tokens, weights))
+        for name in tagged.unread:
+            console.print(escape(f"message key {name}: read by no row format nor the chat template (no effect)"))
+        if tagged.dropped:
+            console.print(escape(f"dropped (the chat template does not render them): {', '.join(tagged.dropped)}"))
         if tagged.turns_without_end:
             console.print(f"[yellow]{tagged.turns_without_end} assistant turn(s) without an end-of-turn text[/]")
         if args.tokens:

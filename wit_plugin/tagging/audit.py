@@ -8,8 +8,8 @@ reported once, with the first row that has one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,31 @@ class TurnEndAudit:
             self.first_row,
             f" with chat template {template}" if template else "",
         )
+
+
+@dataclass
+class UnreadKeys:
+    """Warns once per dataset and key about message keys that no row format reads and the chat template does not
+    render (a per-message ``weight``): they change nothing in training, which the user may not expect."""
+
+    dataset: str
+    seen: set[str] = field(default_factory=set)
+
+    def report(self, tagged: Any, where: Callable[[], str]) -> None:
+        """``where`` names the row (computed only when a warning is due: finding a row's line costs a search)."""
+        for name in getattr(tagged, "unread", ()):
+            key = name.rsplit(".", 1)[-1]
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            LOG.warning(
+                "wit: %s dataset: message key %r is read by no row format and not rendered by the chat template, so "
+                "it changes nothing in training (first seen at %s, %s; warned once per dataset)",
+                self.dataset,
+                key,
+                where(),
+                name,
+            )
 
 
 def dataset_roles(dataset: Any, column: str, batch_size: int = 1000) -> Iterator[Sequence[int]]:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,31 @@ _SENTINEL = "\ue000{}\ue001"  # private-use code points: no template or dataset 
 _SENTINEL_PATTERN = re.compile("\ue000(\\d+)\ue001")
 _MAX_CACHED_SCAFFOLDS = 4096  # conversation shapes; datasets usually have a handful
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Message keys placed through sentinels, and keys templates may leave out without losing training data.
+_TEXT_KEYS = ("content", "reasoning_content")
+_METADATA_KEYS = frozenset({"role", "tool_call_id", "name"})
+# Message keys that carry conversation data: a template that does not render them loses it.
+DATA_KEYS = frozenset({"tool_calls"})
+DROP_HINT = (
+    "use a chat template that renders it (Axolotl: `chat_template: jinja` with `chat_template_jinja`, or one of its "
+    "templates that renders tools such as `qwen3`; TRL: the tokenizer's `chat_template`), or set "
+    "`wit_drop_unrendered: true` on this dataset (TRL: WITConfig(wit_drop_unrendered=True)) to drop what the "
+    "template does not render"
+)
+# Every field dropped in this process by renderers that opted in, by kind (see :func:`dropped_counts`).
+_DROPPED_TOTAL: Counter[str] = Counter()
+
+
+def dropped_counts() -> dict[str, int]:
+    """Fields dropped so far in this process because the template does not render them (``wit_drop_unrendered``),
+    by kind: ``tool_calls`` (messages), ``tools`` (rows), ``reasoning_content``/``content`` (messages) and
+    ``empty_turns`` (assistant turns left with nothing to render, removed). Tagging in worker processes (Axolotl's
+    ``dataset_num_proc``) counts there; a prepared dataset loaded from cache is not tagged again."""
+    return dict(_DROPPED_TOTAL)
+
+
+class _WrittenThinking(TaggingError):
+    """The template renders no reasoning for a thinking block split out of a content: tag it as written."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +81,26 @@ class TurnMarkers:
     opening: str  # the generation prompt: ``<|im_start|>assistant\\n``
     closing: str  # the end of turn: ``<|im_end|>``
 
+    @property
+    def header(self) -> str:
+        """The opening's role header: its first line and the whitespace after it. What a generation prompt adds
+        after that (Qwen3's ``<think>\\n\\n``) is text the template writes inside a finished turn, and text inside
+        an assistant turn is the model's output, never template."""
+        first, newline, rest = self.opening.partition("\n")
+        return first + newline + rest[: len(rest) - len(rest.lstrip())]
+
 
 @dataclass
 class _Message:
-    index: int
+    index: int  # position in the conversation as rendered
     role: str  # the template's role name (after role_map)
     real: dict[str, Any]  # the message as the template renders it
     content: str | list[str]  # the content, or its text parts
     reasoning: str  # reasoning text ("" when none; split out of a thinking block in the content if written there)
     context: bool = False  # given as context (a prompt), not produced by the model
+    source: int = -1  # position in the row (differs from ``index`` once a dropped turn is removed)
+    inline_thinking: bool = False  # ``reasoning`` was split out of a thinking block written in the content
+    written_thinking: bool = False  # the content holds a thinking block, rendered as written
 
 
 @dataclass
@@ -83,9 +120,32 @@ class ChatRenderer:
     messages_field: str = "messages"
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     eot_tokens: Sequence[str] = ()
+    template_name: str | None = None  # for errors: Axolotl's template name, else "the tokenizer's"
+    drop_unrendered: bool = False  # drop fields the template does not render instead of refusing the row
+    dropped: Counter[str] = field(default_factory=Counter)  # what this renderer dropped, as dropped_counts()
     _scaffolds: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)
     _dropped_warned: set[str] = field(default_factory=set, repr=False)
+    _renders_key: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
+    _takes_parts: bool | None = field(default=None, repr=False)
+
+    @property
+    def takes_parts(self) -> bool:
+        """Whether the template renders content given as a list of text parts as it renders the same text given
+        as a string (decided once per template; SmolLM2's concatenates strings and fails on a list)."""
+        if self._takes_parts is None:
+            text = _SENTINEL.format(0)
+            as_string = [{"role": "user", "content": text}]
+            as_parts = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+            try:
+                self._takes_parts = self._apply(as_parts, **self.template_kwargs) == self._apply(
+                    as_string, **self.template_kwargs
+                )
+            except TaggingError:
+                self._takes_parts = False
+            if not self._takes_parts:
+                LOG.info("wit: the chat template takes content only as a string: text parts are joined into one")
+        return self._takes_parts
 
     @property
     def markers(self) -> TurnMarkers:
@@ -110,15 +170,56 @@ class ChatRenderer:
 
         The first ``context`` messages are given context (a conversational prompt/completion row's prompt): an
         assistant turn among them is ``instruction`` text, its markup and end of turn template, as a prompt is.
+
+        A thinking block written into an assistant's content is first taken as the template's reasoning (as
+        Qwen3's template splits it out); a template that renders ``reasoning_content`` but writes the content as
+        it is gets the content as written, its thinking block tagged in place.
         """
-        parsed = self._normalise(messages)
+        inline = _inline_thinking(messages, self.content_field)
+        try:
+            return self._render(messages, tools, template_kwargs, context, split_thinking=True)
+        except _WrittenThinking:
+            pass  # the template renders no reasoning: the block is tagged where it is written
+        except TaggingError as error:
+            if inline is None or "from its scaffold" not in str(error):
+                raise
+        try:
+            return self._render(messages, tools, template_kwargs, context, split_thinking=False)
+        except TaggingError as error:
+            if "differently from its scaffold" not in str(error):
+                raise
+            raise TaggingError(
+                f"{self.messages_field}[{inline}].{self.content_field} holds a thinking block (<think>…</think>) "
+                "that the chat template renders neither as written nor as reasoning, so its text cannot be placed: "
+                "move the thinking into the message's `reasoning_content` and keep only the answer in "
+                f"`{self.content_field}`"
+            ) from None
+
+    def _render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Any,
+        template_kwargs: Mapping[str, Any] | None,
+        context: int,
+        split_thinking: bool,
+    ) -> RenderedRow:
+        parsed = self._normalise(messages, split_thinking)
         for message in parsed[:context]:
             message.context = True
         kwargs = {**self.template_kwargs, **(template_kwargs or {})}
         if tools is not None:
             kwargs["tools"] = tools
+        parsed, unread, dropped = self._unrendered_keys(parsed, kwargs)
         real = [message.real for message in parsed]
         text = self._apply(real, **kwargs)
+        without_tools = None
+        if kwargs.get("tools"):
+            without = {key: value for key, value in kwargs.items() if key != "tools"}
+            without_tools = self._apply(real, **without)
+            if without_tools == text:
+                self._refuse_or_drop("tools", "tool definitions (`tools`)")
+                dropped.append("tools")
+                kwargs, without_tools = without, None
         try:
             placed = self._place(text, parsed, kwargs)
         except TaggingError:
@@ -126,11 +227,10 @@ class ChatRenderer:
             # system prompt): render the scaffold afresh once before calling the row untaggable.
             self._scaffolds.clear()
             placed = self._place(text, parsed, kwargs)
-        self._report_dropped(parsed, placed)
-        row = RenderedRow(text=text)
-        if kwargs.get("tools"):
-            without = {key: value for key, value in kwargs.items() if key != "tools"}
-            row.spans += _inserted(self._apply(real, **without), text, Role.SYSTEM)
+        dropped += self._report_dropped(text, parsed, placed)
+        row = RenderedRow(text=text, unread=tuple(unread), dropped=tuple(dropped))
+        if without_tools is not None:
+            row.spans += _inserted(without_tools, text, Role.SYSTEM)
         row.turns_without_end = self._assistant_turns(text, parsed, placed, row.spans, kwargs)
         row.placed = [
             piece
@@ -145,38 +245,113 @@ class ChatRenderer:
         """A text's role; an assistant's text given as context (a prompt) is instruction."""
         return Role.INSTRUCTION if messages[slot.message].context and slot.role is not Role.SYSTEM else slot.role
 
-    def _report_dropped(self, messages: list[_Message], placed: list[tuple[Slot, int, int]]) -> None:
-        """Warn once when the template leaves out a text of the row (a system prompt some templates render with
-        the last user turn only, the final turn's reasoning): that text is then trained as nothing at all."""
+    def _report_dropped(self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]]) -> list[str]:
+        """A text of the row that the template leaves out (a system prompt some templates do not render, the
+        final turn's reasoning) would be trained as nothing at all: refused, or dropped when opted in. Reasoning
+        of turns before the last one is not counted: templates that render reasoning keep only the last turn's,
+        as the model sees it at inference."""
         rendered = {slot.field for slot, _, _ in placed}
+        placed_text = {slot.field: text[start:end] for slot, start, end in placed}
         last_assistant = max((m.index for m in messages if message_role(m.role) is Role.RESPONSE), default=-1)
+        dropped = []
         for message in messages:
-            where = f"{self.messages_field}[{message.index}]"
-            dropped = []
+            where = self._where(message)
             if message.content and isinstance(message.content, str) and f"{where}.content" not in rendered:
+                self._refuse_or_drop("content", f"{where}.content ({message.role})")
+                dropped.append(f"{where}.content")
+            last = message.index == last_assistant
+            if message.inline_thinking and last and f"{where}.reasoning_content" not in rendered:
+                raise _WrittenThinking(f"the chat template renders no reasoning for {where}")  # render as written
+            if message.written_thinking and last and THINK_CLOSE not in placed_text.get(f"{where}.content", ""):
+                self._refuse_or_drop("reasoning_content", f"the thinking block (<think>…</think>) in {where}.content")
                 dropped.append(f"{where}.content")
             if message.reasoning and message.index == last_assistant and f"{where}.reasoning_content" not in rendered:
+                self._refuse_or_drop("reasoning_content", f"{where}.reasoning_content")
                 dropped.append(f"{where}.reasoning_content")
-            for field_name in dropped:
-                kind = field_name.rsplit(".", 1)[-1]
-                if kind not in self._dropped_warned:
-                    self._dropped_warned.add(kind)
-                    LOG.warning(
-                        "wit: the chat template leaves out %s (%s) of some rows, e.g. %s: that text is not trained",
-                        kind,
-                        message.role,
-                        field_name,
-                    )
+        return dropped
+
+    def _where(self, message: _Message) -> str:
+        return f"{self.messages_field}[{message.source}]"
+
+    def _describe_template(self) -> str:
+        if self.template_name:
+            return f"`{self.template_name}`"
+        source = getattr(self.tokenizer, "name_or_path", "")
+        return "a template given as chat_template" if self.chat_template else f"the tokenizer's, {source}"
+
+    def _refuse_or_drop(self, kind: str, what: str) -> None:
+        """Count a field the template does not render, or refuse the row (the default) naming it and the fix."""
+        if not self.drop_unrendered:
+            raise TaggingError(
+                f"the chat template ({self._describe_template()}) does not render {what}, so it would not be "
+                f"trained at all; {DROP_HINT}"
+            )
+        self.dropped[kind] += 1
+        _DROPPED_TOTAL[kind] += 1
+        if kind not in self._dropped_warned:
+            self._dropped_warned.add(kind)
+            LOG.warning(
+                "wit: dropping %s (wit_drop_unrendered): the chat template (%s) does not render it; further drops "
+                "of this kind are counted (the totals are logged once the datasets are prepared)",
+                what,
+                self._describe_template(),
+            )
+
+    def _unrendered_keys(
+        self, messages: list[_Message], kwargs: Mapping[str, Any]
+    ) -> tuple[list[_Message], list[str], list[str]]:
+        """Message keys besides the texts: tool calls the template does not render are refused or dropped (an
+        assistant turn left empty is removed, so no lone end of turn is trained); keys that no format reads and
+        the template does not render either (a per-message ``weight``) are returned for a warning. Whether the
+        template renders a key is decided once per role and key, on the first message that has it."""
+        unread: list[str] = []
+        dropped: list[str] = []
+        emptied: set[int] = set()
+        for message in messages:
+            for key in [key for key in message.real if key not in _TEXT_KEYS and key not in _METADATA_KEYS]:
+                if key in DATA_KEYS and not message.real[key]:
+                    continue
+                if self._renders(messages, message, key, kwargs):
+                    continue
+                where = f"{self._where(message)}.{key}"
+                if key not in DATA_KEYS:
+                    unread.append(where)
+                    continue
+                self._refuse_or_drop(key, f"{where} (tool calls)")
+                dropped.append(where)
+                del message.real[key]
+                if not (message.content or message.reasoning or set(message.real) - {"role", "content"}):
+                    emptied.add(message.source)
+        kept = [m for m in messages if m.source not in emptied]
+        for source in sorted(emptied):
+            self.dropped["empty_turns"] += 1
+            _DROPPED_TOTAL["empty_turns"] += 1
+            dropped.append(f"{self.messages_field}[{source}]")
+        if emptied:
+            if not kept:
+                raise TaggingError("nothing of this conversation is left once the unrendered fields are dropped")
+            for position, message in enumerate(kept):
+                message.index = position
+        return kept, unread, dropped
+
+    def _renders(self, messages: list[_Message], message: _Message, key: str, kwargs: Mapping[str, Any]) -> bool:
+        """Whether the template renders ``key`` of a message of this role (the text changes without it)."""
+        cache = (message.role, key)
+        if cache not in self._renders_key:
+            real = [m.real for m in messages]
+            without = [{k: v for k, v in m.items() if k != key} if m is message.real else m for m in real]
+            self._renders_key[cache] = self._apply(real, **kwargs) != self._apply(without, **kwargs)
+        return self._renders_key[cache]
 
     # --- normalisation -------------------------------------------------------------------------------------
 
-    def _normalise(self, messages: Sequence[Mapping[str, Any]]) -> list[_Message]:
+    def _normalise(self, messages: Sequence[Mapping[str, Any]], split_thinking: bool = True) -> list[_Message]:
         where = self.messages_field
         if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
             raise TaggingError(f"'{where}' must be a non-empty list of messages, got {messages!r:.200}")
-        return [self._message(index, message) for index, message in enumerate(messages)]
+        return [self._message(index, message, split_thinking) for index, message in enumerate(messages)]
 
-    def _message(self, index: int, message: Any) -> _Message:
+    def _message(self, index: int, message: Any, split_thinking: bool = True) -> _Message:
         where = f"{self.messages_field}[{index}]"
         if not isinstance(message, Mapping):
             raise TaggingError(f"{where} is not a mapping: {message!r:.200}")
@@ -203,15 +378,27 @@ class ChatRenderer:
         if content is None:
             raise TaggingError(f"{where} has no '{self.content_field}' field; fields: {sorted(message)}")
         texts = _content_texts(content, f"{where}.{self.content_field}")
+        if isinstance(texts, list) and not self.takes_parts:
+            texts = content = "".join(texts)  # a template that concatenates strings: the parts, joined
         real["content"] = content
         reasoning = real.get("reasoning_content", "")
         if not isinstance(reasoning, str):
             raise TaggingError(f"{where}.reasoning_content must be a string, got {type(reasoning).__name__}")
-        if token_role is Role.RESPONSE and isinstance(texts, str) and THINK_CLOSE in texts and not reasoning:
+        inline = token_role is Role.RESPONSE and isinstance(texts, str) and THINK_CLOSE in texts and not reasoning
+        if inline and split_thinking:
             # A thinking block written into the content: templates that know reasoning (Qwen3) render it as such
             before, texts = texts.split(THINK_CLOSE, 1)[0], texts.split(THINK_CLOSE)[-1].lstrip("\n")
             reasoning = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
-        return _Message(index, role, real, texts, reasoning)
+        return _Message(
+            index,
+            role,
+            real,
+            texts,
+            reasoning,
+            source=index,
+            inline_thinking=inline and split_thinking,
+            written_thinking=inline and not split_thinking,
+        )
 
     # --- rendering -----------------------------------------------------------------------------------------
 
@@ -241,7 +428,7 @@ class ChatRenderer:
 
         rendered = []
         for message in messages:
-            where = f"{self.messages_field}[{message.index}]"
+            where = self._where(message)
             role = message_role(message.role)
             item = dict(message.real)
             if isinstance(message.content, list):
@@ -313,7 +500,7 @@ class ChatRenderer:
     ) -> int | None:
         """Where an assistant turn with nothing placed starts: after its opening, else where the rendering of the
         messages before it ends (when that rendering is where the row's text starts)."""
-        opened = _find_opening(text, self.markers.opening, low, high, last=False)
+        opened = _find_opening(text, self.markers.header, low, high, last=False)
         if opened is not None:
             return opened
         before = self._apply([m.real for m in messages[:index]], **kwargs) if index else ""
@@ -370,7 +557,7 @@ class ChatRenderer:
         starts_after = [len(text)] * (count + 1)  # the start of the first text placed of messages after it
         for index in range(count - 1, -1, -1):
             starts_after[index] = min(starts_after[index + 1], first_start[index])
-        opening, missing, cursor = self.markers.opening, 0, 0
+        opening, missing, cursor = self.markers.header, 0, 0
         for message in messages:
             if message_role(message.role) is not Role.RESPONSE or message.context:
                 continue
@@ -400,11 +587,9 @@ class ChatRenderer:
 
 
 def _find_opening(text: str, opening: str, start: int, stop: int, last: bool) -> int | None:
-    """Where the assistant output starts after ``opening`` in ``text[start:stop]`` (its last or first occurrence).
-
-    A template may write its generation prompt differently inside a turn (Qwen3's ``<think>\n\n`` opens a
-    thinking block that is filled in a finished turn), so a shorter prefix of it counts too, but never shorter
-    than its first line (the role header).
+    """Where the assistant output starts after ``opening`` (a role header, :attr:`TurnMarkers.header`) in
+    ``text[start:stop]`` (its last or first occurrence); a shorter prefix of it counts too (a template may write
+    less whitespace after the header inside a turn), but never shorter than its first line.
     """
     if not opening:
         return None
@@ -417,8 +602,24 @@ def _find_opening(text: str, opening: str, start: int, stop: int, last: bool) ->
     return None
 
 
+def _inline_thinking(messages: Any, content_field: str) -> int | None:
+    """The first message whose content (a string) holds a thinking block, if any."""
+    for index, message in enumerate(messages if isinstance(messages, Sequence) else ()):
+        content = message.get(content_field) if isinstance(message, Mapping) else None
+        if isinstance(content, str) and THINK_CLOSE in content:
+            return index
+    return None
+
+
 def _is_text_part(part: Any) -> bool:
     return isinstance(part, Mapping) and part.get("type", "text") == "text" and "text" in part
+
+
+def text_content(content: Any, where: str) -> str:
+    """A content as one string: text parts joined (as templates that take parts render them); a non-text part is
+    an error naming it."""
+    texts = _content_texts(content, where)
+    return texts if isinstance(texts, str) else "".join(texts)
 
 
 def _content_texts(content: Any, where: str) -> str | list[str]:

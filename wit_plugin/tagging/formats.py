@@ -32,6 +32,10 @@ class RowFormat:
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         raise NotImplementedError
 
+    def dropped(self) -> dict[str, int]:
+        """What was dropped so far because the chat template does not render it (see ChatRenderer.dropped)."""
+        return {}
+
     def _field(self, row: Mapping[str, Any], name: str, *, required: bool = True) -> str:
         value = row.get(name)
         if value is None and not required:
@@ -90,7 +94,9 @@ class ChatFormat(RowFormat):
 
     Options: ``field_messages``, ``chat_template``, ``role_map``, ``role_field``, ``content_field``,
     ``template_kwargs``, ``field_tools`` (a row's tool definitions, rendered by the template and tagged
-    ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own).
+    ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own),
+    ``drop_unrendered`` (drop tool calls, tool definitions and texts the template does not render instead of
+    refusing the row), ``chat_template_name`` (named in errors).
     A row's ``chat_template_kwargs`` (TRL's per-row template arguments) are passed to the template too.
     """
 
@@ -110,9 +116,14 @@ class ChatFormat(RowFormat):
             messages_field=self.field_messages,
             template_kwargs=options.get("template_kwargs") or {},
             eot_tokens=tuple(options.get("eot_tokens") or ()),
+            template_name=options.get("chat_template_name"),
+            drop_unrendered=bool(options.get("drop_unrendered")),
         )
         if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
+
+    def dropped(self) -> dict[str, int]:
+        return {kind: count for kind, count in self.renderer.dropped.items() if count}
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         if self.field_messages not in row:
@@ -171,6 +182,9 @@ class PromptCompletionFormat(RowFormat):
     name = "prompt_completion"
     columns = ("prompt", "completion")
     _chat: ChatFormat | None = None
+
+    def dropped(self) -> dict[str, int]:
+        return self._chat.dropped() if self._chat else {}
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         prompt, completion = row.get("prompt"), row.get("completion")

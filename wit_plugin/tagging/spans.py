@@ -52,6 +52,8 @@ class RenderedRow:
     add_special_tokens: bool = False  # let the tokenizer add BOS/EOS (plain-text formats)
     turns_without_end: int = 0  # assistant turns whose end-of-turn text was not found
     placed: list[Span] = field(default_factory=list)  # where the row's own texts are (contents, reasoning)
+    unread: tuple[str, ...] = ()  # message keys no format or template reads (``messages[2].weight``)
+    dropped: tuple[str, ...] = ()  # fields left out because the template does not render them (opted in)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TaggedSequence:
     text: str = ""
     offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
     turns_without_end: int = 0
+    unread: tuple[str, ...] = ()  # see RenderedRow
+    dropped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.roles):
@@ -75,7 +79,13 @@ class TaggedSequence:
         offsets = self.offsets[:max_length]
         text = self.text[: int(offsets[:, 1].max())] if len(offsets) and len(offsets) < len(self.offsets) else self.text
         return TaggedSequence(
-            self.input_ids[:max_length], self.roles[:max_length], text, offsets, self.turns_without_end
+            self.input_ids[:max_length],
+            self.roles[:max_length],
+            text,
+            offsets,
+            self.turns_without_end,
+            self.unread,
+            self.dropped,
         )
 
     def token_texts(self) -> list[str]:
@@ -113,7 +123,9 @@ def tag_rendered(tokenizer: Any, row: RenderedRow) -> TaggedSequence:
     offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     special = np.asarray(encoding["special_tokens_mask"], dtype=bool)
     roles = token_roles(len(row.text), row.spans, offsets, special)
-    return TaggedSequence(input_ids.tolist(), roles.tolist(), row.text, offsets, row.turns_without_end)
+    return TaggedSequence(
+        input_ids.tolist(), roles.tolist(), row.text, offsets, row.turns_without_end, row.unread, row.dropped
+    )
 
 
 def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray, special: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin import options
-from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin.integrations.axolotl.strategies import DROP_SUFFIX, MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
 from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION
@@ -21,6 +21,7 @@ LOG = logging.getLogger(__name__)
 STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
 STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_MODULES.items()}
 OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
+CHAT_MODULES = ("chat_template", "prompt_completion")  # what a chat template renders (wit_drop_unrendered)
 
 
 AXOLOTL_PREPARED_PATH = "last_run_prepared"  # Axolotl's default dataset_prepared_path
@@ -29,6 +30,7 @@ PREPARED_FOLDER = f"wit_tagging_v{TAGGING_VERSION}"
 
 def strategy_module(kind: str) -> str | None:
     """The strategy module (``chat_template``...) a dataset ``type`` names, if it is one of ours."""
+    kind = kind.removesuffix(DROP_SUFFIX)
     return kind.rsplit(".", 1)[-1] if kind in OWN_TYPES else None
 
 
@@ -183,9 +185,18 @@ def config_sharding(cfg: Any) -> str | None:
 
 
 def map_dataset_types(cfg: Any) -> None:
-    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error."""
+    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error.
+
+    A dataset's ``wit_drop_unrendered`` (else the config's) is carried in its ``type`` (module
+    ``chat_template_drop_unrendered``): Axolotl's schema drops keys it does not know from a dataset entry, and the
+    ``type`` is part of the prepared dataset's hash, so a dataset tagged the other way is not reused.
+    """
     for key in ("datasets", "test_datasets"):
         for index, dataset in enumerate(cfg.get(key) or []):
+            try:
+                options.check_dataset_options(dataset, f"{key}[{index}]")
+            except options.OptionError as error:
+                raise WITConfigError(str(error)) from None
             kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
             if not isinstance(kind, str):
                 raise WITConfigError(f"{key}[{index}].type: custom type definitions cannot be role-tagged: {kind!r}")
@@ -196,6 +207,16 @@ def map_dataset_types(cfg: Any) -> None:
                     f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
                 )
             dataset["type"] = f"{STRATEGIES}.{module}"
+            drop = dataset.get("wit_drop_unrendered")
+            if drop is None:
+                drop = cfg.get("wit_drop_unrendered")
+            if drop and module in CHAT_MODULES:
+                dataset["type"] += DROP_SUFFIX
+            elif dataset.get("wit_drop_unrendered"):
+                raise WITConfigError(
+                    f"{key}[{index}].wit_drop_unrendered: only chat datasets render through a chat template, not "
+                    f"type {kind!r}"
+                )
 
 
 def check_dataset_files(cfg: Any) -> None:
@@ -304,12 +325,20 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
 
 
 def audit_datasets(trainer: Any, template: str | None) -> None:
-    """Warn once per dataset about assistant turns left without an end-of-turn token."""
+    """Warn once per dataset about assistant turns left without an end-of-turn token; log what
+    ``wit_drop_unrendered`` dropped while tagging in this process."""
     from wit_plugin.collation import ROLES_KEY
+    from wit_plugin.tagging import dropped_counts
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
 
     if not trainer.is_world_process_zero():
         return
+    if dropped_counts():
+        LOG.warning(
+            "wit: dropped what the chat templates do not render (wit_drop_unrendered), tagged in this process "
+            "(dataset_num_proc > 1 tags in workers, a cached prepared dataset is not tagged again): %s",
+            dropped_counts(),
+        )
     for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
             audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, template)

@@ -9,7 +9,8 @@ which packs every list column, ``wit_roles`` included. Labels are left to
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,10 @@ from trl.data_utils import get_dataset_column_names, is_conversational_from_valu
 from wit_plugin.collation import ROLES_KEY
 from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
-from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
+from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
+from wit_plugin.tagging.chat import text_content
 
+LOG = logging.getLogger(__name__)
 AnyDataset = Dataset | IterableDataset
 TOKEN_COLUMNS = ("input_ids", ROLES_KEY)
 # Row fields whose meaning the taggers do not render.
@@ -40,17 +43,49 @@ def _map_kwargs(dataset: AnyDataset, num_proc: int | None, desc: str) -> dict[st
     return {"num_proc": num_proc, "desc": desc} if isinstance(dataset, Dataset) else {}
 
 
-def _tag_row(row: Mapping[str, Any], index: int, tagger: RoleTagger, name: str, version: int) -> dict[str, list[int]]:
+def text_contents(rows: Iterable[Mapping[str, Any]], field: str = "messages") -> list[dict[str, Any]]:
+    """``rows`` with every message content a string, text parts joined, so that ``Dataset.from_list`` can hold
+    rows that mix string and list contents (Arrow needs one type per column); a non-text part is an error naming
+    its row, message and part. ``Dataset.from_list(text_contents(rows))``."""
+    converted = []
+    for index, row in enumerate(rows):
+        messages = row.get(field)
+        if isinstance(messages, list):
+            try:
+                messages = [
+                    {**m, "content": text_content(m.get("content"), f"{field}[{k}].content")}
+                    if isinstance(m, Mapping) and isinstance(m.get("content"), list)
+                    else m
+                    for k, m in enumerate(messages)
+                ]
+            except TaggingError as error:
+                raise TaggingError(f"row {index}: {error}") from None
+        converted.append({**row, field: messages} if field in row else dict(row))
+    return converted
+
+
+def _tag_row(
+    row: Mapping[str, Any], index: int, tagger: RoleTagger, name: str, version: int, unread: UnreadKeys
+) -> dict[str, list[int]]:
     """``version`` (:data:`TAGGING_VERSION`) is unused here but part of the map's cache fingerprint."""
     try:
         tagged = tagger.tag(row)
     except TaggingError as error:
         raise TaggingError(f"{name} dataset, row {index}: {error}") from None
+    unread.report(tagged, lambda: f"{name} dataset, row {index}")
     return {"input_ids": tagged.input_ids, ROLES_KEY: tagged.roles}
 
 
-def tag_dataset(dataset: AnyDataset, tokenizer: Any, text_field: str, num_proc: int | None, name: str) -> AnyDataset:
-    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids and roles."""
+def tag_dataset(
+    dataset: AnyDataset,
+    tokenizer: Any,
+    text_field: str,
+    num_proc: int | None,
+    name: str,
+    drop_unrendered: bool = False,
+) -> AnyDataset:
+    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids and roles;
+    ``drop_unrendered`` drops what the chat template does not render instead of refusing (counts logged)."""
     first = next(iter(dataset))
     if is_conversational_from_value(first):  # ShareGPT from/value: TRL's own conversion to role/content
         kwargs = _map_kwargs(dataset, num_proc, f"Converting {name} dataset to ChatML")
@@ -58,11 +93,16 @@ def tag_dataset(dataset: AnyDataset, tokenizer: Any, text_field: str, num_proc: 
         first = next(iter(dataset))
     check_row(first)
     custom_text = text_field != "text" and text_field in first
-    tagger = RoleTagger(tokenizer, row_format="text" if custom_text else None, field=text_field)
+    tagger = RoleTagger(
+        tokenizer, row_format="text" if custom_text else None, field=text_field, drop_unrendered=drop_unrendered
+    )
     kwargs = _map_kwargs(dataset, num_proc, f"Role-tagging {name} dataset")
     columns = get_dataset_column_names(dataset)
-    fn_kwargs = {"tagger": tagger, "name": name, "version": TAGGING_VERSION}
-    return dataset.map(_tag_row, with_indices=True, fn_kwargs=fn_kwargs, remove_columns=columns, **kwargs)
+    fn_kwargs = {"tagger": tagger, "name": name, "version": TAGGING_VERSION, "unread": UnreadKeys(name)}
+    tagged = dataset.map(_tag_row, with_indices=True, fn_kwargs=fn_kwargs, remove_columns=columns, **kwargs)
+    if tagger.dropped():  # counted here when tagged in this process (not with dataset_num_proc > 1)
+        LOG.warning("wit: %s dataset: dropped what the chat template does not render: %s", name, tagger.dropped())
+    return tagged
 
 
 def _truncate(row: Mapping[str, Any], cut: slice) -> dict[str, Any]:
@@ -100,7 +140,14 @@ def prepare_dataset(
     with PartialState().main_process_first():
         columns: Sequence[str] = get_dataset_column_names(dataset)
         if "input_ids" not in columns:
-            dataset = tag_dataset(dataset, tokenizer, args.dataset_text_field, args.dataset_num_proc, name)
+            dataset = tag_dataset(
+                dataset,
+                tokenizer,
+                args.dataset_text_field,
+                args.dataset_num_proc,
+                name,
+                drop_unrendered=args.wit_drop_unrendered,
+            )
         elif ROLES_KEY not in columns:
             raise ValueError(
                 f"the {name} dataset is tokenised but has no '{ROLES_KEY}' column: pass raw rows, or tokenise them "

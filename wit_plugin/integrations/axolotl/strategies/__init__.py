@@ -16,11 +16,14 @@ from pydantic import BaseModel
 
 from wit_plugin.jsonl import describe_row, find_row
 from wit_plugin.tagging import RoleTagger, TaggedSequence, TaggingError
+from wit_plugin.tagging.audit import UnreadKeys
 
 LOG = logging.getLogger(__name__)
 
 # Each strategy module here and the row format it tags; and the stock Axolotl types each one replaces.
 MODULE_FORMATS = {"chat_template": "chat", "alpaca": "alpaca", "prompt_completion": "prompt_completion", "text": "text"}
+# A chat strategy module with this suffix drops what its chat template does not render (wit_drop_unrendered).
+DROP_SUFFIX = "_drop_unrendered"
 STOCK_TYPE_MODULES = {"chat_template": "chat_template", "alpaca": "alpaca", "completion": "text"}
 
 # Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
@@ -60,12 +63,14 @@ class RoleTaggingStrategy:
         self.sequence_len = sequence_len
         self.source = source
         self._warned_turn_end = False
+        self._unread = UnreadKeys(source or "?")
 
     def tag(self, row: Mapping[str, Any]) -> TaggedSequence:
         try:
             tagged = self.tagger.tag(row)
         except TaggingError as error:
             raise TaggingError(f"{self.locate(row)}: {error}") from None
+        self._unread.report(tagged, lambda: self.locate(row))
         if tagged.turns_without_end and not self._warned_turn_end:
             self._warned_turn_end = True
             LOG.warning(
@@ -154,6 +159,7 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
         "field_tools": ds_cfg.get("field_tools") or "tools",
         "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
         "eot_tokens": list(cfg.get("eot_tokens") or []),
+        "drop_unrendered": str(ds_cfg.get("type") or "").endswith(DROP_SUFFIX),
     }
 
 
