@@ -255,10 +255,13 @@ def _evaluating_commands(tmp_path):
     data = write(tmp_path / "eval.jsonl", [{"prompt": "Say hi:", "completion": " hi"}])
     pool, targets = write(tmp_path / "pool.jsonl", POOL), write(tmp_path / "targets.jsonl", TARGETS)
     prompts = write(tmp_path / "sets.jsonl", [{"prompts": ["Say hi.", "Say hello."]}])
+    model = tmp_path / "some-model"  # passes the model-folder check; loading it is what the tests intercept
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     return {
-        "compare": ["compare", "--base", "some-model", "--eval-data", str(data)],
-        "crosstask": ["crosstask", "--model", "some-model", "--pool", str(pool), "--targets", str(targets)],
-        "posix": ["posix", "--model", "some-model", "--prompts", str(prompts)],
+        "compare": ["compare", "--base", str(model), "--eval-data", str(data)],
+        "crosstask": ["crosstask", "--model", str(model), "--pool", str(pool), "--targets", str(targets)],
+        "posix": ["posix", "--model", str(model), "--prompts", str(prompts)],
     }
 
 
