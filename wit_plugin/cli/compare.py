@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wit_plugin import options
-from wit_plugin.cli.args import positive_int
+from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -35,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     options.add_arguments(parser, CROSSTASK_FLAGS)
     parser.add_argument("--max-length", type=positive_int, help="cut eval rows here (default: each run's own)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument("--out", type=Path, help="write results JSON here")
     parser.add_argument("--plot", type=Path, help="write a PNG: held-out loss per role, POSIX and accuracy vs λ")
     parser.set_defaults(run=run)
@@ -156,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         crosstask={name: getattr(args, name) for name in CROSSTASK_FLAGS},
         max_length=args.max_length,
         device=args.device,
+        dtype=args.dtype,
     )
+    apply_threads(args.threads)
     console = make_console()
     with console.status("comparing") as status:
         results = compare_runs(args.runs, settings, progress=lambda text: status.update(text))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from wit_plugin import options
+from wit_plugin.cli.args import add_compute_arguments, apply_threads
 
 FLAGS = tuple(name for name, option in options.OPTION_BY_NAME.items() if option.group == "crosstask" and option.flag)
 
@@ -26,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--targets", required=True, type=Path, help="JSONL of items to evaluate")
     options.add_arguments(parser, FLAGS)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument("--out", type=Path, help="write the trace JSON (every item, prompt ids, option log-probs)")
     parser.add_argument("--plot", type=Path, help="write a PNG: accuracy bars and the source x target gain map")
     parser.set_defaults(run=run)
@@ -44,13 +46,14 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
     settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
     pool, targets = load_items(args.pool), load_items(args.targets)
+    apply_threads(args.threads)
     console = make_console()
     console.print(
         f"{len(pool)} pool rows of {len({p.task for p in pool})} tasks, {len(targets)} targets of "
         f"{len({t.task for t in targets})} tasks; loading {args.model}",
         highlight=False,
     )
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
     columns = (TextColumn("cross-task"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("crosstask", total=None)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wit_plugin import options
-from wit_plugin.cli.args import positive_int
+from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -46,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     options.add_arguments(parser, ["wit_crosstask_shots", "wit_crosstask_select"])
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the trace (prompts, responses, matrices) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of per-set psi here")
     parser.set_defaults(run=run)
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             raise ValueError(f"--device {args.device!r}: {error}") from None
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
+    apply_threads(args.threads)
     console = make_console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
     if args.pool:
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         from wit_plugin.evaluation.posix.exemplars import evaluate_posix_with_exemplars, parse_conditions
 
         conditions, pool = parse_conditions(args.exemplars), load_items(args.pool)
-        model, tokenizer = load_model(args.model, args.device)
+        model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
         with console.status("POSIX under each exemplar block"):
             outcome = evaluate_posix_with_exemplars(
                 model,
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot and "none" in outcome.results:
             console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
         return 0
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
     columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("posix", total=None)

@@ -35,6 +35,7 @@ class CompareSettings:
     max_length: int | None = None  # default: each run's own sequence length
     posix_max_new_tokens: int = 32
     device: str | None = None
+    dtype: str = "float32"  # every model in the table is evaluated in this precision
 
 
 def _check_run_folder(folder: Path) -> None:
@@ -177,7 +178,7 @@ def compare_runs(
         )
         reference["tagging"] = reference.get("tagging") or record["tagging"]
         say(f"{folder}: loading")
-        model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
+        model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"), dtype=settings.dtype)
         max_length = settings.max_length or record.get("sequence_len") or record["tagging"].get("max_length")
         reference["max_length"] = reference.get("max_length") or max_length
         return evaluate_model(
@@ -187,7 +188,7 @@ def compare_runs(
 
     def evaluate_base(entry: dict[str, Any]) -> dict[str, Any]:
         say(f"{settings.base}: loading the base model")
-        model, tokenizer = load_model(settings.base, settings.device)
+        model, tokenizer = load_model(settings.base, settings.device, dtype=settings.dtype)
         max_length = settings.max_length or reference.get("max_length")
         return evaluate_model(
             entry["run"], model, tokenizer, None, reference.get("tagging", {}), max_length, settings, rows, progress,
