@@ -78,3 +78,65 @@ def test_loader_loads_in_the_dtype_asked_for(model_path: Path):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         models.load_model(model_path, "cpu", dtype="int8")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_log_lines_say_elapsed_and_time_left():
+    from wit_plugin.cli.progress import ProgressLog
+
+    clock, lines = Clock(), []
+    log = ProgressLog("POSIX", lines.append, clock=clock, interval_s=30, fraction=0.25)
+    log.update(0, 100)  # the first update says the work started
+    clock.now += 10
+    log.update(10, 100)  # neither 30 s nor 25% since the last line: quiet
+    clock.now += 10
+    log.update(25, 100)  # 25% more
+    clock.now += 31
+    log.update(30, 100)  # 30 s more
+    clock.now += 1
+    log.update(31, 100)  # quiet again
+    clock.now += 9
+    log.update(100, 100)  # done: always said, once
+    log.update(100, 100)
+    assert lines == [
+        "POSIX: 0/100 (0%), 0s elapsed",
+        "POSIX: 25/100 (25%), 20s elapsed, about 1m00s left",
+        "POSIX: 30/100 (30%), 51s elapsed, about 1m59s left",
+        "POSIX: 100/100 (100%), 1m01s elapsed, done",
+    ]
+
+
+def test_progress_log_without_a_total_and_stages():
+    from wit_plugin.cli.progress import ProgressLog, duration
+
+    clock, lines = Clock(), []
+    log = ProgressLog("compare", lines.append, clock=clock, interval_s=30)
+    log.update(1, None)
+    clock.now += 5
+    log.update(2, None)
+    log.stage("run-a: POSIX")
+    clock.now += 3700
+    log.update(3, None)
+    assert lines == [
+        "compare: 1 done, 0s elapsed",
+        "compare: run-a: POSIX (5s elapsed)",
+        "compare: 3 done, 1h01m elapsed",
+    ]
+    assert [duration(s) for s in (0, 59.6, 61, 3599, 7322)] == ["0s", "1m00s", "1m01s", "59m59s", "2h02m"]
+
+
+def test_cli_progress_is_logged_when_output_is_not_a_terminal(model_path, tmp_path, capsys):
+    prompts = tmp_path / "sets.jsonl"
+    prompts.write_text("".join(json.dumps({"prompts": [f"Say {w}.", f"Please say {w}."]}) + "\n" for w in "ab"))
+    argv = ["posix", "--model", str(model_path), "--prompts", str(prompts), "--max-new-tokens", "2", "--threads", "1"]
+    assert main([*argv, "--device", "cpu"]) == 0  # under pytest, stdout is no terminal
+    prefix = "INFO wit_plugin.cli.progress: "
+    lines = [line.removeprefix(prefix) for line in capsys.readouterr().err.splitlines() if line.startswith(prefix)]
+    assert lines and lines[-1].startswith("POSIX: 2/2 (100%), ") and lines[-1].endswith("elapsed, done")

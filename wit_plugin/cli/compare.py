@@ -138,6 +138,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.compare import CompareSettings, compare_runs, write_results
 
     if args.plot:
@@ -161,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
     )
     apply_threads(args.threads)
     console = make_console()
-    with console.status("comparing") as status:
-        results = compare_runs(args.runs, settings, progress=lambda text: status.update(text))
+    with report_progress(console, "compare") as progress:
+        results = compare_runs(args.runs, settings, progress=progress.stage)
     console.print(results_table(results))
     if args.out:
         console.print(f"results: {write_results(results, args.out)}")

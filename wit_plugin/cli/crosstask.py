@@ -34,9 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
     from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
     from wit_plugin.evaluation.crosstask.select import model_cache_key
@@ -54,16 +53,14 @@ def run(args: argparse.Namespace) -> int:
         highlight=False,
     )
     model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
-    columns = (TextColumn("cross-task"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("crosstask", total=None)
+    with report_progress(console, "cross-task") as progress:
         result = evaluate_crosstask(
             model,
             tokenizer,
             pool,
             targets,
             settings,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            progress=progress.update,
             embedding_cache_key=model_cache_key(args.model),
         )
     for note in result.notes:

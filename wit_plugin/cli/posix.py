@@ -111,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.models import load_model
     from wit_plugin.evaluation.posix import evaluate_posix
     from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
         conditions, pool = parse_conditions(args.exemplars), load_items(args.pool)
         model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
-        with console.status("POSIX under each exemplar block"):
+        with report_progress(console, "POSIX under each exemplar block") as progress:
             outcome = evaluate_posix_with_exemplars(
                 model,
                 tokenizer,
@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 args.seed,
                 args.wit_posix_max_new_tokens,
                 args.wit_posix_batch_size,
+                progress=progress.update,
             )
         for note in outcome.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -161,16 +162,14 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
         return 0
     model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
-    columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("posix", total=None)
+    with report_progress(console, "POSIX") as progress:
         result = evaluate_posix(
             model,
             sets,
             tokenizer,
             max_new_tokens=args.wit_posix_max_new_tokens,
             batch_size=args.wit_posix_batch_size,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            progress=progress.update,
         )
     console.print(summary_table(result))
     if args.out:

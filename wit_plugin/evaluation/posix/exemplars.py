@@ -24,7 +24,7 @@ from wit_plugin.evaluation.crosstask.prompts import Demo, demo_block
 from wit_plugin.evaluation.crosstask.select import embed_inputs, selection_scores, top_k
 from wit_plugin.evaluation.crosstask.tasks import TaskItem
 from wit_plugin.evaluation.engine import Prompt
-from wit_plugin.evaluation.posix.evaluate import POSIXResult, evaluate_posix
+from wit_plugin.evaluation.posix.evaluate import POSIXResult, Progress, evaluate_posix
 from wit_plugin.evaluation.posix.prompts import PromptSet, prompt_text
 
 EXEMPLAR_CONDITIONS: tuple[str, ...] = ("none", "cross", "in-task")
@@ -81,8 +81,10 @@ def evaluate_posix_with_exemplars(
     seed: int,
     max_new_tokens: int,
     batch_size: int,
+    progress: Progress | None = None,
 ) -> ExemplarPOSIX:
-    """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring)."""
+    """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); ``progress(done,
+    total)`` counts (condition, set) pairs, a skipped set as done."""
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
     states = None
     if select == "similar":
@@ -93,6 +95,7 @@ def evaluate_posix_with_exemplars(
     scores = selection_scores(select, queries, [p.input for p in pool], seed, states=states)
     pool_tasks = np.array([p.task for p in pool], dtype=object)
     outcome = ExemplarPOSIX({}, {}, {})
+    total, offset = len(conditions) * len(prompt_sets), 0
     for condition in conditions:
         sets, demos, indices = [], [], []
         for index, (prompts, task) in enumerate(zip(prompt_sets, tasks)):
@@ -111,8 +114,15 @@ def evaluate_posix_with_exemplars(
         skipped = len(prompt_sets) - len(indices)
         if skipped:
             outcome.notes.append(f"{condition}: {skipped} set(s) without a task that has pool rows were skipped")
+        offset += skipped
         if not sets:
             continue
-        outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size)
+
+        def counted(done: int, _: int, start: int = offset) -> None:
+            if progress is not None:
+                progress(start + done, total)
+
+        outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size, counted)
+        offset += len(sets)
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
     return outcome
