@@ -37,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
     from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
-    from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
+    from wit_plugin.evaluation.crosstask.report import (
+        activation_note,
+        activation_table,
+        gain_table,
+        plot,
+        results_table,
+    )
     from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import load_model
 
@@ -68,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(results_table(result))
     if result.gain_matrix["sources"]:
         console.print(gain_table(result))
-    if result.activation:
+    note = activation_note(result)
+    if note:
+        console.print(note, highlight=False)
+    else:
         console.print(activation_table(result))
     if result.pseudo_labels:
         correct = sum(r["correct"] for r in result.pseudo_labels)

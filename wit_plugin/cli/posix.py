@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ from wit_plugin import options
 from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.table import Table
 
     from wit_plugin.evaluation.posix import POSIXResult
@@ -72,23 +74,58 @@ def summary_table(result: POSIXResult, width: int = 40) -> Table:
     return table
 
 
-def plot_psi(result: POSIXResult, path: Path) -> Path:
-    """A bar per set with the POSIX mean as a line: which intents the model is most sensitive on."""
+PsiSeries = tuple[Sequence[int], Sequence[float], float]  # indices of the sets evaluated, psi per set, POSIX
+
+
+def psi_series(result: POSIXResult) -> dict[str, PsiSeries]:
+    """The one series of a plain POSIX run."""
+    return {"": (range(len(result.sets)), result.psis, result.posix)}
+
+
+def exemplar_series(outcome: ExemplarPOSIX) -> dict[str, PsiSeries]:
+    """One series per exemplar condition that was evaluated (a condition may skip sets: their indices come
+    along)."""
+    return {
+        name: (outcome.evaluated.get(name, range(len(result.psis))), result.psis, result.posix)
+        for name, result in outcome.results.items()
+    }
+
+
+def psi_figure(series: Mapping[str, PsiSeries]) -> Figure:
+    """ψ per prompt set as bars, a group per set with one bar per condition, and each condition's POSIX (the
+    mean) as a dashed line in its colour: which intents the model is most sensitive on, and what exemplars change.
+    The legend sits above the axes, clear of the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(result.sets) + 2), 4), dpi=120)
-    axes.bar(range(len(result.sets)), result.psis, color="tab:blue")
-    axes.axhline(result.posix, color="tab:red", linestyle="--", label=f"POSIX = {result.posix:.3f}")
+    count = max((max(indices, default=-1) + 1 for indices, _, _ in series.values()), default=0)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * count * max(len(series), 1) + 2), 4.4), dpi=120)
+    width = 0.8 / max(len(series), 1)
+    for k, (name, (indices, psis, posix)) in enumerate(series.items()):
+        colour = f"C{k}"
+        offset = (k - (len(series) - 1) / 2) * width
+        label = f"{name}: POSIX = {posix:.3f}" if name else "ψ per set"
+        axes.bar([i + offset for i in indices], psis, width, color=colour, label=label)
+        line_label = None if name else f"POSIX = {posix:.3f}"
+        axes.axhline(posix, color=colour if name else "tab:red", linestyle="--", linewidth=1, label=line_label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(-0.6, count - 0.4)
     axes.set_xlabel("prompt set")
     axes.set_ylabel("ψ (mean |Δ log P| per token)")
-    axes.set_title("Prompt sensitivity per set")
-    axes.legend()
+    axes.set_title("Prompt sensitivity per set" + (" by exemplar block (dashed: POSIX)" if len(series) > 1 else ""))
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.1), ncol=min(len(series) + 1, 4), frameon=False, fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def plot_psi(series: Mapping[str, PsiSeries], path: Path) -> Path:
+    """:func:`psi_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    figure = psi_figure(series)
     figure.savefig(path)
     plt.close(figure)
     return path
@@ -158,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             args.out.write_text(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
             console.print(f"trace: {args.out}")
-        if args.plot and "none" in outcome.results:
-            console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
+        if args.plot and outcome.results:
+            console.print(f"plot:  {plot_psi(exemplar_series(outcome), args.plot)}")
         return 0
     model, tokenizer = load_model(args.model, args.device, dtype=args.dtype)
     with report_progress(console, "POSIX") as progress:
@@ -175,5 +212,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         console.print(f"trace: {result.write_trace(args.out)}")
     if args.plot:
-        console.print(f"plot:  {plot_psi(result, args.plot)}")
+        console.print(f"plot:  {plot_psi(psi_series(result), args.plot)}")
     return 0
