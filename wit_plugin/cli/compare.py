@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wit_plugin import options
-from wit_plugin.cli.args import positive_int
+from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -49,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="cut every model's eval rows here (default: only beyond each model's context window)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument("--out", type=Path, help="write results JSON here (after every row; resumed from when rerun)")
     parser.add_argument("--force", action="store_true", help="recompute every row even if --out holds it")
     parser.add_argument("--plot", type=Path, help="write a PNG: held-out loss per role, POSIX and accuracy vs λ")
@@ -232,6 +233,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.compare import RESULTS_VERSION, CompareSettings, compare_runs
     from wit_plugin.evaluation.resume import Saved, command_key, prepare_outputs
 
@@ -253,12 +255,14 @@ def run(args: argparse.Namespace) -> int:
         crosstask={name: getattr(args, name) for name in CROSSTASK_FLAGS},
         max_length=args.max_length,
         device=args.device,
+        dtype=args.dtype,
     )
     key = command_key(args, ignore=("runs", "base"), version=RESULTS_VERSION)  # each row checks its own model
     saved = Saved(args.out, key, force=args.force) if args.out else None
+    apply_threads(args.threads)
     console = make_console()
-    with console.status("comparing") as status:
-        results = compare_runs(args.runs, settings, progress=lambda text: status.update(text), saved=saved)
+    with report_progress(console, "compare") as progress:
+        results = compare_runs(args.runs, settings, progress=progress.stage, saved=saved)
     console.print(results_table(results))
     for line in footnotes(results):
         console.print(line, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from wit_plugin import options
+from wit_plugin.cli.args import add_compute_arguments, apply_threads
 
 FLAGS = tuple(name for name, option in options.OPTION_BY_NAME.items() if option.group == "crosstask" and option.flag)
 
@@ -32,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "with similar selection it always runs, the hidden states being there anyway)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -49,12 +51,18 @@ def run(args: argparse.Namespace) -> int:
     check_model_folder(args.model)
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
     from wit_plugin.evaluation.crosstask.evaluate import CrossTaskResult
-    from wit_plugin.evaluation.crosstask.report import activation_table, gain_table, plot, results_table
+    from wit_plugin.evaluation.crosstask.report import (
+        activation_note,
+        activation_table,
+        gain_table,
+        plot,
+        results_table,
+    )
     from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import check_device, load_model
     from wit_plugin.evaluation.resume import Saved, command_key, prepare_outputs
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_outputs(args.out, args.plot)
     settings = CrossTaskSettings.from_options({name: getattr(args, name) for name in FLAGS})
     pool, targets = load_items(args.pool), load_items(args.targets)
+    apply_threads(args.threads)
     console = make_console()
     saved = Saved(args.out, command_key(args), force=args.force) if args.out else None
     reuse = saved.done if saved else []
@@ -78,17 +87,15 @@ def run(args: argparse.Namespace) -> int:
         f"{len({t.task for t in targets})} tasks; loading {args.model}",
         highlight=False,
     )
-    model, tokenizer = load_model(args.model, device)
-    columns = (TextColumn("cross-task"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("crosstask", total=None)
+    model, tokenizer = load_model(args.model, device, dtype=args.dtype)
+    with report_progress(console, "cross-task") as progress:
         result = evaluate_crosstask(
             model,
             tokenizer,
             pool,
             targets,
             settings,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            progress=progress.update,
             embedding_cache_key=model_cache_key(args.model),
             activations=True if args.activations else None,
             previous=saved.previous if saved else None,
@@ -102,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(results_table(result))
     if result.gain_matrix["sources"]:
         console.print(gain_table(result))
-    if result.activation:
+    note = activation_note(result)
+    if note:
+        console.print(note, highlight=False)
+    else:
         console.print(activation_table(result))
     if result.pseudo_labels:
         correct = sum(r["correct"] for r in result.pseudo_labels)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wit_plugin import options
-from wit_plugin.cli.args import positive_int
+from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 
 # Flags that only mean something with --pool: absent is None, so that giving one without --pool is refused.
 EXEMPLAR_FLAGS = {"exemplars": "--exemplars", "wit_crosstask_shots": "--shots", "wit_crosstask_select": "--select"}
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.table import Table
 
     from wit_plugin.evaluation.posix import POSIXResult
@@ -50,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name in ("wit_crosstask_shots", "wit_crosstask_select"):
         options.add_arguments(parser, [name], unset=options.OPTION_BY_NAME[name].describe_default().strip("`"))
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_compute_arguments(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -82,23 +85,58 @@ def summary_table(result: POSIXResult, width: int = 40) -> Table:
     return table
 
 
-def plot_psi(result: POSIXResult, path: Path) -> Path:
-    """A bar per set with the POSIX mean as a line: which intents the model is most sensitive on."""
+PsiSeries = tuple[Sequence[int], Sequence[float], float]  # indices of the sets evaluated, psi per set, POSIX
+
+
+def psi_series(result: POSIXResult) -> dict[str, PsiSeries]:
+    """The one series of a plain POSIX run."""
+    return {"": (range(len(result.sets)), result.psis, result.posix)}
+
+
+def exemplar_series(outcome: ExemplarPOSIX) -> dict[str, PsiSeries]:
+    """One series per exemplar condition that was evaluated (a condition may skip sets: their indices come
+    along)."""
+    return {
+        name: (outcome.evaluated.get(name, range(len(result.psis))), result.psis, result.posix)
+        for name, result in outcome.results.items()
+    }
+
+
+def psi_figure(series: Mapping[str, PsiSeries]) -> Figure:
+    """ψ per prompt set as bars, a group per set with one bar per condition, and each condition's POSIX (the
+    mean) as a dashed line in its colour: which intents the model is most sensitive on, and what exemplars change.
+    The legend sits above the axes, clear of the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(result.sets) + 2), 4), dpi=120)
-    axes.bar(range(len(result.sets)), result.psis, color="tab:blue")
-    axes.axhline(result.posix, color="tab:red", linestyle="--", label=f"POSIX = {result.posix:.3f}")
+    count = max((max(indices, default=-1) + 1 for indices, _, _ in series.values()), default=0)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.35 * count * max(len(series), 1) + 2), 4.4), dpi=120)
+    width = 0.8 / max(len(series), 1)
+    for k, (name, (indices, psis, posix)) in enumerate(series.items()):
+        colour = f"C{k}"
+        offset = (k - (len(series) - 1) / 2) * width
+        label = f"{name}: POSIX = {posix:.3f}" if name else "ψ per set"
+        axes.bar([i + offset for i in indices], psis, width, color=colour, label=label)
+        line_label = None if name else f"POSIX = {posix:.3f}"
+        axes.axhline(posix, color=colour if name else "tab:red", linestyle="--", linewidth=1, label=line_label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(-0.6, count - 0.4)
     axes.set_xlabel("prompt set")
     axes.set_ylabel("ψ (mean |Δ log P| per token)")
-    axes.set_title("Prompt sensitivity per set")
-    axes.legend()
+    axes.set_title("Prompt sensitivity per set" + (" by exemplar block (dashed: POSIX)" if len(series) > 1 else ""))
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.1), ncol=min(len(series) + 1, 4), frameon=False, fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def plot_psi(series: Mapping[str, PsiSeries], path: Path) -> Path:
+    """:func:`psi_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    figure = psi_figure(series)
     figure.savefig(path)
     plt.close(figure)
     return path
@@ -141,15 +179,16 @@ def run(args: argparse.Namespace) -> int:
     prepare_outputs(args.out, args.plot)
     if args.plot:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wit_plugin.cli.console import make_console
+    from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.models import check_device, load_model
     from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix
     from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
 
     device = check_device(args.device)
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
+    apply_threads(args.threads)
     console = make_console()
     console.print(f"{len(sets)} prompt sets, {sum(len(s) for s in sets)} prompts; loading {args.model}")
     saved = Saved(args.out, command_key(args), force=args.force) if args.out else None
@@ -172,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
             if saved is not None:
                 saved.write(partial.to_dict(), list(partial.results), complete=False)
 
-        model, tokenizer = load_model(args.model, device)
-        with console.status("POSIX under each exemplar block"):
+        model, tokenizer = load_model(args.model, device, dtype=args.dtype)
+        with report_progress(console, "POSIX under each exemplar block") as progress:
             outcome = evaluate_posix_with_exemplars(
                 model,
                 tokenizer,
@@ -188,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
                 args.wit_posix_batch_size,
                 done=done,
                 checkpoint=checkpoint,
+                progress=progress.update,
             )
         if saved is not None:
             saved.write(outcome.to_dict(), list(outcome.results), complete=True)
@@ -198,24 +238,22 @@ def run(args: argparse.Namespace) -> int:
         console.print(exemplar_table(outcome))
         if args.out:
             console.print(f"trace: {args.out}")
-        if args.plot and "none" in outcome.results:
-            console.print(f"plot:  {plot_psi(outcome.results['none'], args.plot)}")
+        if args.plot and outcome.results:
+            console.print(f"plot:  {plot_psi(exemplar_series(outcome), args.plot)}")
         return 0
     if saved is not None and saved.complete:  # one unit: the whole evaluation, already saved for these inputs
         console.print(f"reusing {args.out} (same model, prompts and flags; --force recomputes)", highlight=False)
         result = POSIXResult.from_dict(saved.previous)
     else:
-        model, tokenizer = load_model(args.model, device)
-        columns = (TextColumn("POSIX"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("posix", total=None)
+        model, tokenizer = load_model(args.model, device, dtype=args.dtype)
+        with report_progress(console, "POSIX") as progress:
             result = evaluate_posix(
                 model,
                 sets,
                 tokenizer,
                 max_new_tokens=args.wit_posix_max_new_tokens,
                 batch_size=args.wit_posix_batch_size,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                progress=progress.update,
             )
         if saved is not None:
             saved.write(result.to_dict(), ["posix"], complete=True)
@@ -224,5 +262,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         console.print(f"trace: {args.out}")
     if args.plot:
-        console.print(f"plot:  {plot_psi(result, args.plot)}")
+        console.print(f"plot:  {plot_psi(psi_series(result), args.plot)}")
     return 0

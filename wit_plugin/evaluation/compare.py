@@ -54,6 +54,7 @@ class CompareSettings:
     max_length: int | None = None  # default: each model's own context window
     posix_max_new_tokens: int = 32
     device: str | None = None
+    dtype: str = "float32"  # every model in the table is evaluated in this precision
 
 
 def is_model_folder(path: Path) -> bool:
@@ -237,7 +238,7 @@ def compare_runs(
         if not entry["finished"]:
             entry["note"] = f"training did not finish: the model saved at step {entry['train'].get('step', '?')}"
         say(f"{folder}: loading")
-        model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"))
+        model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"), dtype=settings.dtype)
         return evaluate_model(
             str(folder), model, tokenizer, dataset_taggings(record), settings, rows, progress,
             weights_key=model_cache_key(folder),
@@ -245,7 +246,7 @@ def compare_runs(
 
     def evaluate_reference(name: str) -> dict[str, Any]:
         say(f"{name}: loading the reference model")
-        model, tokenizer = load_model(name, settings.device)
+        model, tokenizer = load_model(name, settings.device, dtype=settings.dtype)
         return evaluate_model(name, model, tokenizer, [], settings, rows, progress, weights_key=model_cache_key(name))
 
     entries: list[dict[str, Any]] = []

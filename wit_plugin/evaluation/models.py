@@ -4,9 +4,12 @@ its base model."""
 from __future__ import annotations
 
 import json
+import logging
 from os import PathLike
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -72,10 +75,37 @@ def adapter_base(path: str | PathLike[str]) -> str | None:
     return config.get("base_model_name_or_path")
 
 
+def torch_dtype(name: str) -> Any:
+    """``from_pretrained``'s ``dtype`` for a ``--dtype`` name: a torch floating dtype, or ``"auto"`` (the
+    checkpoint's own)."""
+    if name == "auto":
+        return "auto"
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"unknown dtype {name!r}: use float32, bfloat16, float16 or auto")
+    return dtype
+
+
+def _saved_dtype(folder: str | PathLike[str]) -> str | None:
+    """The dtype a model folder's ``config.json`` says its weights were saved in, if it says."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    return values.get("dtype") or values.get("torch_dtype")
+
+
 def load_model(
-    path: str | PathLike[str], device: str | None = None, base: str | PathLike[str] | None = None
+    path: str | PathLike[str],
+    device: str | None = None,
+    base: str | PathLike[str] | None = None,
+    dtype: str = "float32",
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA when available) from a local folder.
+    """``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA when available) from a local folder, in
+    ``dtype`` (default float32, whatever the checkpoint was saved in, so that models evaluated side by side are
+    scored alike).
 
     An adapter folder loads its base model (``base`` if given, else the adapter's recorded base) and applies the
     adapter; the tokenizer comes from the adapter folder when it has one (training saves it there, with any
@@ -85,6 +115,7 @@ def load_model(
     device = check_device(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    load_dtype = torch_dtype(dtype)
     try:
         if is_adapter(path):
             from peft import PeftModel
@@ -93,15 +124,19 @@ def load_model(
             if base_path is None:
                 raise ModelLoadError(f"{path} is an adapter without a recorded base model: pass the base model")
             tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer(path) else base_path)
-            model = AutoModelForCausalLM.from_pretrained(base_path)
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=load_dtype)
+            saved = _saved_dtype(base_path)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))
             model = PeftModel.from_pretrained(model, path)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype)
+            saved = _saved_dtype(path)
     except (OSError, ValueError) as error:
         if isinstance(error, ModelLoadError):
             raise
         raise ModelLoadError(f"cannot load a model from {path}: {error}") from None
+    if dtype != "auto" and saved is not None and saved != dtype:
+        logger.info("%s: weights saved in %s, evaluated in %s (--dtype)", path, saved, dtype)
     return model.to(device).eval(), tokenizer

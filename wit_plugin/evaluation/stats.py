@@ -31,12 +31,16 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+SPEARMAN_MIN_PAIRS = 3  # fewer points have no rank correlation to speak of
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rank correlation, or ``None`` with fewer than 3 pairs or a constant side."""
+    """Spearman's rank correlation, or ``None`` with fewer than :data:`SPEARMAN_MIN_PAIRS` pairs or a constant
+    side."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    if len(a) < 3:
+    if len(a) < SPEARMAN_MIN_PAIRS:
         return None
     ra, rb = _ranks(a), _ranks(b)
     if ra.std() == 0 or rb.std() == 0:

@@ -24,7 +24,7 @@ from wit_plugin.evaluation.crosstask.prompts import Demo, demo_block
 from wit_plugin.evaluation.crosstask.select import embed_inputs, selection_scores, top_k
 from wit_plugin.evaluation.crosstask.tasks import TaskItem, usable_rows
 from wit_plugin.evaluation.engine import Prompt
-from wit_plugin.evaluation.posix.evaluate import POSIXResult, evaluate_posix
+from wit_plugin.evaluation.posix.evaluate import POSIXResult, Progress, evaluate_posix
 from wit_plugin.evaluation.posix.prompts import PromptSet, prompt_text
 
 EXEMPLAR_CONDITIONS: tuple[str, ...] = ("none", "cross", "in-task")
@@ -103,11 +103,13 @@ def evaluate_posix_with_exemplars(
     batch_size: int,
     done: ExemplarPOSIX | None = None,
     checkpoint: Callable[[ExemplarPOSIX], None] | None = None,
+    progress: Progress | None = None,
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); pool rows that list an
     option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note.
     A condition ``done`` holds for the same sets and demos (a saved trace of the same command) is taken from it,
-    not evaluated; ``checkpoint`` gets the outcome after each condition."""
+    not evaluated; ``checkpoint`` gets the outcome after each condition; ``progress(done, total)`` counts
+    (condition, set) pairs, a skipped or reused set as done."""
     pool, notes = usable_rows(pool, "pool")
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
     states = None
@@ -120,6 +122,7 @@ def evaluate_posix_with_exemplars(
     pool_tasks = np.array([p.task for p in pool], dtype=object)
     settings = {"conditions": list(conditions), "shots": shots, "select": select, "seed": seed}
     outcome = ExemplarPOSIX({}, {}, {}, notes, settings)
+    total, offset = len(conditions) * len(prompt_sets), 0
     for condition in conditions:
         sets, demos, indices = [], [], []
         for index, (prompts, task) in enumerate(zip(prompt_sets, tasks)):
@@ -138,6 +141,7 @@ def evaluate_posix_with_exemplars(
         skipped = len(prompt_sets) - len(indices)
         if skipped:
             outcome.notes.append(f"{condition}: {skipped} set(s) without a task that has pool rows were skipped")
+        offset += skipped
         if not sets:
             continue
         reused = (
@@ -146,10 +150,17 @@ def evaluate_posix_with_exemplars(
             and done.demos.get(condition) == demos
             and [item.prompts for item in done.results[condition].sets] == sets
         )
+
+        def counted(finished: int, _: int, start: int = offset) -> None:
+            if progress is not None:
+                progress(start + finished, total)
+
         if reused:
             outcome.results[condition] = done.results[condition]
+            counted(len(sets), len(sets))
         else:
-            outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size)
+            outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size, counted)
+        offset += len(sets)
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
         if checkpoint is not None:
             checkpoint(outcome)

