@@ -34,6 +34,7 @@ class CompareSettings:
     crosstask: dict[str, Any] = field(default_factory=dict)  # wit_crosstask_* values
     max_length: int | None = None  # default: each run's own sequence length
     posix_max_new_tokens: int = 32
+    posix_psi: str = "paper"  # wit_posix_psi: the paper's Eq. 1 or the package's definition
     device: str | None = None
 
 
@@ -119,7 +120,9 @@ def evaluate_model(
 
         say("POSIX")
         sets = load_prompt_sets(settings.posix)
-        result["posix"] = evaluate_posix(model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens).posix
+        result["posix"] = evaluate_posix(
+            model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens, psi_definition=settings.posix_psi
+        ).posix
     if settings.pool and settings.targets:
         from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
 
@@ -201,7 +204,10 @@ def compare_runs(
     if settings.base:
         base: dict[str, Any] = {"run": f"base: {settings.base}", "weights": None, "train": {}}
         entries.insert(0, _guarded(base, partial(evaluate_base, base)))
-    return {"eval_data": str(settings.eval_data), "runs": entries}
+    results: dict[str, Any] = {"eval_data": str(settings.eval_data), "runs": entries}
+    if settings.posix:
+        results["posix_psi"] = settings.posix_psi
+    return results
 
 
 def write_results(results: dict[str, Any], path: Path) -> Path:

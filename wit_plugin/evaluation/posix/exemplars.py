@@ -81,6 +81,7 @@ def evaluate_posix_with_exemplars(
     seed: int,
     max_new_tokens: int,
     batch_size: int,
+    psi_definition: str = "paper",
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring)."""
     queries = [prompt_text(prompts[0]) for prompts in prompt_sets]
@@ -113,6 +114,8 @@ def evaluate_posix_with_exemplars(
             outcome.notes.append(f"{condition}: {skipped} set(s) without a task that has pool rows were skipped")
         if not sets:
             continue
-        outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size)
+        outcome.results[condition] = evaluate_posix(
+            model, sets, tokenizer, max_new_tokens, batch_size, psi_definition=psi_definition
+        )
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
     return outcome
