@@ -1,5 +1,7 @@
 """POSIX speed: ``evaluate_posix`` against the one-pair-at-a-time way (one generate per prompt, one forward per
-(prompt, response) pair, as the reference package does), on the same model and generated prompt sets.
+(prompt, response) pair, the way the reference package runs), on the same model and generated prompt sets.
+Both compute this project's ψ (the paper's Eq. 1), not the package's: ``bench/posix_package.py`` compares with
+the package's own numbers.
 
     python bench/posix.py [--sets 4] [--size 5] [--max-new-tokens 24] [--threads 1]
 

@@ -357,3 +357,27 @@ def test_held_out_rows_are_tagged_by_the_dataset_they_look_like(tokenizer, tmp_p
     assert [t.input_ids for t in tagged] == [e.input_ids for e in expected]
     assert len(tagged[0].input_ids) > len(tagged[1].input_ids) + 10  # SmolLM2's template adds a system prompt
     assert dataset_taggings({"tagging": {"version": 2, **first}}) == [{"version": 2, **first}]
+
+
+def test_cli_posix_psi_is_the_one_asked_for(model_path, tmp_path, capsys):
+    from wit_plugin.cli import main
+    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix.prompts import write_prompt_sets
+
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    question = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Wht is 2 + 3?"}]]
+    sets = write_prompt_sets(tmp_path / "sets.jsonl", [[*question, "Q: What is 2 + 3?\nA:"]])
+    argv = ["compare", "--base", str(model_path), "--eval-data", str(held_out)]
+    assert main([*argv, "--psi", "package"]) == 2  # nothing would use it
+    assert "--psi chooses how POSIX is computed, and no POSIX is computed without --posix" in capsys.readouterr().err
+    out = tmp_path / "results.json"
+    assert main([*argv, "--posix", str(sets), "--psi", "package", "--out", str(out)]) == 0
+    assert "package ψ" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    package, paper = (
+        evaluate_posix(str(model_path), [[*question, "Q: What is 2 + 3?\nA:"]], psi_definition=definition).posix
+        for definition in ("package", "paper")
+    )
+    assert results["posix_psi"] == "package" and results["runs"][0]["posix"] == pytest.approx(package, rel=1e-6)
+    assert package != pytest.approx(paper, rel=1e-3)

@@ -32,6 +32,8 @@ from wit_plugin.evaluation.posix.variants import (
 )
 from wit_plugin.options import OptionError
 
+from .reference_posix import ReferenceUnavailable, load_reference
+
 CAPITAL = "What is the capital of France? Answer in one short sentence."
 SKY = "Explain why the sky is blue."
 MIXED_SET = [
@@ -173,8 +175,15 @@ def test_evaluation_restores_every_module_mode(smol):
 def test_psi_formula_by_hand():
     # |-3 - (-2)| / 2 + |-6 - (-4)| / 4 = 0.5 + 0.5, over N (N - 1) = 2
     assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4]) == pytest.approx(0.5)
+    assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4], "paper") == pytest.approx(0.5)
+    # the package's pairs, two responses under one prompt: (|-6 - (-2)| + |-3 - (-4)|) / 8, over 2
+    assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4], "package", max_new_tokens=8) == pytest.approx(0.3125)
     with pytest.raises(ValueError, match="N x N"):
         psi([[0.0, 1.0]], [1, 1])
+    with pytest.raises(ValueError, match="unknown psi definition 'Package'; choose from paper, package"):
+        psi([[0.0, 1.0], [1.0, 0.0]], [1, 1], "Package")
+    with pytest.raises(ValueError, match="divides by max_new_tokens, which must be at least 1, got None"):
+        psi([[0.0, 1.0], [1.0, 0.0]], [1, 1], "package")
 
 
 def test_early_eos_uses_the_response_length(smol):
@@ -682,3 +691,92 @@ def test_exemplar_trace_holds_the_plain_trace_per_condition(smol_path, tmp_path,
     assert [d["task"] for d in data["conditions"]["cross"]["demos"][0]] == ["colours"]
     note = f"pool: 1 row(s) list an option twice, kept once: {pool}:2"  # a pool quirk does not stop the run
     assert note in data["notes"] and note in shown
+
+
+# --- which psi: the paper's Eq. 1, or the package prompt-sensitivity-index 0.0.1's ---------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The authors' package, its wheel fetched from the index into a temporary folder and imported from there."""
+    try:
+        return load_reference(tmp_path_factory.mktemp("prompt_sensitivity_index"))
+    except ReferenceUnavailable as reason:
+        pytest.skip(f"the reference package cannot run offline here: {reason}")
+
+
+def package_psi(matrix, max_new_tokens: int) -> float:
+    """The package's psi written out: prompt j, responses i and j under it, over max_new_tokens."""
+    n = len(matrix)
+    total = sum(abs(matrix[j][i] - matrix[j][j]) / max_new_tokens for i in range(n) for j in range(n))
+    return total / (n * (n - 1))
+
+
+def test_psi_definitions_against_the_package_and_eq1_in_float64(smol, smol_path, reference):
+    """``package`` reproduces the authors' package run on the same model; ``paper`` equals Eq. 1 from float64
+    one-pair-at-a-time log-probs. The package takes text, so chat prompts go in as their rendered template."""
+    posix_module, models = reference
+    model, tokenizer = smol
+    chat = lambda text: tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+    sets = [[chat(CAPITAL), chat(CAPITAL.lower()), f"Q: {CAPITAL}\nA:"]]  # N = 3: the pair orders differ
+    max_new_tokens = 10
+    theirs, trace = posix_module.get_prompt_sensitivity(
+        models.HFModel(str(smol_path), dtype=torch.float32), sets, posix_module.PosixConfig(max_new_tokens)
+    )
+    package = evaluate_posix(model, sets, tokenizer, max_new_tokens, psi_definition="package")
+    paper = evaluate_posix(model, sets, tokenizer, max_new_tokens, psi_definition="paper")
+    assert (package.psi_definition, paper.psi_definition) == ("package", "paper")
+    lengths = [len(r.token_ids) for result in paper.sets for r in result.responses]
+    assert len(set(lengths)) > 1 and max(lengths) < max_new_tokens  # L(y_j) and max_new_tokens both differ
+    for index, (ours, mine) in enumerate(zip(package.sets, paper.sets)):
+        decoded = [tokenizer.decode(r.token_ids, skip_special_tokens=False) for r in ours.responses]
+        assert decoded == trace.responses[index]  # the same greedy responses, token for token
+        assert ours.logprobs == pytest.approx(torch.tensor(trace.logprob_matrices[index]).numpy(), rel=1e-4, abs=1e-4)
+        assert ours.psi == pytest.approx(trace.prompt_sensitivities[index], rel=1e-4)
+        sizes = [len(r.token_ids) for r in ours.responses]
+        matrix = trace.logprob_matrices[index]  # on the package's own matrix, its value to the last bits
+        assert psi(matrix, sizes, "package", max_new_tokens) == pytest.approx(package_psi(matrix, max_new_tokens))
+        assert package_psi(matrix, max_new_tokens) == pytest.approx(trace.prompt_sensitivities[index], rel=1e-12)
+
+        assert mine.responses == ours.responses and (mine.logprobs == ours.logprobs).all()  # only psi differs
+        inputs = [render_prompt(tokenizer, prompt) for prompt in mine.prompts]
+        expected = [[reference_logprob(model, x, list(y.token_ids)) for y in mine.responses] for x in inputs]
+        assert mine.psi == pytest.approx(reference_psi(expected, sizes), rel=1e-4)
+    assert paper.psis[0] != pytest.approx(package.psis[0], rel=0.1)
+    assert package.posix == pytest.approx(theirs, rel=1e-4) and package.to_dict()["psi_definition"] == "package"
+
+
+def test_cli_psi_is_recorded_in_the_trace(smol_path, tmp_path, capsys):
+    from wit_plugin.cli import main
+
+    prompts = write_prompt_sets(tmp_path / "sets.jsonl", [[CAPITAL, MIXED_SET[0]]])
+    argv = ["posix", "--model", str(smol_path), "--prompts", str(prompts), "--max-new-tokens", "4"]
+    traces = {}
+    for chosen in ("package", None):
+        trace = tmp_path / f"{chosen}.json"
+        assert main(argv + ["--out", str(trace)] + (["--psi", chosen] if chosen else [])) == 0
+        traces[chosen] = json.loads(trace.read_text())
+        assert f"(ψ: {chosen or 'paper'})" in capsys.readouterr().out
+    assert [traces[k]["psi_definition"] for k in traces] == ["package", "paper"]
+    for chosen in ("package", None):
+        (item,) = traces[chosen]["sets"]
+        lengths = [len(r["token_ids"]) for r in item["responses"]]
+        expected = package_psi(item["logprobs"], 4) if chosen else reference_psi(item["logprobs"], lengths)
+        assert item["psi"] == pytest.approx(expected, rel=1e-12) and traces[chosen]["posix"] == item["psi"]
+    assert traces["package"]["posix"] != pytest.approx(traces[None]["posix"], rel=1e-3)
+    with pytest.raises(SystemExit, match="2"):
+        main(argv + ["--psi", "eq1"])
+    assert "--psi 'eq1'; choose from paper, package" in capsys.readouterr().err
+
+
+def test_callback_options_choose_psi(tmp_path):
+    path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
+    (default,) = evaluation_callbacks({"wit_posix_prompts": str(path)})
+    (package,) = evaluation_callbacks({"wit_posix_prompts": str(path), "wit_posix_psi": "package"})
+    assert (default.psi_definition, package.psi_definition) == ("paper", "package")
+    with pytest.raises(OptionError, match=r"\['wit_posix_psi'\] set without `wit_posix_prompts`"):
+        evaluation_callbacks({"wit_posix_psi": "package"})
+    with pytest.raises(ValueError, match="unknown psi definition 'eq1'; choose from paper, package"):
+        evaluation_callbacks({"wit_posix_prompts": str(path), "wit_posix_psi": "eq1"})

@@ -27,6 +27,7 @@ ROLE_METRICS: tuple[str, ...] = ("all", "weighted")
 CROSSTASK_CONDITIONS: tuple[str, ...] = ("zero", "cross", "mixed", "random", "gold", "pseudo")
 DEMO_SELECTIONS: tuple[str, ...] = ("similar", "lexical", "random")
 SCORINGS: tuple[str, ...] = ("mean", "sum")
+PSI_DEFINITIONS: tuple[str, ...] = ("paper", "package")  # POSIX's ψ: the paper's Eq. 1, or its package's 0.0.1
 
 
 class OptionError(ValueError):
@@ -164,6 +165,16 @@ OPTIONS: tuple[Option, ...] = (
         "posix",
         minimum=1,
         flag="batch-size",
+    ),
+    Option(
+        "wit_posix_psi",
+        str,
+        "paper",
+        "ψ as the POSIX paper's Eq. 1 defines it (one response under two prompts, per response token) or as "
+        "its package prompt-sensitivity-index 0.0.1 computes it (two responses under one prompt, per max new token)",
+        "posix",
+        choices=PSI_DEFINITIONS,
+        flag="psi",
     ),
     Option(
         "wit_crosstask_pool",

@@ -40,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also evaluate this untrained model as a reference row (repeat for several)",
     )
     parser.add_argument("--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix`")
+    options.add_arguments(parser, ["wit_posix_psi"], unset=options.defaults()["wit_posix_psi"])  # None: not given
     parser.add_argument("--pool", type=Path, help="cross-task pool (JSONL), with --targets")
     parser.add_argument("--targets", type=Path, help="cross-task targets (JSONL), with --pool")
     options.add_arguments(parser, CROSSTASK_FLAGS)
@@ -103,7 +104,8 @@ def results_table(results: dict[str, Any]) -> Table:
     show_posix = any("posix" in entry for entry in runs)
     conditions = _conditions(runs)
     if show_posix:
-        table.add_column("POSIX", justify="right", no_wrap=True)
+        psi = results.get("posix_psi", "paper")
+        table.add_column("POSIX" if psi == "paper" else f"POSIX ({psi} ψ)", justify="right", no_wrap=True)
     for condition in conditions:
         table.add_column(f"acc {condition} %", justify="right", no_wrap=True)
     with_notes = any(entry.get("error") or entry.get("note") for entry in runs)
@@ -241,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401 - before the evaluation, not after it: the plot needs the `eval` extra
     if not args.runs and not args.base:
         raise ValueError("give run folders, --base, or both")
+    if args.wit_posix_psi and not args.posix:
+        raise ValueError("--psi chooses how POSIX is computed, and no POSIX is computed without --posix")
     if bool(args.pool) != bool(args.targets):
         raise ValueError("--pool and --targets go together")
     if not args.eval_data.is_file():
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         references=args.base,
         posix=args.posix,
+        posix_psi=args.wit_posix_psi or options.defaults()["wit_posix_psi"],
         pool=args.pool,
         targets=args.targets,
         crosstask={name: getattr(args, name) for name in CROSSTASK_FLAGS},

@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-variants", type=positive_int, default=5, help="prompts per generated set, the original included (N)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    options.add_arguments(parser, ["wit_posix_max_new_tokens", "wit_posix_batch_size"])
+    options.add_arguments(parser, ["wit_posix_max_new_tokens", "wit_posix_batch_size", "wit_posix_psi"])
     parser.add_argument(
         "--pool", type=Path, help="task file of labelled examples: run POSIX with exemplar blocks from it"
     )
@@ -70,7 +70,7 @@ def summary_table(result: POSIXResult, width: int = 40) -> Table:
 
     from wit_plugin.evaluation.posix.prompts import prompt_text
 
-    table = Table(title=f"POSIX = {result.posix:.4f}", title_justify="left")
+    table = Table(title=f"POSIX = {result.posix:.4f} (ψ: {result.psi_definition})", title_justify="left")
     table.add_column("set", justify="right", no_wrap=True, min_width=3)
     table.add_column("N", justify="right", no_wrap=True, min_width=2)
     table.add_column("psi", justify="right", no_wrap=True, min_width=6)
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
                 done=done,
                 checkpoint=checkpoint,
                 progress=progress.update,
+                psi_definition=args.wit_posix_psi,
             )
         if saved is not None:
             saved.write(outcome.to_dict(), list(outcome.results), complete=True)
@@ -254,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
                 max_new_tokens=args.wit_posix_max_new_tokens,
                 batch_size=args.wit_posix_batch_size,
                 progress=progress.update,
+                psi_definition=args.wit_posix_psi,
             )
         if saved is not None:
             saved.write(result.to_dict(), ["posix"], complete=True)

@@ -82,10 +82,11 @@ class POSIXCallback(EvaluationCallback):
         every_n_steps: int,
         max_new_tokens: int = options.defaults()["wit_posix_max_new_tokens"],
         batch_size: int = options.defaults()["wit_posix_batch_size"],
+        psi_definition: str = options.defaults()["wit_posix_psi"],
     ) -> None:
         from wit_plugin.evaluation.posix.evaluate import POSIXEvaluator
 
-        super().__init__(POSIXEvaluator(prompt_sets, max_new_tokens, batch_size), every_n_steps)
+        super().__init__(POSIXEvaluator(prompt_sets, max_new_tokens, batch_size, psi_definition), every_n_steps)
 
     @property
     def prompt_sets(self) -> list[Any]:
@@ -94,6 +95,10 @@ class POSIXCallback(EvaluationCallback):
     @property
     def max_new_tokens(self) -> int:
         return self.evaluator.max_new_tokens
+
+    @property
+    def psi_definition(self) -> str:
+        return self.evaluator.psi_definition
 
     @property
     def last_result(self) -> Any:
@@ -128,6 +133,7 @@ def evaluation_callbacks(values: Mapping[str, Any]) -> list[EvaluationCallback]:
                 every_n_steps=options.resolved(values, "wit_posix_steps"),
                 max_new_tokens=options.resolved(values, "wit_posix_max_new_tokens"),
                 batch_size=options.resolved(values, "wit_posix_batch_size"),
+                psi_definition=options.resolved(values, "wit_posix_psi"),
             )
         )
     if values.get("wit_crosstask_pool"):

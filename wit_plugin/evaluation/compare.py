@@ -53,6 +53,7 @@ class CompareSettings:
     crosstask: dict[str, Any] = field(default_factory=dict)  # wit_crosstask_* values
     max_length: int | None = None  # default: each model's own context window
     posix_max_new_tokens: int = 32
+    posix_psi: str = "paper"  # wit_posix_psi: the paper's Eq. 1 or the package's definition
     device: str | None = None
     dtype: str = "float32"  # every model in the table is evaluated in this precision
 
@@ -162,7 +163,9 @@ def evaluate_model(
 
         say("POSIX")
         sets = load_prompt_sets(settings.posix)
-        result["posix"] = evaluate_posix(model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens).posix
+        result["posix"] = evaluate_posix(
+            model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens, psi_definition=settings.posix_psi
+        ).posix
     if settings.pool and settings.targets:
         from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
 
@@ -252,7 +255,10 @@ def compare_runs(
     entries: list[dict[str, Any]] = []
 
     def document() -> dict[str, Any]:
-        return {"eval_data": str(settings.eval_data), "runs": entries}
+        results: dict[str, Any] = {"eval_data": str(settings.eval_data), "runs": entries}
+        if settings.posix:
+            results["posix_psi"] = settings.posix_psi
+        return results
 
     for kind, name in _rows(paths, settings.references):
         model = fingerprint(model_identity(name))

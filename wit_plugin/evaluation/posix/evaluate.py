@@ -4,8 +4,11 @@ For a set of N intent-aligned prompts x_i with greedy responses y_i,
 
     psi = 1 / (N (N - 1)) * sum_ij |log P(y_j | x_i) - log P(y_j | x_j)| / L_{y_j}
 
-where L_{y_j} is the length of y_j in tokens (up to and including its EOS). POSIX is the mean psi over sets:
-0 when the model's responses are equally likely whichever variant of the prompt it is given.
+where L_{y_j} is the length of y_j in tokens (up to and including its EOS): the paper's Eq. 1, the default.
+POSIX is the mean psi over sets: 0 when the model's responses are equally likely whichever variant of the
+prompt it is given. ``psi_definition="package"`` computes psi as the authors' package prompt-sensitivity-index
+0.0.1 does instead, to compare with numbers it made: |log P(y_i | x_j) - log P(y_j | x_j)| / max_new_tokens
+(two responses under one prompt, over a constant length).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from wit_plugin.evaluation.engine import SpecialIds, Tokens, eval_mode, greedy, prefill, render_prompt, score, timed
 from wit_plugin.evaluation.models import load_model
 from wit_plugin.evaluation.posix.prompts import Prompt, validate_prompt_sets
+from wit_plugin.options import PSI_DEFINITIONS
 
 Progress = Callable[[int, int], None]
 SHORT_REPLY = 1  # tokens: a reply this short makes its part of psi one token's probability
@@ -62,14 +66,16 @@ class SetResult:
 
 @dataclass(frozen=True)
 class POSIXResult:
-    """POSIX, the per-set results, and where the time went: ``work`` holds seconds per phase (``prefill_s``,
-    ``decode_s``, ``score_s``) and the tokens each ran (``prompt_tokens``, a shared prefix counted once;
-    ``decode_steps``; ``scored_tokens``, response tokens run under another prompt's cache)."""
+    """POSIX, the per-set results, which definition of psi they use (:data:`PSI_DEFINITIONS`), and where the
+    time went: ``work`` holds seconds per phase (``prefill_s``, ``decode_s``, ``score_s``) and the tokens each
+    ran (``prompt_tokens``, a shared prefix counted once; ``decode_steps``; ``scored_tokens``, response tokens
+    run under another prompt's cache)."""
 
     posix: float
     sets: list[SetResult]
     max_new_tokens: int
     work: dict[str, float] = field(default_factory=dict)
+    psi_definition: str = "paper"
 
     @property
     def psis(self) -> list[float]:
@@ -97,6 +103,7 @@ class POSIXResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "posix": self.posix,
+            "psi_definition": self.psi_definition,
             "max_new_tokens": self.max_new_tokens,
             "short_replies": self.short_replies,
             "sets_with_short_replies": self.sets_with_short_replies,
@@ -116,7 +123,9 @@ class POSIXResult:
             )
             for item in data["sets"]
         ]
-        return cls(data["posix"], sets, data["max_new_tokens"], dict(data.get("work", {})))
+        return cls(
+            data["posix"], sets, data["max_new_tokens"], dict(data.get("work", {})), data.get("psi_definition", "paper")
+        )
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
@@ -127,15 +136,30 @@ class POSIXResult:
         return write_json(Path(path), self.to_dict(), indent=2)
 
 
-def psi(logprobs: np.ndarray | Sequence[Sequence[float]], lengths: Sequence[int]) -> float:
-    """The per-set sensitivity from the N x N matrix (row = prompt, column = response) and response lengths."""
+def psi(
+    logprobs: np.ndarray | Sequence[Sequence[float]],
+    lengths: Sequence[int],
+    definition: str = "paper",
+    max_new_tokens: int | None = None,
+) -> float:
+    """The per-set sensitivity from the N x N matrix (row = prompt, column = response) and response lengths.
+
+    ``paper`` (Eq. 1): |log P(y_j | x_i) - log P(y_j | x_j)| / L(y_j), one response under two prompts.
+    ``package`` (prompt-sensitivity-index 0.0.1): |log P(y_i | x_j) - log P(y_j | x_j)| / ``max_new_tokens``,
+    two responses under one prompt. Both sum over all i, j and divide by N (N - 1).
+    """
     matrix = np.asarray(logprobs, dtype=np.float64)
     n = matrix.shape[0]
     if matrix.shape != (n, n) or n < 2 or len(lengths) != n:
         raise ValueError(f"psi needs an N x N matrix with N >= 2 and N lengths, got {matrix.shape} and {len(lengths)}")
     if min(lengths) < 1:
         raise ValueError("every response needs at least one token")
-    deviation = np.abs(matrix - np.diag(matrix)[None, :]) / np.asarray(lengths, dtype=np.float64)[None, :]
+    if _checked_definition(definition) == "paper":
+        deviation = np.abs(matrix - np.diag(matrix)[None, :]) / np.asarray(lengths, dtype=np.float64)[None, :]
+    else:
+        if max_new_tokens is None or max_new_tokens < 1:
+            raise ValueError(f"psi 'package' divides by max_new_tokens, which must be at least 1, got {max_new_tokens}")
+        deviation = np.abs(matrix - np.diag(matrix)[:, None]) / max_new_tokens
     return float(deviation.sum() / (n * (n - 1)))
 
 
@@ -145,7 +169,11 @@ class POSIXEvaluator:
     name = "posix"
 
     def __init__(
-        self, prompt_sets: str | PathLike[str] | Sequence[Sequence[Prompt]], max_new_tokens: int, batch_size: int
+        self,
+        prompt_sets: str | PathLike[str] | Sequence[Sequence[Prompt]],
+        max_new_tokens: int,
+        batch_size: int,
+        psi_definition: str = "paper",
     ) -> None:
         from wit_plugin.evaluation.posix.variants import load_prompt_sets
 
@@ -159,10 +187,18 @@ class POSIXEvaluator:
             self.prompt_sets = validate_prompt_sets(prompt_sets)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.psi_definition = _checked_definition(psi_definition)
         self.last_result: POSIXResult | None = None
 
     def evaluate(self, model: Any, tokenizer: Any) -> dict[str, float]:
-        self.last_result = evaluate_posix(model, self.prompt_sets, tokenizer, self.max_new_tokens, self.batch_size)
+        self.last_result = evaluate_posix(
+            model,
+            self.prompt_sets,
+            tokenizer,
+            self.max_new_tokens,
+            self.batch_size,
+            psi_definition=self.psi_definition,
+        )
         return {"posix": self.last_result.posix}
 
 
@@ -173,16 +209,18 @@ def evaluate_posix(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     progress: Progress | None = None,
+    psi_definition: str = "paper",
 ) -> POSIXResult:
     """POSIX of ``model`` (a loaded causal LM, or a path to load) on ``prompt_sets``.
 
     Whole sets are processed in groups of at most ``batch_size`` prompts, generated together (a set larger
     than that is a group of its own), and the (prompt, response) pairs of a group are scored ``batch_size``
     at a time. ``progress(done, total)`` counts finished sets. Identical prompts, and identical responses
-    under one prompt, are computed once.
+    under one prompt, are computed once. ``psi_definition``: ``paper`` (Eq. 1) or ``package`` (see :func:`psi`).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
+    _checked_definition(psi_definition)
     sets = validate_prompt_sets(prompt_sets)
     if isinstance(model, (str, PathLike)):
         model, loaded = load_model(model)
@@ -199,10 +237,18 @@ def evaluate_posix(
             outcomes = _evaluate_group(model, group, special, max_new_tokens, batch_size, work)
             for k, (matrix, outputs) in zip(indices, outcomes):
                 responses = [Response(_decode(tokenizer, y), y) for y in outputs]
-                results.append(SetResult(sets[k], responses, matrix, psi(matrix, [len(y) for y in outputs])))
+                value = psi(matrix, [len(y) for y in outputs], psi_definition, max_new_tokens)
+                results.append(SetResult(sets[k], responses, matrix, value))
             if progress is not None:
                 progress(len(results), len(sets))
-    return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens, dict(work))
+    return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens, dict(work), psi_definition)
+
+
+def _checked_definition(definition: str) -> str:
+    """Refused before any model work: an unknown definition would otherwise fail only after generating."""
+    if definition not in PSI_DEFINITIONS:
+        raise ValueError(f"unknown psi definition {definition!r}; choose from {', '.join(PSI_DEFINITIONS)}")
+    return definition
 
 
 def _decode(tokenizer: Any, tokens: Tokens) -> str:

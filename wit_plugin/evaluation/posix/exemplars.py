@@ -104,6 +104,7 @@ def evaluate_posix_with_exemplars(
     done: ExemplarPOSIX | None = None,
     checkpoint: Callable[[ExemplarPOSIX], None] | None = None,
     progress: Progress | None = None,
+    psi_definition: str = "paper",
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); pool rows that list an
     option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note.
@@ -149,6 +150,7 @@ def evaluate_posix_with_exemplars(
             and done.evaluated.get(condition) == indices
             and done.demos.get(condition) == demos
             and [item.prompts for item in done.results[condition].sets] == sets
+            and done.results[condition].psi_definition == psi_definition
         )
 
         def counted(finished: int, _: int, start: int = offset) -> None:
@@ -159,7 +161,9 @@ def evaluate_posix_with_exemplars(
             outcome.results[condition] = done.results[condition]
             counted(len(sets), len(sets))
         else:
-            outcome.results[condition] = evaluate_posix(model, sets, tokenizer, max_new_tokens, batch_size, counted)
+            outcome.results[condition] = evaluate_posix(
+                model, sets, tokenizer, max_new_tokens, batch_size, counted, psi_definition=psi_definition
+            )
         offset += len(sets)
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
         if checkpoint is not None:
