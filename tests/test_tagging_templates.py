@@ -344,6 +344,21 @@ def test_any_tool_and_reasoning_conversation_keeps_every_character_in_its_role(
         pytest.fail(f"refused: {error}")
 
 
+def test_reasoning_of_a_turn_a_user_message_follows_is_history_not_refused(tokenizer):
+    """Qwen3-style templates render reasoning only after the last user message: an assistant turn followed by a
+    user turn is history, its reasoning left out by design (found by the property test above)."""
+    row = {
+        "messages": [
+            {"role": "assistant", "content": "0", "reasoning_content": "thinking"},
+            {"role": "user", "content": "0"},
+        ]
+    }
+    tagged = check_chat_row(tokenizer, row, "<|im_end|>", chat_template=QWEN3_STYLE)
+    assert "thinking" not in tagged.text and not tagged.dropped
+    final = {"messages": [{"role": "user", "content": "0"}, row["messages"][0]]}
+    assert role_text(check_chat_row(tokenizer, final, "<|im_end|>", chat_template=QWEN3_STYLE), Role.REASONING)
+
+
 def test_dataset_audit_counts_turns_without_an_end(caplog):
     from wit_plugin.tagging.audit import audit_turn_ends
 

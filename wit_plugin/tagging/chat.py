@@ -248,11 +248,14 @@ class ChatRenderer:
     def _report_dropped(self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]]) -> list[str]:
         """A text of the row that the template leaves out (a system prompt some templates do not render, the
         final turn's reasoning) would be trained as nothing at all: refused, or dropped when opted in. Reasoning
-        of turns before the last one is not counted: templates that render reasoning keep only the last turn's,
-        as the model sees it at inference."""
+        of earlier turns is not counted: templates that render reasoning keep only the final turn's (an assistant
+        turn no user message follows), as the model sees it at inference."""
         rendered = {slot.field for slot, _, _ in placed}
         placed_text = {slot.field: text[start:end] for slot, start, end in placed}
         last_assistant = max((m.index for m in messages if message_role(m.role) is Role.RESPONSE), default=-1)
+        last_user = max((m.index for m in messages if m.role == "user"), default=-1)
+        if last_user > last_assistant:  # the row ends on a user turn: every assistant turn is history
+            last_assistant = -1
         dropped = []
         for message in messages:
             where = self._where(message)
