@@ -21,12 +21,17 @@ class PackingAttentionError(ValueError):
     """Packed rows would attend to each other under the configured attention implementation."""
 
 
-def default_attention(on_cpu: bool) -> str:
-    """Flash-attention (varlen) on CUDA when it is installed, else sdpa with the block mask transformers builds
-    from the restarting ``position_ids``."""
+def default_attention(on_cpu: bool, half_precision: bool) -> str:
+    """Flash-attention (varlen) on CUDA when it is installed and the model runs in bf16/fp16 (its kernels take
+    nothing else), else sdpa with the block mask transformers builds from the restarting ``position_ids``."""
     import torch
 
-    if not on_cpu and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    if (
+        half_precision
+        and not on_cpu
+        and torch.cuda.is_available()
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
         return "flash_attention_2"
     return "sdpa"
 

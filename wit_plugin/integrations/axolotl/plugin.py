@@ -141,7 +141,8 @@ def choose_packing_attention(cfg: Any) -> None:
     packing = packing_keys(cfg)
     if packing is None or axolotl_attention(cfg)[1] is not None:
         return
-    cfg["attn_implementation"] = default_attention(on_cpu=_on_cpu(cfg))
+    half = cfg.get("bf16") in (True, "auto") or bool(cfg.get("fp16"))
+    cfg["attn_implementation"] = default_attention(on_cpu=_on_cpu(cfg), half_precision=half)
     log_choice(cfg["attn_implementation"], packing)
 
 

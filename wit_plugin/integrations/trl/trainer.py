@@ -160,7 +160,8 @@ def choose_packing_attention(model: Any, args: WITConfig) -> None:
     init_kwargs = dict(args.model_init_kwargs or {})
     if packing is None or not isinstance(model, str) or init_kwargs.get("attn_implementation") is not None:
         return
-    init_kwargs["attn_implementation"] = default_attention(on_cpu=bool(args.use_cpu))
+    half = bool(args.bf16 or args.fp16) or init_kwargs.get("dtype") in ("bfloat16", "float16")
+    init_kwargs["attn_implementation"] = default_attention(on_cpu=bool(args.use_cpu), half_precision=half)
     args.model_init_kwargs = init_kwargs
     log_choice(init_kwargs["attn_implementation"], packing)
 
