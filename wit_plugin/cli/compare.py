@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     console = make_console()
     with report_progress(console, "compare") as progress:
-        results = compare_runs(args.runs, settings, progress=progress.stage, saved=saved)
+        results = compare_runs(args.runs, settings, progress=progress.stage, saved=saved, count=progress.update)
     console.print(results_table(results))
     for line in footnotes(results):
         console.print(line, highlight=False, soft_wrap=True)
