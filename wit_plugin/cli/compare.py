@@ -39,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="also evaluate this untrained model as a reference row (repeat for several)",
     )
-    parser.add_argument("--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix`")
+    parser.add_argument(
+        "--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix` with its default variants and tokens"
+    )
     parser.add_argument("--pool", type=Path, help="cross-task pool (JSONL), with --targets")
     parser.add_argument("--targets", type=Path, help="cross-task targets (JSONL), with --pool")
     options.add_arguments(parser, CROSSTASK_FLAGS)
