@@ -140,3 +140,54 @@ def test_cli_progress_is_logged_when_output_is_not_a_terminal(model_path, tmp_pa
     prefix = "INFO wit_plugin.cli.progress: "
     lines = [line.removeprefix(prefix) for line in capsys.readouterr().err.splitlines() if line.startswith(prefix)]
     assert lines and lines[-1].startswith("POSIX: 2/2 (100%), ") and lines[-1].endswith("elapsed, done")
+
+
+def test_compare_progress_counts_items_over_every_model_with_time_left(
+    inputs, model_path, tmp_path, monkeypatch, capsys
+):
+    """`wit compare` logs done/total in evaluated items (held-out rows, POSIX sets, cross-task requests) over all
+    its models, with the time left, and still names each stage (it used to log only the stages)."""
+    from functools import partial
+
+    from wit_plugin.cli import progress
+
+    clock = Clock()
+
+    def ticking() -> float:  # one second per look at the clock
+        clock.now += 1
+        return clock.now
+
+    monkeypatch.setattr(progress, "ProgressLog", partial(progress.ProgressLog, clock=ticking, interval_s=0))
+    other = tmp_path / "same-model-again"
+    other.symlink_to(model_path, target_is_directory=True)  # a second plain model folder: a second row
+    tasks = inputs["crosstask"][-1]
+    argv = [*inputs["compare"], str(other), "--posix", str(tmp_path / "sets.jsonl"), "--pool", tasks]
+    argv += ["--targets", tasks, "--conditions", "zero,cross", "--select", "lexical", "--device", "cpu"]
+    assert main([*argv, "--threads", "1"]) == 0
+    prefix = "INFO wit_plugin.cli.progress: compare: "
+    logged = [line.removeprefix(prefix) for line in capsys.readouterr().err.splitlines() if line.startswith(prefix)]
+    counts = [line for line in logged if line.split(" ")[0].count("/") == 1 and line.split(" ")[1].startswith("(")]
+    # per model: 1 held-out row, 1 POSIX set, 4 targets x (zero + cross from the one other task) = 10 items
+    pairs = [tuple(map(int, line.split(" ")[0].split("/"))) for line in counts]
+    assert {total for _, total in pairs} == {20}
+    done = [d for d, _ in pairs]
+    assert done == sorted(set(done)) and done[-1] == 20 and 10 in done  # the first model's end is half way
+    assert counts[-1].startswith("20/20 (100%), ") and counts[-1].endswith("elapsed, done")
+    assert all(", about " in line and line.endswith(" left") for line in counts[:-1] if not line.startswith("0/"))
+    assert len(counts) >= 4
+    assert any(line.startswith(f"{other}: POSIX (") for line in logged)  # the stage text is kept
+
+
+def test_compare_counts_a_failed_row_as_done(model_path, tmp_path):
+    from wit_plugin.evaluation.compare import CompareSettings, compare_runs
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"Hi {k}", "completion": " there"}) + "\n" for k in range(3)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    counted = []
+    runs = compare_runs(
+        [empty, model_path], CompareSettings(eval_data=held, device="cpu"), count=lambda *c: counted.append(c)
+    )
+    assert "error" in runs["runs"][0] and "eval" in runs["runs"][1]
+    assert counted == [(3, 6), (6, 6)]  # 3 held-out rows per model; the failed one's are not left to do

@@ -156,3 +156,49 @@ def test_posix_plot_with_exemplars_shows_every_condition(model_path, tmp_path, m
 
     renderer = FigureCanvasAgg(figure).get_renderer()  # the command closed its canvas after saving
     assert not axes.get_legend().get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+
+
+def compare_results(runs: int = 5) -> dict:
+    """What `wit compare --out` writes, for the plot: a reference model and trained runs with long folder names."""
+
+    def weights(prompt: float, response: float) -> dict:
+        return {"template": prompt, "system": prompt, "instruction": prompt, "response": response, "eot": response,
+                "reasoning": response}  # fmt: skip
+
+    entries = [{"run": "models/SmolLM2-135M-Instruct", "kind": "reference", "weights": None, "train": {},
+                "eval": {"loss_instruction": 2.6, "loss_response": 1.9, "loss_eot": 0.4}, "posix": 0.31,
+                "crosstask_pct": {"zero": 95.0, "cross": 92.0}}]  # fmt: skip
+    for k in range(runs - 1):
+        prompt = k / max(runs - 2, 1)
+        entries.append({"run": f"outputs/sweep/lambda_p_{prompt:g}_lambda_r_1_run", "kind": "run",
+                        "weights": weights(prompt, 1.0), "train": {},
+                        "eval": {"loss_instruction": 3.0 - prompt, "loss_response": 1.8, "loss_eot": 0.3},
+                        "posix": 0.2 + 0.05 * k, "crosstask_pct": {"zero": 90.0 + k, "cross": 96.0 - k}})  # fmt: skip
+    return {"eval_data": "held.jsonl", "runs": entries}
+
+
+@pytest.mark.parametrize("runs", [2, 5, 9])
+def test_compare_plot_legend_clear_of_the_bars_and_run_labels_centred(runs, tmp_path):
+    """`wit compare --plot`: the role legend sat inside the bars and the run names were slanted, off their bars;
+    now the legend is outside the axes and each name is wrapped, level and centred under its group of bars."""
+    from wit_plugin.cli.compare import draw
+
+    figure = draw(compare_results(runs))
+    figure.savefig(tmp_path / f"compare-{runs}.png")
+    renderer = figure.canvas.get_renderer()
+    bars = figure.axes[0]
+    legend = bars.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(bars.get_window_extent(renderer))
+    assert not legend.overlaps(bars.title.get_window_extent(renderer))
+    assert legend.x0 >= 0 and legend.y1 <= figure.bbox.y1
+    labels = [label for label in bars.get_xticklabels() if label.get_text()]
+    assert len(labels) == runs
+    assert all(label.get_rotation() == 0 for label in labels)
+    assert labels[1].get_text().startswith("lambda_p_0_\n")  # wrapped at the name's own breaks
+    boxes = _boxes(labels, renderer)
+    for label, box, tick in zip(labels, boxes, bars.get_xticks()):
+        centre = bars.transData.transform((tick, 0))[0]
+        assert abs((box.x0 + box.x1) / 2 - centre) < 1.0, label.get_text()
+        assert box.x0 >= 0 and box.y0 >= 0  # inside the picture
+    for left, right in itertools.pairwise(boxes):
+        assert left.x1 < right.x0, "labels overlap"

@@ -39,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="also evaluate this untrained model as a reference row (repeat for several)",
     )
-    parser.add_argument("--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix`")
+    parser.add_argument(
+        "--posix", type=Path, help="POSIX prompt sets (JSONL), as for `wit posix` with its default variants and tokens"
+    )
     options.add_arguments(parser, ["wit_posix_psi"], unset=options.defaults()["wit_posix_psi"])  # None: not given
     parser.add_argument("--pool", type=Path, help="cross-task pool (JSONL), with --targets")
     parser.add_argument("--targets", type=Path, help="cross-task targets (JSONL), with --pool")
@@ -154,22 +156,34 @@ def draw(results: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from wit_plugin.evaluation.crosstask.report import wrap_label
+
     runs = [entry for entry in results["runs"] if "eval" in entry]
     trained = [entry for entry in runs if entry.get("weights")]
     references = [entry for entry in runs if not entry.get("weights")]
     conditions = _conditions(runs)
     panels = 1 + any("posix" in e for e in runs) + bool(conditions)
-    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8), dpi=120, squeeze=False)
+    bars_width = max(6.0, 1.0 * len(runs) + 2.5)  # an inch per run: its wrapped name fits under its bars
+    figure, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(bars_width + 6 * (panels - 1), 4.8),
+        dpi=120,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [bars_width, *[6] * (panels - 1)]},
+    )
     bars = axes[0][0]
     width = 0.8 / len(ROLES_SHOWN)
     for k, role in enumerate(ROLES_SHOWN):
         values = [e["eval"].get(f"loss_{role}", np.nan) for e in runs]
         bars.bar(np.arange(len(runs)) + (k - 1) * width, values, width, label=role)
-    labels = [_label(e) for e in runs]
-    bars.set_xticks(range(len(runs)), labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=7)
+    labels = [wrap_label(_label(e)) for e in runs]  # level and centred under the run's bars, not slanted off them
+    bars.set_xticks(range(len(runs)), labels, fontsize=7, ha="center")
+    bars.set_xlim(-0.5, len(runs) - 0.5)
     bars.set_ylabel("held-out CE (nats/token)")
     bars.set_title("held-out loss per role")
-    bars.legend(fontsize=8)
+    # above the axes, not over the bars: "best" still covers a bar when every spot holds one
+    bars.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=len(ROLES_SHOWN), frameon=False)
     panel = 1
     lines = ("--", ":", "-.")
     if any("posix" in e for e in runs):
@@ -267,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     console = make_console()
     with report_progress(console, "compare") as progress:
-        results = compare_runs(args.runs, settings, progress=progress.stage, saved=saved)
+        results = compare_runs(args.runs, settings, progress=progress.stage, saved=saved, count=progress.update)
     console.print(results_table(results))
     for line in footnotes(results):
         console.print(line, highlight=False, soft_wrap=True)

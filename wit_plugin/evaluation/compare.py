@@ -20,12 +20,16 @@ A model's numbers depend only on that model, the eval data and the flags, never 
 
 With a :class:`~wit_plugin.evaluation.resume.Saved` file, each row is written as it completes, and rows already
 there (same flags and eval files, same model files) are reused instead of evaluated again.
+
+Progress is counted in evaluated items over the whole table (:class:`Tally`): held-out rows, POSIX sets and
+cross-task requests of every model still to evaluate, so that the time left covers the models to come.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +43,7 @@ from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, rea
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+Count = Callable[[int, int], None]  # (done, total)
 MODEL_FILES = ("config.json", "adapter_config.json")
 RESULTS_VERSION = 2  # bumped when a row's numbers change meaning: older --out files are recomputed, not reused
 
@@ -136,6 +141,63 @@ def cut_length(model: Any, max_length: int | None) -> int | None:
     return min(limits) if limits else None
 
 
+HELDOUT, POSIX, CROSSTASK = "held-out CE", "POSIX", "cross-task"
+STAGES = (HELDOUT, POSIX, CROSSTASK)
+
+
+def stage_sizes(settings: CompareSettings, rows: Sequence[Any]) -> dict[str, int]:
+    """Items one model evaluates per stage: held-out rows, POSIX sets, and (an estimate until the first model's
+    cross-task stage reports its exact count) a cross-task request per target and condition, one per source task
+    for ``cross``."""
+    sizes = {HELDOUT: len(rows)}
+    if settings.posix:
+        from wit_plugin.evaluation.posix.variants import load_prompt_sets
+
+        sizes[POSIX] = len(load_prompt_sets(settings.posix))
+    if settings.pool and settings.targets:
+        from wit_plugin.evaluation.crosstask import CrossTaskSettings, load_items
+
+        options = CrossTaskSettings.from_options(settings.crosstask)
+        pool_tasks = {item.task for item in load_items(settings.pool)}
+        per_task = Counter(item.task for item in load_items(settings.targets))
+        sizes[CROSSTASK] = sum(
+            min(n, options.limit or n) * (len(pool_tasks - {task}) if condition == "cross" else 1)
+            for task, n in per_task.items()
+            for condition in options.conditions
+        )
+    return sizes
+
+
+class Tally:
+    """Done/total over a whole comparison, in evaluated items: what every model still to evaluate has left, so
+    that the time left (average time per item so far) covers the models to come, not only the stage under way.
+    A stage that reports an exact total replaces its estimate for every model; a model that fails counts as
+    done."""
+
+    def __init__(self, report: Count, sizes: dict[str, int], models: int) -> None:
+        self.report, self.sizes, self.left = report, dict(sizes), models
+        self.finished = 0  # items of the models already finished
+        self.current: dict[str, int] = {}  # stage -> items done, for the model under way
+        self.last: tuple[int, int] | None = None
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        self.sizes[name] = total
+        self.current[name] = done
+        self._report()
+
+    def model_done(self) -> None:
+        self.finished += sum(self.sizes.values())
+        self.current, self.left = {}, self.left - 1
+        self._report()
+
+    def _report(self) -> None:
+        total = self.finished + self.left * sum(self.sizes.values())
+        now = (min(self.finished + sum(self.current.values()), total), total)
+        if now != self.last:  # a model's end after its last stage's last item says nothing new
+            self.last = now
+            self.report(*now)
+
+
 def evaluate_model(
     name: str,
     model: Any,
@@ -145,37 +207,46 @@ def evaluate_model(
     rows: list[tuple[int, dict[str, Any]]],
     progress: Progress | None = None,
     weights_key: str | None = None,
+    count: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Held-out per-role CE, POSIX and cross-task accuracy (%) of one loaded model."""
+    """Held-out per-role CE, POSIX and cross-task accuracy (%) of one loaded model. ``count(stage, done,
+    total)`` gets each stage's finished items (``stage`` one of :data:`STAGES`)."""
     from wit_plugin.evaluation.heldout import heldout_losses
 
-    def say(text: str) -> None:
+    def say(text: str) -> Callable[[int, int], None] | None:
         if progress is not None:
             progress(f"{name}: {text}")
+        return partial(count, text) if count is not None else None
 
-    say("held-out CE")
+    counted = say(HELDOUT)
     cut_at = cut_length(model, settings.max_length)
-    held = heldout_losses(model, _tag_rows(tokenizer, taggings, rows, settings.eval_data), cut_at)
+    held = heldout_losses(model, _tag_rows(tokenizer, taggings, rows, settings.eval_data), cut_at, progress=counted)
     result: dict[str, Any] = {"eval": {**held.metrics(), "cut_at": cut_at}}
     if settings.posix:
         from wit_plugin.evaluation.posix import evaluate_posix
         from wit_plugin.evaluation.posix.variants import load_prompt_sets
 
-        say("POSIX")
+        counted = say(POSIX)
         sets = load_prompt_sets(settings.posix)
         result["posix"] = evaluate_posix(
-            model, sets, tokenizer, max_new_tokens=settings.posix_max_new_tokens, psi_definition=settings.posix_psi
+            model,
+            sets,
+            tokenizer,
+            max_new_tokens=settings.posix_max_new_tokens,
+            progress=counted,
+            psi_definition=settings.posix_psi,
         ).posix
     if settings.pool and settings.targets:
         from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
 
-        say("cross-task")
+        counted = say(CROSSTASK)
         outcome = evaluate_crosstask(
             model,
             tokenizer,
             load_items(settings.pool),
             load_items(settings.targets),
             CrossTaskSettings.from_options(settings.crosstask),
+            progress=counted,
             embedding_cache_key=weights_key,
             activations=False,
         )
@@ -212,10 +283,13 @@ def compare_runs(
     settings: CompareSettings,
     progress: Progress | None = None,
     saved: Saved | None = None,
+    count: Count | None = None,
 ) -> dict[str, Any]:
     """``{"eval_data", "runs": [...]}``: one entry per row (see :func:`_rows`); a row that fails has ``error``
     instead of results, and one that evaluated with a caveat (training unfinished) a ``note``. With ``saved``,
-    the document is written after every row, and rows it already holds for the same model files are reused."""
+    the document is written after every row, and rows it already holds for the same model files are reused.
+    ``progress`` gets the step under way (``RUN: POSIX``), ``count(done, total)`` the items evaluated over the
+    rows still to evaluate (see :class:`Tally`)."""
     from wit_plugin.evaluation.crosstask.select import model_cache_key
     from wit_plugin.evaluation.models import load_model
 
@@ -244,13 +318,16 @@ def compare_runs(
         model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"), dtype=settings.dtype)
         return evaluate_model(
             str(folder), model, tokenizer, dataset_taggings(record), settings, rows, progress,
-            weights_key=model_cache_key(folder),
+            weights_key=model_cache_key(folder), count=tally.stage if tally else None,
         )  # fmt: skip
 
     def evaluate_reference(name: str) -> dict[str, Any]:
         say(f"{name}: loading the reference model")
         model, tokenizer = load_model(name, settings.device, dtype=settings.dtype)
-        return evaluate_model(name, model, tokenizer, [], settings, rows, progress, weights_key=model_cache_key(name))
+        return evaluate_model(
+            name, model, tokenizer, [], settings, rows, progress,
+            weights_key=model_cache_key(name), count=tally.stage if tally else None,
+        )  # fmt: skip
 
     entries: list[dict[str, Any]] = []
 
@@ -260,10 +337,16 @@ def compare_runs(
             results["posix_psi"] = settings.posix_psi
         return results
 
+    plan = []  # (kind, name, model fingerprint, the saved row to reuse or None)
     for kind, name in _rows(paths, settings.references):
         model = fingerprint(model_identity(name))
         old = previous.get(name)
-        if old is not None and name in done and old.get("model_fingerprint") == model and "error" not in old:
+        reuse = old is not None and name in done and old.get("model_fingerprint") == model and "error" not in old
+        plan.append((kind, name, model, old if reuse else None))
+    to_evaluate = sum(old is None for *_, old in plan)
+    tally = Tally(count, stage_sizes(settings, rows), to_evaluate) if count is not None and to_evaluate else None
+    for kind, name, model, old in plan:
+        if old is not None:
             log.info("%s: reusing its row saved in %s (same flags, files and model; --force recomputes)", name, where)
             entries.append(old)
             continue
@@ -273,6 +356,8 @@ def compare_runs(
             _guarded(entry, partial(evaluate_reference, name))
         else:
             _guarded(entry, partial(evaluate_run, Path(name), entry))
+        if tally is not None:
+            tally.model_done()
         entries.append(entry)
         if saved is not None:
             saved.write(document(), [e["run"] for e in entries if "error" not in e], complete=False)
