@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -108,10 +107,13 @@ def test_weighted_role_metrics_report_only_trained_roles(model_path, tmp_path, l
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("loss_impl", ["eager", "chunked"])
-def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, loss_impl):
-    out = tmp_path / "ddp.pt"
+DDP_LOSS_IMPLS = ("eager", "chunked")
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(model_path, tmp_path_factory) -> dict:
+    """One step under torchrun with two gloo processes, per loss implementation: one launch serves them all."""
+    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -124,10 +126,16 @@ def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, l
         "tests/trainer_case.py",
         str(model_path),
         str(out),
-        loss_impl,
+        ",".join(DDP_LOSS_IMPLS),
     ]
     subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
-    assert_same_step(torch.load(out), one_batch, atol=1e-5)
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_impl", DDP_LOSS_IMPLS)
+def test_two_gloo_processes_equal_one_process(two_gloo_processes, one_batch, loss_impl):
+    assert_same_step(two_gloo_processes[loss_impl], one_batch, atol=1e-5)
 
 
 def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):

@@ -87,8 +87,11 @@ def one_step(
     return {"loss": logged["loss"], "updates": updates, "log": logged}
 
 
-if __name__ == "__main__":  # torchrun --nproc_per_node 2 tests/trainer_case.py MODEL OUT_FILE LOSS_IMPL
-    out_dir = str(Path(sys.argv[2]).parent / "ddp_run")
-    result = one_step(sys.argv[1], out_dir, batch_size=1, accumulation=1, loss_impl=sys.argv[3])
+if __name__ == "__main__":  # torchrun --nproc_per_node 2 tests/trainer_case.py MODEL OUT_FILE LOSS_IMPL[,LOSS_IMPL…]
+    # one step per loss implementation, each on a freshly loaded model, in one launch: {loss_impl: result}
+    results = {
+        impl: one_step(sys.argv[1], str(Path(sys.argv[2]).parent / f"ddp_{impl}"), 1, 1, loss_impl=impl)
+        for impl in sys.argv[3].split(",")
+    }
     if torch.distributed.get_rank() == 0:
-        torch.save(result, sys.argv[2])
+        torch.save(results, sys.argv[2])
