@@ -5,21 +5,26 @@
 #   A. Axolotl 0.21 as a user has it (it pins transformers 5.20.1, TRL 1.14.1), then this package installed with
 #      `pip install -e ".[axolotl,trl,dev]"`, which must keep Axolotl 0.21; the model converted afresh on
 #      transformers 5.20 (its GGUF quantizer); then the README's demo.
-#   B. transformers 5.24 + TRL 1.16 layered on A (a venv that adds A's site-packages; pip also lifts
+#   B. transformers 5.25 + TRL 1.16 layered on A (a venv that adds A's site-packages; pip also lifts
 #      huggingface-hub, datasets and kernels past Axolotl 0.21's pins, as it would for a user).
 # Nothing is cached between runs: the venvs are built in .venvs/ (PyPI's CUDA build of torch; it runs on the CPU).
+# Arguments go to both stacks' pytest (e.g. -x, or -k NAME to try the script itself quickly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/phases.sh
 source scripts/env.sh
-AXOLOTL_A=0.21.0 TRANSFORMERS_B=5.24.0 TRL_B=1.16.0
+AXOLOTL_A=0.21.0 TRANSFORMERS_B=5.25.0 TRL_B=1.16.0
 py312="${PY312:-$(pyenv root 2>/dev/null || echo /nonexistent)/versions/3.12.1/bin/python}"
 [[ -x $py312 ]] || py312=$(command -v python3.12) || { echo "test_newest.sh: no Python 3.12 found" >&2; exit 1; }
 a=$PWD/.venvs/py312-axolotl${AXOLOTL_A//./}
 b=$PWD/.venvs/py312-transformers${TRANSFORMERS_B//./}
-run_tests() {  # run_tests VENV: the stack-sensitive tests on that venv's Python (pytest's exit 5, no test, fails too)
-  (export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$1/bin:$PATH"
-   "$1/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive tests)
+# run_tests VENV [PYTEST ARGS]: the stack-sensitive tests on that venv's Python. Any non-zero exit stops the script,
+# pytest's 5 (no test collected) included.
+run_tests() {
+  local venv=$1
+  shift
+  (export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$venv/bin:$PATH"
+   "$venv/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive "$@" tests)
 }
 
 phase "install A"
@@ -38,7 +43,7 @@ print("stack A:", {name: version(name) for name in ("axolotl", "transformers", "
 PY
 
 phase "tests A"
-run_tests "$a"
+run_tests "$a" "$@"
 
 phase "demo A"  # the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
 (export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
@@ -67,4 +72,4 @@ print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "
 PY
 
 phase "tests B"
-run_tests "$b"
+run_tests "$b" "$@"
