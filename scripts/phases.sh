@@ -21,13 +21,12 @@ trap 'phase_end $?' EXIT
 
 _minutes() { printf '%d.%d min' $(($1 / 60)) $(($1 % 60 * 10 / 60)); }
 
-phase_report() {
-  local log=$1 total=0 name seconds status
+phase_report() {  # phase_report LOG WALL_SECONDS: phases in the order they ended (some may overlap)
+  local log=$1 wall=$2 name seconds status
   echo "=== wall time per phase"
   while IFS=$'\t' read -r name seconds status; do
     printf '  %-18s %5d s  %9s%s\n' "$name" "$seconds" "$(_minutes "$seconds")" \
       "$([[ $status == 0 ]] || echo "  FAILED (exit $status)")"
-    total=$((total + seconds))
   done <"$log"
-  printf '  %-18s %5d s  %9s\n' "total" "$total" "$(_minutes "$total")"
+  printf '  %-18s %5d s  %9s\n' "all, wall clock" "$wall" "$(_minutes "$wall")"
 }

@@ -8,7 +8,8 @@
 #   B. transformers 5.25 + TRL 1.16 layered on A (a venv that adds A's site-packages; pip also lifts
 #      huggingface-hub, datasets and kernels past Axolotl 0.21's pins, as it would for a user).
 # Nothing is cached between runs: the venvs are built in .venvs/ (PyPI's CUDA build of torch; it runs on the CPU).
-# Arguments go to both stacks' pytest (e.g. -x, or -k NAME to try the script itself quickly).
+# Arguments go to both stacks' pytest (e.g. -x, or -k NAME to try the script itself quickly); `--venvs` alone only
+# builds the two venvs' third-party packages (.ci/run does that while the Python 3.11 tests run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/phases.sh
@@ -27,13 +28,37 @@ run_tests() {
    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive "$@" tests)
 }
 
-phase "install A"
-if [[ ! -x $a/bin/python ]]; then
-  "$py312" -m venv "$a"
-  "$a/bin/python" -m pip install --quiet --upgrade pip
-  "$a/bin/python" -m pip install --quiet torch==2.13.0
-  "$a/bin/python" -m pip install --quiet axolotl==$AXOLOTL_A
+build_venvs() {  # the downloads (several GB), not this package: its editable install writes into the checkout
+  if [[ ! -f $a/.built ]]; then  # (a venv left half-built by an interrupted run is built again)
+    rm -rf "$a" "$b"
+    "$py312" -m venv "$a"
+    "$a/bin/python" -m pip install --quiet --upgrade pip
+    "$a/bin/python" -m pip install --quiet torch==2.13.0
+    "$a/bin/python" -m pip install --quiet axolotl==$AXOLOTL_A
+    touch "$a/.built"
+  fi
+  if [[ ! -f $b/.built ]]; then
+    rm -rf "$b"
+    "$py312" -m venv "$b"
+    own=$("$b/bin/python" -c "import site; print(site.getsitepackages()[0])")
+    lower=$("$a/bin/python" -c "import site; print(site.getsitepackages()[0])")
+    echo "import site; site.addsitedir('$lower')" > "$own/zz_stack_a.pth"
+    "$b/bin/python" -m pip install --quiet --upgrade pip
+    printf '#!%s\nimport sys\nfrom accelerate.commands.accelerate_cli import main\nsys.exit(main())\n' \
+      "$b/bin/python" > "$b/bin/accelerate" && chmod +x "$b/bin/accelerate"  # `axolotl train` runs it from PATH
+    "$b/bin/python" -m pip install --quiet transformers==$TRANSFORMERS_B trl==$TRL_B
+    touch "$b/.built"
+  fi
+}
+
+if [[ ${1:-} == --venvs ]]; then
+  phase "venvs A+B"
+  build_venvs
+  exit
 fi
+
+phase "install 3.12"  # the venvs (unless .ci/run built them already), this package, and what each stack imports
+build_venvs
 "$a/bin/python" -m pip install --quiet -e ".[axolotl,trl,dev]"
 "$a/bin/python" - "$AXOLOTL_A" <<'PY'
 import sys
@@ -41,25 +66,6 @@ from importlib.metadata import version
 assert version("axolotl") == sys.argv[1], f"installing wit_plugin changed Axolotl to {version('axolotl')}"
 print("stack A:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch", "datasets", "peft")})
 PY
-
-phase "tests A"
-run_tests "$a" "$@"
-
-phase "demo A"  # the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
-(export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
-  accelerate launch --num_processes 1 --cpu -m axolotl.cli.train yaml_examples/wit_smollm2_cpu.yml)
-
-phase "install B"
-if [[ ! -x $b/bin/python ]]; then
-  "$py312" -m venv "$b"
-  own=$("$b/bin/python" -c "import site; print(site.getsitepackages()[0])")
-  lower=$("$a/bin/python" -c "import site; print(site.getsitepackages()[0])")
-  echo "import site; site.addsitedir('$lower')" > "$own/zz_stack_a.pth"
-  "$b/bin/python" -m pip install --quiet --upgrade pip
-  printf '#!%s\nimport sys\nfrom accelerate.commands.accelerate_cli import main\nsys.exit(main())\n' "$b/bin/python" \
-    > "$b/bin/accelerate" && chmod +x "$b/bin/accelerate"  # `axolotl train` starts accelerate from PATH
-fi
-"$b/bin/python" -m pip install --quiet transformers==$TRANSFORMERS_B trl==$TRL_B
 # B's own packages must be the ones imported (not A's underneath), and this checkout's wit_plugin with them
 "$b/bin/python" - "$TRANSFORMERS_B" "$TRL_B" "$PWD" <<'PY'
 import sys
@@ -70,6 +76,13 @@ assert found == {"transformers": sys.argv[1], "trl": sys.argv[2]}, f"stack B imp
 assert wit_plugin.__file__.startswith(sys.argv[3] + "/"), f"stack B imports wit_plugin from {wit_plugin.__file__}"
 print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch", "datasets")})
 PY
+
+phase "tests A"
+run_tests "$a" "$@"
+
+phase "demo A"  # the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
+(export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
+  accelerate launch --num_processes 1 --cpu -m axolotl.cli.train yaml_examples/wit_smollm2_cpu.yml)
 
 phase "tests B"
 run_tests "$b" "$@"
