@@ -1,52 +1,88 @@
 #!/usr/bin/env bash
-# The newest supported stacks, on Python 3.12 (run by .ci/run after the README's test command, which tests the
-# oldest: Python 3.11, Axolotl 0.19, transformers 5.16, TRL 1.9):
+# The newest supported stacks, on Python 3.12 (run by .ci/run after the README's test command, which runs the whole
+# suite on the oldest: Python 3.11, Axolotl 0.19, transformers 5.16, TRL 1.9). Each runs the tests that can differ
+# between releases (`-m stack_sensitive`: all but the few tests/conftest.py lists as STACK_NEUTRAL):
 #   A. Axolotl 0.21 as a user has it (it pins transformers 5.20.1, TRL 1.14.1), then this package installed with
-#      `pip install -e ".[axolotl,trl,dev]"`, which must keep Axolotl 0.21: the whole suite, with the model
-#      converted afresh on transformers 5.20 (its GGUF quantizer).
-#   B. transformers 5.24 + TRL 1.16 layered on A (a venv that adds A's site-packages): every test that touches
-#      transformers, TRL or Axolotl internals, Axolotl end to end included.
+#      `pip install -e ".[axolotl,trl,dev]"`, which must keep Axolotl 0.21; the model converted afresh on
+#      transformers 5.20 (its GGUF quantizer); then the README's demo.
+#   B. transformers 5.25 + TRL 1.16 layered on A (a venv that adds A's site-packages; pip also lifts
+#      huggingface-hub, datasets and kernels past Axolotl 0.21's pins, as it would for a user).
 # Nothing is cached between runs: the venvs are built in .venvs/ (PyPI's CUDA build of torch; it runs on the CPU).
+# Arguments go to both stacks' pytest (e.g. -x, or -k NAME to try the script itself quickly); `--venvs` alone only
+# builds the two venvs' third-party packages (.ci/run does that while the Python 3.11 tests run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/phases.sh
 source scripts/env.sh
+AXOLOTL_A=0.21.0 TRANSFORMERS_B=5.25.0 TRL_B=1.16.0
 py312="${PY312:-$(pyenv root 2>/dev/null || echo /nonexistent)/versions/3.12.1/bin/python}"
 [[ -x $py312 ]] || py312=$(command -v python3.12) || { echo "test_newest.sh: no Python 3.12 found" >&2; exit 1; }
-a=$PWD/.venvs/py312-axolotl021
-b=$PWD/.venvs/py312-transformers524
+a=$PWD/.venvs/py312-axolotl${AXOLOTL_A//./}
+b=$PWD/.venvs/py312-transformers${TRANSFORMERS_B//./}
+# run_tests VENV [PYTEST ARGS]: the stack-sensitive tests on that venv's Python. Any non-zero exit stops the script,
+# pytest's 5 (no test collected) included.
+run_tests() {
+  local venv=$1
+  shift
+  (export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$venv/bin:$PATH"
+   "$venv/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive "$@" tests)
+}
 
-if [[ ! -x $a/bin/python ]]; then
-  "$py312" -m venv "$a"
-  "$a/bin/python" -m pip install --quiet --upgrade pip
-  "$a/bin/python" -m pip install --quiet torch==2.13.0
-  "$a/bin/python" -m pip install --quiet axolotl==0.21.0
+build_venvs() {  # the downloads (several GB), not this package: its editable install writes into the checkout
+  if [[ ! -f $a/.built ]]; then  # (a venv left half-built by an interrupted run is built again)
+    rm -rf "$a" "$b"
+    "$py312" -m venv "$a"
+    "$a/bin/python" -m pip install --quiet --upgrade pip
+    "$a/bin/python" -m pip install --quiet torch==2.13.0
+    "$a/bin/python" -m pip install --quiet axolotl==$AXOLOTL_A
+    touch "$a/.built"
+  fi
+  if [[ ! -f $b/.built ]]; then
+    rm -rf "$b"
+    "$py312" -m venv "$b"
+    own=$("$b/bin/python" -c "import site; print(site.getsitepackages()[0])")
+    lower=$("$a/bin/python" -c "import site; print(site.getsitepackages()[0])")
+    echo "import site; site.addsitedir('$lower')" > "$own/zz_stack_a.pth"
+    "$b/bin/python" -m pip install --quiet --upgrade pip
+    printf '#!%s\nimport sys\nfrom accelerate.commands.accelerate_cli import main\nsys.exit(main())\n' \
+      "$b/bin/python" > "$b/bin/accelerate" && chmod +x "$b/bin/accelerate"  # `axolotl train` runs it from PATH
+    "$b/bin/python" -m pip install --quiet transformers==$TRANSFORMERS_B trl==$TRL_B
+    touch "$b/.built"
+  fi
+}
+
+if [[ ${1:-} == --venvs ]]; then
+  phase "venvs A+B"
+  build_venvs
+  exit
 fi
+
+phase "install 3.12"  # the venvs (unless .ci/run built them already), this package, and what each stack imports
+build_venvs
 "$a/bin/python" -m pip install --quiet -e ".[axolotl,trl,dev]"
-"$a/bin/python" - <<'PY'
+"$a/bin/python" - "$AXOLOTL_A" <<'PY'
+import sys
 from importlib.metadata import version
-assert version("axolotl") == "0.21.0", f"installing wit_plugin changed Axolotl to {version('axolotl')}"
+assert version("axolotl") == sys.argv[1], f"installing wit_plugin changed Axolotl to {version('axolotl')}"
 print("stack A:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch", "datasets", "peft")})
 PY
-(export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$a/bin:$PATH"; "$a/bin/python" -m pytest -q -p no:cacheprovider tests)
-# the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
+# B's own packages must be the ones imported (not A's underneath), and this checkout's wit_plugin with them
+"$b/bin/python" - "$TRANSFORMERS_B" "$TRL_B" "$PWD" <<'PY'
+import sys
+from importlib.metadata import version
+import transformers, trl, wit_plugin
+found = {"transformers": transformers.__version__, "trl": trl.__version__}
+assert found == {"transformers": sys.argv[1], "trl": sys.argv[2]}, f"stack B imports {found}"
+assert wit_plugin.__file__.startswith(sys.argv[3] + "/"), f"stack B imports wit_plugin from {wit_plugin.__file__}"
+print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch", "datasets")})
+PY
+
+phase "tests A"
+run_tests "$a" "$@"
+
+phase "demo A"  # the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
 (export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
   accelerate launch --num_processes 1 --cpu -m axolotl.cli.train yaml_examples/wit_smollm2_cpu.yml)
 
-if [[ ! -x $b/bin/python ]]; then
-  "$py312" -m venv "$b"
-  own=$("$b/bin/python" -c "import site; print(site.getsitepackages()[0])")
-  lower=$("$a/bin/python" -c "import site; print(site.getsitepackages()[0])")
-  echo "import site; site.addsitedir('$lower')" > "$own/zz_stack_a.pth"
-  "$b/bin/python" -m pip install --quiet --upgrade pip
-  "$b/bin/python" -m pip install --quiet transformers==5.24.0 trl==1.16.0
-  printf '#!%s\nimport sys\nfrom accelerate.commands.accelerate_cli import main\nsys.exit(main())\n' "$b/bin/python" \
-    > "$b/bin/accelerate" && chmod +x "$b/bin/accelerate"  # `axolotl train` starts accelerate from PATH
-fi
-"$b/bin/python" - <<'PY'
-from importlib.metadata import version
-print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch")})
-PY
-(export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$b/bin:$PATH"; "$b/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_trl.py tests/test_loss.py tests/test_linear_ce.py tests/test_forward_patch.py tests/test_trainer.py \
-  tests/test_engine.py tests/test_posix.py tests/test_crosstask.py tests/test_compare.py tests/test_axolotl_e2e.py \
-  tests/test_axolotl_plugin.py tests/test_tagging_chat.py tests/test_tagging_templates.py tests/test_cli.py)
+phase "tests B"
+run_tests "$b" "$@"

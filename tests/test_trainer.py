@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,9 +16,7 @@ from tests.trainer_case import ROWS, WITTrainer, one_step
 def assert_same_step(a: dict, b: dict, atol: float = 1e-6) -> None:
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     for name in a["updates"]:
-        torch.testing.assert_close(
-            torch.tensor(a["updates"][name]), torch.tensor(b["updates"][name]), rtol=1e-4, atol=atol
-        )
+        torch.testing.assert_close(a["updates"][name], b["updates"][name], rtol=1e-4, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,7 @@ def test_fused_loss_under_bf16_mixed_precision_gives_the_eager_step(model_path, 
     chunked = one_step(str(model_path), str(tmp_path / "chunked"), 2, 1, loss_impl="chunked", bf16=True)
     assert chunked["loss"] == pytest.approx(eager["loss"], rel=1e-4)
     for name in eager["updates"]:
-        update, reference = torch.tensor(chunked["updates"][name]), torch.tensor(eager["updates"][name])
+        update, reference = chunked["updates"][name], eager["updates"][name]
         # bf16 parameters: an update is the difference of two bf16 values, so the gradients' last-bit
         # differences flip a few elements by one bf16 step; nearly all are identical
         assert reference.norm() > 0 and (update != reference).float().mean() < 0.01
@@ -110,10 +107,13 @@ def test_weighted_role_metrics_report_only_trained_roles(model_path, tmp_path, l
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("loss_impl", ["eager", "chunked"])
-def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, loss_impl):
-    out = tmp_path / "ddp.json"
+DDP_LOSS_IMPLS = ("eager", "chunked")
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(model_path, tmp_path_factory) -> dict:
+    """One step under torchrun with two gloo processes, per loss implementation: one launch serves them all."""
+    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -126,10 +126,16 @@ def test_two_gloo_processes_equal_one_process(model_path, tmp_path, one_batch, l
         "tests/trainer_case.py",
         str(model_path),
         str(out),
-        loss_impl,
+        ",".join(DDP_LOSS_IMPLS),
     ]
     subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
-    assert_same_step(json.loads(out.read_text()), one_batch, atol=1e-5)
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_impl", DDP_LOSS_IMPLS)
+def test_two_gloo_processes_equal_one_process(two_gloo_processes, one_batch, loss_impl):
+    assert_same_step(two_gloo_processes[loss_impl], one_batch, atol=1e-5)
 
 
 def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):

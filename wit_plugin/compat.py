@@ -1,6 +1,6 @@
 """Every difference between the supported releases, in one place.
 
-Supported: Axolotl 0.19–0.21, transformers 5.16–5.24, TRL 1.9–1.16 (README's table). Each difference is
+Supported: Axolotl 0.19–0.21, transformers 5.16–5.25, TRL 1.9–1.16 (README's table). Each difference is
 detected from what the installed package *has*, never from a version number, so a backport or a patch release
 takes the right branch.
 

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import ModelOutput
 from wit_plugin.compat import forward_cache_name, output_cache
 
 # Causal LMs whose forward is exactly ``logits = lm_head(model(...).last_hidden_state)`` (+ Gemma's softcap),
-# checked against transformers 5.16.1–5.24.0. MoE models are not here: their forward also adds a router loss.
+# checked against transformers 5.16.1–5.25.0. MoE models are not here: their forward also adds a router loss.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
 
 
