@@ -45,6 +45,12 @@ def configure_logging() -> None:
     root.setLevel(logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Axolotl's logging set-up (once imported in this process) gives every non-Axolotl logger a filter that lets
+    # only warnings through: wit_plugin's INFO lines (progress, results) would vanish.
+    logging.setLoggerClass(logging.Logger)
+    for name, existing in logging.root.manager.loggerDict.items():
+        if name.startswith("wit_plugin") and isinstance(existing, logging.Logger):
+            existing.filters.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
