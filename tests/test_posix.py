@@ -682,7 +682,7 @@ def test_exemplar_trace_holds_the_plain_trace_per_condition(smol_path, tmp_path,
     assert set(data) == {"exemplars", "conditions", "notes", "resume"}  # resume: what the same command reuses
     assert data["exemplars"] == {"conditions": ["none", "cross", "in-task"], "shots": 1, "select": "lexical", "seed": 0}
     assert list(data["conditions"]) == ["none", "cross", "in-task"]
-    plain = {"posix", "max_new_tokens", "short_replies", "sets_with_short_replies", "work", "sets"}
+    plain = {"posix", "psi_definition", "max_new_tokens", "short_replies", "sets_with_short_replies", "work", "sets"}
     for name, condition in data["conditions"].items():
         assert set(condition) == plain | {"set_indices", "demos"}, name
         assert condition["set_indices"] == [0] and len(condition["sets"]) == 1
