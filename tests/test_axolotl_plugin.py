@@ -18,6 +18,7 @@ from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config,
 from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
 from wit_plugin.options import OptionError
 from wit_plugin.roles import Role, WeightError
+from wit_plugin.tagging.dropped import dropped_column
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
@@ -47,7 +48,7 @@ def test_plugin_keys_are_the_shared_option_schema():
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
     assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
-    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v3")
+    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v4")
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
@@ -147,8 +148,8 @@ def test_excess_length_truncate_cuts_roles_with_tokens(tokenizer, monkeypatch, s
     tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
     row = {"messages": [{"role": "user", "content": "many words " * 20}, {"role": "assistant", "content": "ok"}]}
     features = tokenize(row)
-    lengths = {len(column) for column in features.values()}
-    assert len(lengths) == 1  # every column cut at the same place, or none
+    lengths = {len(column) for key, column in features.items() if key != "wit_dropped"}  # a per-row column
+    assert len(lengths) == 1  # every per-token column cut at the same place, or none
     assert lengths == ({24} if strategy == "truncate" else {len(features["input_ids"])})
     if strategy == "drop":
         assert len(features["input_ids"]) > 24 and Role.RESPONSE in features["wit_roles"]
@@ -439,7 +440,7 @@ def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_w
         features = strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
         strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
     assert tokenizer.decode(features["input_ids"]).count("<|im_start|>assistant") == 1
-    assert strategy.tagger.dropped() == {"tool_calls": 2, "empty_turns": 2}
+    assert features["wit_dropped"] == dropped_column(-1, ["tool_calls", "empty_turns"])  # not in cfg's datasets
     unread = [r.getMessage() for r in caplog.records if "message key 'weight'" in r.getMessage()]
     assert len(unread) == 1 and f"first seen at {data}:1, messages[3].weight" in unread[0]
 
@@ -454,3 +455,81 @@ def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_s
     strategy = load(kind, tokenizer, cfg, cfg.datasets[0])
     assert strategy.tagger.options["drop_unrendered"] is True
     assert strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))["input_ids"]
+
+
+CALL = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def tool_rows(count: int) -> list[dict]:
+    """Rows with tool calls (some in turns with no text), tool definitions, and plain ones; SmolLM2's template
+    renders none of them."""
+    rows = []
+    for i in range(count):
+        messages = [{"role": "user", "content": f"Question {i}?"}]
+        if i % 2 == 0:  # a tool-call turn with no text: dropped, and the emptied turn removed
+            messages += [{"role": "assistant", "content": None, "tool_calls": [CALL]}, {"role": "tool", "content": "3"}]
+        if i % 4 == 1:  # tool calls beside a text: only the calls are dropped
+            messages += [{"role": "assistant", "content": f"Checking {i}.", "tool_calls": [CALL]}]
+            messages += [{"role": "tool", "content": "ok"}]
+        messages.append({"role": "assistant", "content": f"Answer {i}."})
+        rows.append({"messages": messages, **({"tools": TOOLS} if i % 3 == 0 else {})})
+    return rows
+
+
+def expected_drops(rows: list[dict]) -> dict[str, int]:
+    """The fields the template cannot render, counted from the data itself."""
+    calls = [m for row in rows for m in row["messages"] if m.get("tool_calls")]
+    return {
+        "tool_calls": len(calls),
+        "tools": sum(1 for row in rows if row.get("tools")),
+        "content": 0,
+        "reasoning_content": 0,
+        "empty_turns": sum(1 for m in calls if not m["content"]),
+    }
+
+
+def test_dropped_fields_are_counted_exactly_with_worker_processes_and_from_the_prepared_cache(
+    base_cfg, tmp_path, caplog
+):
+    """Axolotl's own loader and trainer set-up (no training): tagging in 2 worker processes, then a second run
+    whose prepared dataset comes from the cache (the raw files are gone), record and log the fields dropped from
+    the data; the column that carries them never reaches a batch."""
+    import logging
+
+    from axolotl.common.datasets import load_datasets
+    from axolotl.train import setup_model_and_trainer
+
+    from wit_plugin.runs import RunRecordCallback
+
+    rows = tool_rows(8)
+    tools, plain = tmp_path / "tools.jsonl", tmp_path / "plain.jsonl"
+    tools.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    plain.write_text(Path(base_cfg["datasets"][0]["path"]).read_text() * 4)  # nothing to drop
+    base_cfg.update(
+        dataset_num_proc=2,
+        val_set_size=0.25,  # a quarter of the rows in the eval split: counted too
+        datasets=[
+            {"path": str(plain), "ds_type": "json", "type": "chat_template"},
+            {"path": str(tools), "ds_type": "json", "type": "chat_template", "wit_drop_unrendered": True},
+        ],
+    )
+    expected = {"dataset": "datasets[1]", **expected_drops(rows)}
+    assert expected["tool_calls"] == 6 and expected["tools"] == 3 and expected["empty_turns"] == 4
+    message = (
+        "dropped what the chat template does not render (wit_drop_unrendered), in the prepared train and eval rows"
+    )
+    for run in ("tagged in workers", "from the prepared cache"):
+        cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            meta = load_datasets(cfg=cfg)
+            trainer = setup_model_and_trainer(cfg, meta)[0]
+        record = next(c.record for c in trainer.callback_handler.callbacks if isinstance(c, RunRecordCallback))
+        assert record["dropped_unrendered"] == [expected], run
+        logged = [r.getMessage() for r in caplog.records if "dropped what the chat template" in r.getMessage()]
+        assert logged == [f"wit: datasets[1]: {message}: 6 tool_calls, 3 tools, 4 empty_turns"], run
+        batch = next(iter(trainer.get_train_dataloader()))  # packed: Axolotl keeps unknown columns
+        assert "wit_dropped" not in batch and "wit_roles" in batch  # the collator took it out
+        tools.unlink(missing_ok=True)  # the second run can only read the prepared dataset
+        plain.unlink(missing_ok=True)

@@ -222,21 +222,15 @@ def test_tool_calls_and_tools_a_template_does_not_render_are_refused_naming_the_
 
 
 def test_tool_calls_and_tools_a_template_does_not_render_are_dropped_and_counted_when_opted_in(tokenizer, caplog):
-    from wit_plugin.tagging.chat import dropped_counts
-
     row = {"messages": copy.deepcopy(TOOL_CONVERSATION), "tools": [WEATHER_TOOL]}
     tagger = RoleTagger(tokenizer, "chat", drop_unrendered=True)
-    before = dropped_counts()
     with caplog.at_level(logging.WARNING, logger="wit_plugin.tagging.chat"):
         tagged = tagger.tag(row)
     # the emptied tool-call turn is gone: no lone end of turn is trained for it, one eot for the final answer
     assert tagged.text.count("<|im_start|>assistant") == 1 and role_text(tagged, Role.EOT) == "<|im_end|>"
     assert role_text(tagged, Role.RESPONSE) == "Yes: -3 °C."
     assert tagged.dropped == ("messages[2].tool_calls", "messages[2]", "tools")
-    assert tagger._format.renderer.dropped == {"tool_calls": 1, "empty_turns": 1, "tools": 1}
-    after = dropped_counts()
-    change = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
-    assert change == {"tool_calls": 1, "empty_turns": 1, "tools": 1}
+    assert tagged.dropped_kinds == ("tool_calls", "empty_turns", "tools")
     assert "dropping messages[2].tool_calls" in caplog.text
     stock = RoleTagger(tokenizer, "chat").tag({"messages": [m for k, m in enumerate(TOOL_CONVERSATION) if k != 2]})
     assert (tagged.input_ids, tagged.roles) == (stock.input_ids, stock.roles)

@@ -545,7 +545,37 @@ def test_tool_calls_the_template_drops_are_refused_unless_wit_drop_unrendered(
     with caplog.at_level(logging.WARNING):
         tagged = prepare_dataset(Dataset.from_list([row]), tokenizer, args, args.role_weights, False, "t")[0]
     assert tokenizer.decode(tagged["input_ids"]).count("<|im_start|>assistant") == 1
-    assert (
-        "t dataset: dropped what the chat template does not render: {'tool_calls': 1, 'empty_turns': 1}" in caplog.text
-    )
+    assert "t dataset: dropped what the chat template does not render: 1 tool_calls, 1 empty_turns" in caplog.text
     assert "message key 'loss_weight'" in caplog.text and "t dataset, row 0, messages[4].loss_weight" in caplog.text
+
+
+def test_the_run_record_has_each_datasets_dropped_fields_when_tagged_in_worker_processes(
+    tmp_path: Path, model: Any, tokenizer: Any
+) -> None:
+    """With dataset_num_proc=2 the rows are tagged in workers: the counts still come out exact, per dataset."""
+    from wit_plugin.runs import RunRecordCallback
+
+    call = {"type": "function", "function": {"name": "w", "arguments": "{}"}}
+    rows = []
+    for index, row in enumerate([copy.deepcopy(row) for row in CHAT * 2]):
+        if index % 2 == 0:  # a tool-call turn with no text before the final answer: call dropped, turn removed
+            row["messages"][-1:-1] = [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "5"},
+            ]
+        rows.append(row)
+    args = wit_config(tmp_path, wit_drop_unrendered=True, dataset_num_proc=2, eval_strategy="no")
+    trainer = WITSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:3]),
+        processing_class=tokenizer,
+    )
+    record = next(c.record for c in trainer.callback_handler.callbacks if isinstance(c, RunRecordCallback))
+    none = {"tools": 0, "content": 0, "reasoning_content": 0}
+    assert record["dropped_unrendered"] == [
+        {"dataset": "train", "tool_calls": 3, "empty_turns": 3, **none},
+        {"dataset": "eval", "tool_calls": 2, "empty_turns": 2, **none},
+    ]
+    assert "wit_dropped" not in trainer.train_dataset.column_names  # only the token columns reach the collator

@@ -8,7 +8,9 @@ understand fails loudly instead of training on misaligned weights.
 
 It also writes ``labels = input_ids`` where the weight is non-zero and ``-100`` elsewhere, so a trainer's
 count of label tokens (``num_items_in_batch``) is exactly the WIT denominator, and marks the first token
-of every sequence ``PAD`` (never a target: in a packed row it would be predicted across a boundary).
+of every sequence ``PAD`` (never a target: in a packed row it would be predicted across a boundary). The other
+column the prepared datasets carry, ``wit_dropped`` (:mod:`wit_plugin.tagging.dropped`), is taken out of every
+batch: Axolotl keeps unknown columns under sample packing, and the model must not see it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.tagging.dropped import DROPPED_KEY
 
 ROLES_KEY = "wit_roles"
 ROLE_DTYPE = torch.int8
@@ -41,7 +44,7 @@ def _packed_rows(features: Sequence[Any], output_rows: int) -> list[list[Mapping
 
 def _without_roles(features: Sequence[Any]) -> list[Any]:
     def strip(sample: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in sample.items() if key != ROLES_KEY}
+        return {key: value for key, value in sample.items() if key not in (ROLES_KEY, DROPPED_KEY)}
 
     return [[strip(s) for s in item] if isinstance(item, list) else strip(item) for item in features]
 

@@ -127,8 +127,8 @@ OPTIONS: tuple[Option, ...] = (
         bool,
         False,
         "drop the tool calls, tool definitions and message texts that the chat template does not render (and a "
-        "tool-call turn left empty) instead of refusing the row; the counts are logged. Axolotl: also a key of "
-        "each dataset, overriding this one",
+        "tool-call turn left empty) instead of refusing the row; the counts are logged and recorded in wit_run.json, "
+        "per dataset. Axolotl: also a key of each dataset, overriding this one",
         "data",
     ),
     Option(

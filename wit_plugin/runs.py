@@ -3,7 +3,9 @@
 At train start wit_plugin's trainers (Axolotl and TRL) write ``wit_run.json``: the resolved role weights, every
 ``wit_*`` option, the loss implementation, package versions, base model, datasets and the tagging set-up (row
 format and chat options, so held-out rows can be tagged exactly as training tagged them): ``tagging`` for the
-first dataset and ``dataset_taggings`` for each (Axolotl; records from before it have ``tagging`` only). Each log line updates
+first dataset and ``dataset_taggings`` for each (Axolotl; records from before it have ``tagging`` only), and
+``dropped_unrendered``: what ``wit_drop_unrendered`` dropped from each dataset that opted in, by kind
+(:mod:`wit_plugin.tagging.dropped`; older records lack it). Each log line updates
 the last training metrics (``train``), and the end of training marks the run ``finished``.
 """
 

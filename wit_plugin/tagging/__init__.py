@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wit_plugin.tagging.chat import dropped_counts
 from wit_plugin.tagging.formats import RowFormat
 from wit_plugin.tagging.registry import detect_format, get_format
 from wit_plugin.tagging.spans import TaggedSequence, TaggingError, tag_rendered
 
-__all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError", "dropped_counts"]
+__all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError"]
 
 # Bumped whenever the same row can be tagged differently (v2: reasoning role, text ends of turn, tool calls and
-# definitions; v3: a generation prompt matched by its role header only, text parts joined for string templates): prepared-dataset caches keyed on it (Axolotl's hash, TRL's map fingerprint) are then not reused.
-TAGGING_VERSION = 3
+# definitions; v3: a generation prompt matched by its role header only, text parts joined for string templates;
+# v4: every row carries its dropped-field counts, ``wit_dropped``): prepared-dataset caches keyed on it (Axolotl's
+# hash, TRL's map fingerprint) are then not reused.
+TAGGING_VERSION = 4
 
 
 class RoleTagger:
@@ -36,11 +37,6 @@ class RoleTagger:
         self.max_length = max_length
         self.options = options
         self._format: RowFormat | None = get_format(row_format)(tokenizer, **options) if row_format else None
-
-    def dropped(self) -> dict[str, int]:
-        """Fields dropped so far by this tagger because its chat template does not render them
-        (``drop_unrendered``), by kind; empty when nothing was."""
-        return self._format.dropped() if self._format else {}
 
     @property
     def format_name(self) -> str | None:

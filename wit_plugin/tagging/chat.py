@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,16 +46,6 @@ DROP_HINT = (
     "`wit_drop_unrendered: true` on this dataset (TRL: WITConfig(wit_drop_unrendered=True)) to drop what the "
     "template does not render"
 )
-# Every field dropped in this process by renderers that opted in, by kind (see :func:`dropped_counts`).
-_DROPPED_TOTAL: Counter[str] = Counter()
-
-
-def dropped_counts() -> dict[str, int]:
-    """Fields dropped so far in this process because the template does not render them (``wit_drop_unrendered``),
-    by kind: ``tool_calls`` (messages), ``tools`` (rows), ``reasoning_content``/``content`` (messages) and
-    ``empty_turns`` (assistant turns left with nothing to render, removed). Tagging in worker processes (Axolotl's
-    ``dataset_num_proc``) counts there; a prepared dataset loaded from cache is not tagged again."""
-    return dict(_DROPPED_TOTAL)
 
 
 class _WrittenThinking(TaggingError):
@@ -122,7 +111,6 @@ class ChatRenderer:
     eot_tokens: Sequence[str] = ()
     template_name: str | None = None  # for errors: Axolotl's template name, else "the tokenizer's"
     drop_unrendered: bool = False  # drop fields the template does not render instead of refusing the row
-    dropped: Counter[str] = field(default_factory=Counter)  # what this renderer dropped, as dropped_counts()
     _scaffolds: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)
     _dropped_warned: set[str] = field(default_factory=set, repr=False)
@@ -218,7 +206,7 @@ class ChatRenderer:
             without_tools = self._apply(real, **without)
             if without_tools == text:
                 self._refuse_or_drop("tools", "tool definitions (`tools`)")
-                dropped.append("tools")
+                dropped.append(("tools", "tools"))
                 kwargs, without_tools = without, None
         try:
             placed = self._place(text, parsed, kwargs)
@@ -228,7 +216,12 @@ class ChatRenderer:
             self._scaffolds.clear()
             placed = self._place(text, parsed, kwargs)
         dropped += self._report_dropped(text, parsed, placed)
-        row = RenderedRow(text=text, unread=tuple(unread), dropped=tuple(dropped))
+        row = RenderedRow(
+            text=text,
+            unread=tuple(unread),
+            dropped=tuple(where for _, where in dropped),
+            dropped_kinds=tuple(kind for kind, _ in dropped),
+        )
         if without_tools is not None:
             row.spans += _inserted(without_tools, text, Role.SYSTEM)
         row.turns_without_end = self._assistant_turns(text, parsed, placed, row.spans, kwargs)
@@ -245,7 +238,9 @@ class ChatRenderer:
         """A text's role; an assistant's text given as context (a prompt) is instruction."""
         return Role.INSTRUCTION if messages[slot.message].context and slot.role is not Role.SYSTEM else slot.role
 
-    def _report_dropped(self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]]) -> list[str]:
+    def _report_dropped(
+        self, text: str, messages: list[_Message], placed: list[tuple[Slot, int, int]]
+    ) -> list[tuple[str, str]]:
         """A text of the row that the template leaves out (a system prompt some templates do not render, the
         final turn's reasoning) would be trained as nothing at all: refused, or dropped when opted in. Reasoning
         of earlier turns is not counted: templates that render reasoning keep only the final turn's (an assistant
@@ -261,16 +256,16 @@ class ChatRenderer:
             where = self._where(message)
             if message.content and isinstance(message.content, str) and f"{where}.content" not in rendered:
                 self._refuse_or_drop("content", f"{where}.content ({message.role})")
-                dropped.append(f"{where}.content")
+                dropped.append(("content", f"{where}.content"))
             last = message.index == last_assistant
             if message.inline_thinking and last and f"{where}.reasoning_content" not in rendered:
                 raise _WrittenThinking(f"the chat template renders no reasoning for {where}")  # render as written
             if message.written_thinking and last and THINK_CLOSE not in placed_text.get(f"{where}.content", ""):
                 self._refuse_or_drop("reasoning_content", f"the thinking block (<think>…</think>) in {where}.content")
-                dropped.append(f"{where}.content")
+                dropped.append(("reasoning_content", f"{where}.content"))
             if message.reasoning and message.index == last_assistant and f"{where}.reasoning_content" not in rendered:
                 self._refuse_or_drop("reasoning_content", f"{where}.reasoning_content")
-                dropped.append(f"{where}.reasoning_content")
+                dropped.append(("reasoning_content", f"{where}.reasoning_content"))
         return dropped
 
     def _where(self, message: _Message) -> str:
@@ -283,14 +278,13 @@ class ChatRenderer:
         return "a template given as chat_template" if self.chat_template else f"the tokenizer's, {source}"
 
     def _refuse_or_drop(self, kind: str, what: str) -> None:
-        """Count a field the template does not render, or refuse the row (the default) naming it and the fix."""
+        """Refuse the row (the default) for a field the template does not render, naming it and the fix; when opted
+        in, say once per kind that such fields are dropped (the row records each one, :mod:`~.tagging.dropped`)."""
         if not self.drop_unrendered:
             raise TaggingError(
                 f"the chat template ({self._describe_template()}) does not render {what}, so it would not be "
                 f"trained at all; {DROP_HINT}"
             )
-        self.dropped[kind] += 1
-        _DROPPED_TOTAL[kind] += 1
         if kind not in self._dropped_warned:
             self._dropped_warned.add(kind)
             LOG.warning(
@@ -302,13 +296,13 @@ class ChatRenderer:
 
     def _unrendered_keys(
         self, messages: list[_Message], kwargs: Mapping[str, Any]
-    ) -> tuple[list[_Message], list[str], list[str]]:
+    ) -> tuple[list[_Message], list[str], list[tuple[str, str]]]:
         """Message keys besides the texts: tool calls the template does not render are refused or dropped (an
         assistant turn left empty is removed, so no lone end of turn is trained); keys that no format reads and
         the template does not render either (a per-message ``weight``) are returned for a warning. Whether the
         template renders a key is decided once per role and key, on the first message that has it."""
         unread: list[str] = []
-        dropped: list[str] = []
+        dropped: list[tuple[str, str]] = []  # (kind, field)
         emptied: set[int] = set()
         for message in messages:
             for key in [key for key in message.real if key not in _TEXT_KEYS and key not in _METADATA_KEYS]:
@@ -321,15 +315,13 @@ class ChatRenderer:
                     unread.append(where)
                     continue
                 self._refuse_or_drop(key, f"{where} (tool calls)")
-                dropped.append(where)
+                dropped.append((key, where))
                 del message.real[key]
                 if not (message.content or message.reasoning or set(message.real) - {"role", "content"}):
                     emptied.add(message.source)
         kept = [m for m in messages if m.source not in emptied]
         for source in sorted(emptied):
-            self.dropped["empty_turns"] += 1
-            _DROPPED_TOTAL["empty_turns"] += 1
-            dropped.append(f"{self.messages_field}[{source}]")
+            dropped.append(("empty_turns", f"{self.messages_field}[{source}]"))
         if emptied:
             if not kept:
                 raise TaggingError("nothing of this conversation is left once the unrendered fields are dropped")

@@ -32,10 +32,6 @@ class RowFormat:
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         raise NotImplementedError
 
-    def dropped(self) -> dict[str, int]:
-        """What was dropped so far because the chat template does not render it (see ChatRenderer.dropped)."""
-        return {}
-
     def _field(self, row: Mapping[str, Any], name: str, *, required: bool = True) -> str:
         value = row.get(name)
         if value is None and not required:
@@ -122,9 +118,6 @@ class ChatFormat(RowFormat):
         if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
 
-    def dropped(self) -> dict[str, int]:
-        return {kind: count for kind, count in self.renderer.dropped.items() if count}
-
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         if self.field_messages not in row:
             raise TaggingError(f"chat row has no '{self.field_messages}' field; fields: {sorted(row)}")
@@ -182,9 +175,6 @@ class PromptCompletionFormat(RowFormat):
     name = "prompt_completion"
     columns = ("prompt", "completion")
     _chat: ChatFormat | None = None
-
-    def dropped(self) -> dict[str, int]:
-        return self._chat.dropped() if self._chat else {}
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         prompt, completion = row.get("prompt"), row.get("completion")

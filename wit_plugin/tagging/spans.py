@@ -54,6 +54,7 @@ class RenderedRow:
     placed: list[Span] = field(default_factory=list)  # where the row's own texts are (contents, reasoning)
     unread: tuple[str, ...] = ()  # message keys no format or template reads (``messages[2].weight``)
     dropped: tuple[str, ...] = ()  # fields left out because the template does not render them (opted in)
+    dropped_kinds: tuple[str, ...] = ()  # each one's kind (``tagging.dropped.DROP_KINDS``), in the same order
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TaggedSequence:
     turns_without_end: int = 0
     unread: tuple[str, ...] = ()  # see RenderedRow
     dropped: tuple[str, ...] = ()
+    dropped_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.roles):
@@ -86,6 +88,7 @@ class TaggedSequence:
             self.turns_without_end,
             self.unread,
             self.dropped,
+            self.dropped_kinds,
         )
 
     def token_texts(self) -> list[str]:
@@ -124,7 +127,14 @@ def tag_rendered(tokenizer: Any, row: RenderedRow) -> TaggedSequence:
     special = np.asarray(encoding["special_tokens_mask"], dtype=bool)
     roles = token_roles(len(row.text), row.spans, offsets, special)
     return TaggedSequence(
-        input_ids.tolist(), roles.tolist(), row.text, offsets, row.turns_without_end, row.unread, row.dropped
+        input_ids.tolist(),
+        roles.tolist(),
+        row.text,
+        offsets,
+        row.turns_without_end,
+        row.unread,
+        row.dropped,
+        row.dropped_kinds,
     )
 
 

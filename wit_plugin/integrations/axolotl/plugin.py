@@ -294,12 +294,39 @@ class WITPlugin(BasePlugin):
         trainer.setup_wit(
             RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
         )
-        audit_datasets(trainer, cfg.get("chat_template"))
-        trainer.add_callback(run_record_callback(cfg, trainer))
+        dropped = dropped_unrendered(cfg, trainer.train_dataset, trainer.eval_dataset)
+        audit_datasets(trainer, cfg, dropped)
+        trainer.add_callback(run_record_callback(cfg, trainer, dropped))
 
 
-def run_record_callback(cfg: Any, trainer: Any) -> Any:
-    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.runs`) for this Axolotl run."""
+def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[dict[str, Any]]:
+    """For each dataset that opted in to ``wit_drop_unrendered``, the fields dropped from its rows, by kind, in
+    the prepared train and eval datasets: summed from their ``wit_dropped`` column, so exact whether the rows were
+    tagged in worker processes (``dataset_num_proc`` > 1) or loaded from a prepared cache and not tagged at all
+    (see :mod:`wit_plugin.tagging.dropped`). Counts are ``None`` for a streamed dataset (tagged while training)."""
+    from wit_plugin.tagging.dropped import DROP_KINDS, UNKNOWN_DATASET, no_drops, sum_dropped
+
+    tests = bool(cfg.get("test_datasets"))  # then the eval rows are theirs, else a split of the training rows
+    sources = {"datasets": [train_dataset] if tests else [train_dataset, eval_dataset], "test_datasets": [eval_dataset]}
+    entries: list[dict[str, Any]] = []
+    for key, prepared in sources.items():
+        configured = cfg.get(key) or []
+        opted = [index for index, dataset in enumerate(configured) if str(dataset.get("type")).endswith(DROP_SUFFIX)]
+        if not opted:
+            continue
+        totals = sum_dropped(dataset for dataset in prepared if dataset is not None)
+        if totals is None:
+            entries += [{"dataset": f"{key}[{index}]", **dict.fromkeys(DROP_KINDS)} for index in opted]
+            continue
+        entries += [{"dataset": f"{key}[{index}]", **totals.get(index, no_drops())} for index in opted]
+        if any(totals.get(UNKNOWN_DATASET, {}).values()):  # a strategy that could not find its entry in the config
+            entries.append({"dataset": f"{key}[?]", **totals[UNKNOWN_DATASET]})
+    return entries
+
+
+def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | None = None) -> Any:
+    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.runs`) for this Axolotl run; ``dropped`` is
+    :func:`dropped_unrendered`."""
     from wit_plugin.integrations.axolotl.strategies import tagging_record
     from wit_plugin.runs import RunRecordCallback, run_record
 
@@ -321,25 +348,36 @@ def run_record_callback(cfg: Any, trainer: Any) -> Any:
         sequence_len=cfg.get("sequence_len"),
         seed=cfg.get("seed"),
         chat_template=cfg.get("chat_template"),
+        dropped_unrendered=dropped or [],
     )
     return RunRecordCallback(record)
 
 
-def audit_datasets(trainer: Any, template: str | None) -> None:
-    """Warn once per dataset about assistant turns left without an end-of-turn token; log what
-    ``wit_drop_unrendered`` dropped while tagging in this process."""
+def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> None:
+    """Warn once per dataset about assistant turns left without an end-of-turn token; log, per dataset that opted
+    in, what ``wit_drop_unrendered`` dropped (``dropped``: :func:`dropped_unrendered`)."""
     from wit_plugin.collation import ROLES_KEY
-    from wit_plugin.tagging import dropped_counts
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
+    from wit_plugin.tagging.dropped import describe
 
     if not trainer.is_world_process_zero():
         return
-    if dropped_counts():
-        LOG.warning(
-            "wit: dropped what the chat templates do not render (wit_drop_unrendered), tagged in this process "
-            "(dataset_num_proc > 1 tags in workers, a cached prepared dataset is not tagged again): %s",
-            dropped_counts(),
+    for entry in dropped:
+        counts = {kind: count for kind, count in entry.items() if kind != "dataset"}
+        if None in counts.values():
+            LOG.warning(
+                "wit: %s: what the chat template does not render is dropped (wit_drop_unrendered) as the streamed "
+                "rows are read; it cannot be counted before training",
+                entry["dataset"],
+            )
+            continue
+        LOG.log(
+            logging.WARNING if any(counts.values()) else logging.INFO,
+            "wit: %s: dropped what the chat template does not render (wit_drop_unrendered), in the prepared train "
+            "and eval rows: %s",
+            entry["dataset"],
+            describe(counts),
         )
     for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
-            audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, template)
+            audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, cfg.get("chat_template"))

@@ -23,6 +23,7 @@ from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
 from wit_plugin.tagging.chat import text_content
+from wit_plugin.tagging.dropped import DROP_KINDS, DROPPED_KEY, describe, dropped_column, sum_dropped
 
 LOG = logging.getLogger(__name__)
 AnyDataset = Dataset | IterableDataset
@@ -73,7 +74,11 @@ def _tag_row(
     except TaggingError as error:
         raise TaggingError(f"{name} dataset, row {index}: {error}") from None
     unread.report(tagged, lambda: f"{name} dataset, row {index}")
-    return {"input_ids": tagged.input_ids, ROLES_KEY: tagged.roles}
+    return {
+        "input_ids": tagged.input_ids,
+        ROLES_KEY: tagged.roles,
+        DROPPED_KEY: dropped_column(0, tagged.dropped_kinds),
+    }
 
 
 def tag_dataset(
@@ -84,8 +89,9 @@ def tag_dataset(
     name: str,
     drop_unrendered: bool = False,
 ) -> AnyDataset:
-    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids and roles;
-    ``drop_unrendered`` drops what the chat template does not render instead of refusing (counts logged)."""
+    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids, roles and what
+    was dropped from each (``wit_dropped``: what the chat template does not render, when ``drop_unrendered``,
+    instead of refusing the row)."""
     first = next(iter(dataset))
     if is_conversational_from_value(first):  # ShareGPT from/value: TRL's own conversion to role/content
         kwargs = _map_kwargs(dataset, num_proc, f"Converting {name} dataset to ChatML")
@@ -99,10 +105,26 @@ def tag_dataset(
     kwargs = _map_kwargs(dataset, num_proc, f"Role-tagging {name} dataset")
     columns = get_dataset_column_names(dataset)
     fn_kwargs = {"tagger": tagger, "name": name, "version": TAGGING_VERSION, "unread": UnreadKeys(name)}
-    tagged = dataset.map(_tag_row, with_indices=True, fn_kwargs=fn_kwargs, remove_columns=columns, **kwargs)
-    if tagger.dropped():  # counted here when tagged in this process (not with dataset_num_proc > 1)
-        LOG.warning("wit: %s dataset: dropped what the chat template does not render: %s", name, tagger.dropped())
-    return tagged
+    return dataset.map(_tag_row, with_indices=True, fn_kwargs=fn_kwargs, remove_columns=columns, **kwargs)
+
+
+def count_dropped(dataset: AnyDataset, name: str) -> dict[str, int | None]:
+    """What ``wit_drop_unrendered`` dropped from a tagged dataset's rows, by kind, summed from their
+    ``wit_dropped`` column in this process: exact whether the rows were tagged in worker processes
+    (``dataset_num_proc``) or taken from the map's cache (see :mod:`wit_plugin.tagging.dropped`). Logged; ``None``
+    counts for an ``IterableDataset``, tagged only as training reads it."""
+    totals = sum_dropped([dataset])
+    if totals is None:
+        LOG.warning(
+            "wit: %s dataset: what the chat template does not render is dropped (wit_drop_unrendered) as the "
+            "streamed rows are read; it cannot be counted before training",
+            name,
+        )
+        return dict.fromkeys(DROP_KINDS)
+    counts = totals.get(0, dict.fromkeys(DROP_KINDS, 0))
+    level = logging.WARNING if any(counts.values()) else logging.INFO
+    LOG.log(level, "wit: %s dataset: dropped what the chat template does not render: %s", name, describe(counts))
+    return counts
 
 
 def _truncate(row: Mapping[str, Any], cut: slice) -> dict[str, Any]:
@@ -131,9 +153,17 @@ def truncation_slice(mode: str, max_length: int) -> slice:
 
 
 def prepare_dataset(
-    dataset: AnyDataset, tokenizer: Any, args: Any, weights: RoleWeights, packing: bool, name: str
+    dataset: AnyDataset,
+    tokenizer: Any,
+    args: Any,
+    weights: RoleWeights,
+    packing: bool,
+    name: str,
+    dropped: dict[str, dict[str, int | None]] | None = None,
 ) -> AnyDataset:
-    """The SFTTrainer dataset pipeline, with ``wit_roles`` carried through every step (``args``: a WITConfig)."""
+    """The SFTTrainer dataset pipeline, with ``wit_roles`` carried through every step (``args``: a WITConfig).
+    With ``wit_drop_unrendered``, what was dropped from the rows it tags goes into ``dropped[name]``
+    (:func:`count_dropped`), for the run record."""
     if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
         raise ValueError("datasets with a with_transform() cannot be prepared; materialise the transform with map()")
     trained = np.asarray(weights.table()) > 0
@@ -148,6 +178,10 @@ def prepare_dataset(
                 name,
                 drop_unrendered=args.wit_drop_unrendered,
             )
+            if args.wit_drop_unrendered:
+                counts = count_dropped(dataset, name)
+                if dropped is not None:
+                    dropped[name] = counts
         elif ROLES_KEY not in columns:
             raise ValueError(
                 f"the {name} dataset is tokenised but has no '{ROLES_KEY}' column: pass raw rows, or tokenise them "

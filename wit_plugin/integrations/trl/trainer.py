@@ -100,6 +100,7 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
             check_row(next(iter(kwargs["train_dataset"])))
         self.wit_weights = weights  # read by _prepare_dataset, which SFTTrainer.__init__ calls
+        self._wit_dropped: dict[str, dict[str, int | None]] = {}  # filled by _prepare_dataset (wit_drop_unrendered)
         choose_packing_attention(model, args)
         super().__init__(model, args=args, **kwargs)
         check_packing_attention(self.model, args)
@@ -131,6 +132,7 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             {"format": None, "options": {"field": self.args.dataset_text_field}, "max_length": self.args.max_length},
             adapter="lora" if getattr(self.model, "peft_config", None) else None,
             seed=self.args.seed,
+            dropped_unrendered=[{"dataset": name, **counts} for name, counts in self._wit_dropped.items()],
         )
 
     def _prepare_dataset(
@@ -142,7 +144,9 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         formatting_func: Any,
         dataset_name: str,
     ) -> AnyDataset:
-        return prepare_dataset(dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name)
+        return prepare_dataset(
+            dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name, dropped=self._wit_dropped
+        )
 
 
 def packing_keys(args: WITConfig) -> str | None:

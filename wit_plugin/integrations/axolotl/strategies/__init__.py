@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from wit_plugin.jsonl import describe_row, find_row
 from wit_plugin.tagging import RoleTagger, TaggedSequence, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys
+from wit_plugin.tagging.dropped import DROPPED_KEY, UNKNOWN_DATASET, dropped_column
 
 LOG = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ UNSUPPORTED_OPTIONS = (
 
 
 class RoleTaggingStrategy:
-    """Axolotl prompt strategy: a row → ``input_ids``, ``attention_mask``, ``labels``, ``wit_roles``.
+    """Axolotl prompt strategy: a row → ``input_ids``, ``attention_mask``, ``labels``, ``wit_roles`` and
+    ``wit_dropped`` (what was dropped from it, with ``dataset``, its position in the config's list).
 
     A row the tagger refuses is reported with its dataset file and line (found again in the file, since
     Axolotl maps rows without their index), and the first row whose assistant turn has no end of turn is named
@@ -57,11 +59,19 @@ class RoleTaggingStrategy:
     filter_rows = None
     supports_batched = False
 
-    def __init__(self, tagger: RoleTagger, tokenizer: Any, sequence_len: int, source: str | None = None) -> None:
+    def __init__(
+        self,
+        tagger: RoleTagger,
+        tokenizer: Any,
+        sequence_len: int,
+        source: str | None = None,
+        dataset: int = UNKNOWN_DATASET,
+    ) -> None:
         self.tagger = tagger
         self.tokenizer = tokenizer
         self.sequence_len = sequence_len
         self.source = source
+        self.dataset = dataset
         self._warned_turn_end = False
         self._unread = UnreadKeys(source or "?")
 
@@ -89,8 +99,11 @@ class RoleTaggingStrategy:
             return f"{self.source}:{line}"
         return f"dataset {self.source or '?'}, row {describe_row(row)}"
 
+    def features(self, tagged: TaggedSequence) -> dict[str, list[int]]:
+        return {**tagged.as_features(), DROPPED_KEY: dropped_column(self.dataset, tagged.dropped_kinds)}
+
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, list[int]]:
-        return self.tag(prompt).as_features()
+        return self.features(self.tag(prompt))
 
 
 class ChunkedTextStrategy(RoleTaggingStrategy):
@@ -102,12 +115,15 @@ class ChunkedTextStrategy(RoleTaggingStrategy):
     def tokenize_prompt(self, prompt: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
         columns: dict[str, list[list[int]]] = {}
         for values in zip(*prompt.values()):
-            features = self.tag(dict(zip(prompt, values))).as_features()
-            for key, column in features.items():
+            tagged = self.tag(dict(zip(prompt, values)))
+            pieces: list[list[int]] = []
+            for key, column in tagged.as_features().items():
                 pieces = [
                     column[start : start + self.sequence_len] for start in range(0, len(column), self.sequence_len)
                 ]
                 columns.setdefault(key, []).extend(pieces)
+            first, rest = dropped_column(self.dataset, tagged.dropped_kinds), dropped_column(self.dataset, ())
+            columns.setdefault(DROPPED_KEY, []).extend([first, *[rest] * len(pieces)][: len(pieces)])
         return columns
 
 
@@ -196,6 +212,28 @@ def tagging_record(tokenizer: Any, cfg: Any, ds_cfg: Any) -> dict[str, Any]:
     return {"format": MODULE_FORMATS[module], "options": options, "max_length": tagger.max_length}
 
 
+# Keys Axolotl adds to a copy of a dataset entry when it expands it into one per ``name`` or per shard.
+_EXPANSION_KEYS = ("name", "shards", "shards_idx")
+
+
+def dataset_position(cfg: Any, ds_cfg: Any) -> int:
+    """Where ``ds_cfg`` is in the config's ``datasets`` or ``test_datasets``: Axolotl hands a strategy the entry
+    itself, or a copy of it per ``name`` / shard it expands the entry into; ``-1`` when it is in neither."""
+    if ds_cfg is None:
+        return UNKNOWN_DATASET
+    lists = [cfg.get(key) or [] for key in ("datasets", "test_datasets")]
+    for entries in lists:
+        for index, entry in enumerate(entries):
+            if entry is ds_cfg:
+                return index
+    wanted = {key: value for key, value in _as_dict(ds_cfg).items() if key not in _EXPANSION_KEYS}
+    for entries in lists:
+        for index, entry in enumerate(entries):
+            if {key: value for key, value in _as_dict(entry).items() if key not in _EXPANSION_KEYS} == wanted:
+                return index
+    return UNKNOWN_DATASET
+
+
 def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
     """The ``load`` function Axolotl calls for a dataset of this row format."""
 
@@ -203,6 +241,7 @@ def make_loader(row_format: str) -> Callable[..., RoleTaggingStrategy]:
         _require_plugin()
         tagger = dataset_tagger(tokenizer, cfg, ds_cfg, row_format)
         strategy = ChunkedTextStrategy if row_format == "text" else RoleTaggingStrategy
-        return strategy(tagger, tokenizer, cfg.sequence_len, source=_as_dict(ds_cfg).get("path"))
+        source = _as_dict(ds_cfg).get("path")
+        return strategy(tagger, tokenizer, cfg.sequence_len, source=source, dataset=dataset_position(cfg, ds_cfg))
 
     return load
