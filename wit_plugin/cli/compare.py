@@ -179,7 +179,7 @@ def draw(results: dict[str, Any]) -> Any:
         bars.bar(np.arange(len(runs)) + (k - 1) * width, values, width, label=role)
     labels = [wrap_label(_label(e)) for e in runs]  # level and centred under the run's bars, not slanted off them
     bars.set_xticks(range(len(runs)), labels, fontsize=7, ha="center")
-    bars.set_xlim(-0.5, len(runs) - 0.5)
+    bars.set_xlim(-0.5, max(len(runs), 1) - 0.5)  # no row evaluated: an empty panel, not a singular axis
     bars.set_ylabel("held-out CE (nats/token)")
     bars.set_title("held-out loss per role")
     # above the axes, not over the bars: "best" still covers a bar when every spot holds one
