@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.evaluation.models import TOKENIZER_FILES, has_tokenizer
+from wit_plugin.evaluation.models import MODEL_FILES, TOKENIZER_FILES, has_model, has_tokenizer
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
@@ -44,7 +44,6 @@ from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, rea
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 Count = Callable[[int, int], None]  # (done, total)
-MODEL_FILES = ("config.json", "adapter_config.json")
 RESULTS_VERSION = 2  # bumped when a row's numbers change meaning: older --out files are recomputed, not reused
 
 
@@ -63,14 +62,10 @@ class CompareSettings:
     dtype: str = "float32"  # every model in the table is evaluated in this precision
 
 
-def is_model_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in MODEL_FILES)
-
-
 def _check_run_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise RunError(f"{folder} is not a folder")
-    if not any((folder / name).is_file() for name in MODEL_FILES):
+    if not has_model(folder):
         raise RunError(f"{folder} holds no saved model ({' or '.join(MODEL_FILES)}): did the run finish saving?")
     if not has_tokenizer(folder):
         raise RunError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save it with the model")
@@ -97,7 +92,7 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
         return (options.get("field_messages") or "messages") in row
     if row_format == "text":
         return (options.get("field") or "text") in row
-    return bool(row_format) and get_format(row_format).matches(row)
+    return get_format(row_format).matches(row)
 
 
 def _tag_rows(
@@ -271,7 +266,7 @@ def _rows(paths: Sequence[str | Path], references: Sequence[str]) -> list[tuple[
     (``wit_run.json``), a plain model folder (a reference), or a sweep's parent standing for the runs below."""
     rows = [("reference", str(name)) for name in references]
     for path in map(Path, paths):
-        if is_model_folder(path) and not (path / RUN_FILE).is_file():
+        if has_model(path) and not (path / RUN_FILE).is_file():
             rows.append(("reference", str(path)))
         else:
             rows += [("run", str(folder)) for folder in find_runs([path])]

@@ -12,6 +12,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+MODEL_FILES = ("config.json", "adapter_config.json")  # a model folder, or a PEFT adapter folder
+
+
+def has_model(folder: str | PathLike[str]) -> bool:
+    return any((Path(folder) / name).is_file() for name in MODEL_FILES)
 
 
 def has_tokenizer(folder: str | PathLike[str]) -> bool:
@@ -30,7 +35,7 @@ def check_model_folder(path: str | PathLike[str]) -> Path:
         raise ModelLoadError(f"no model folder at {folder}")
     if not folder.is_dir():
         raise ModelLoadError(f"{folder} is a file, not a model folder")
-    if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+    if not has_model(folder):
         raise ModelLoadError(
             f"no model in {folder}: it has neither config.json nor adapter_config.json (unfinished run?)"
         )
