@@ -290,6 +290,15 @@ def reference_loss(hidden: Any, weight: Any, input_ids: Any, roles: Any, table: 
     return -(weights * log_probs).sum() / num_items
 
 
+# cut-cross-entropy (25.1.1, its newest release) adds each vocabulary block's share of the hidden-state and head
+# gradients into a buffer in the inputs' bf16/fp16 (its backward kernel, `_mm_backward` into `dE`/`dC`; there is no
+# fp32-accumulation option): one rounding per block, hundreds per element, where eager rounds each product once.
+# Measured on an H200 (README): hidden-state gradient 2.1e-2 relative to fp32 on SmolLM2's head, 9.6e-3 on
+# Llama-3-8B's, eager 2.7e-3 / 2.4e-3. That is the kernel's precision, checked here against this bound; ``chunked``
+# keeps eager's tolerance.
+CCE_HALF_PRECISION_FLOORS = {"grad_hidden": 5e-2, "grad_head": 5e-2}
+
+
 def check_loss_equality(head: str, impl: str, device: str, dtype_name: str, rows: int, width: int) -> Result:
     import torch
     import torch.nn.functional as F
@@ -344,6 +353,8 @@ def check_loss_equality(head: str, impl: str, device: str, dtype_name: str, rows
     floors = {"loss": 1e-6, "grad_hidden": 1e-5, "grad_head": 1e-5}
     if dtype != torch.float32:
         floors = {"loss": 2e-3, "grad_hidden": 1e-2, "grad_head": 1e-2}
+    if dtype != torch.float32 and impl == "cce":
+        floors |= CCE_HALF_PRECISION_FLOORS
     factor = 3.0
     for index, name in enumerate(names):
         ours, theirs, ref = fused[index], eager[index], reference[index]

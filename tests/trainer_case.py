@@ -53,12 +53,20 @@ class WITTrainer(WITTrainerMixin, Trainer):
 
 
 def one_step(
-    model_path: str, out_dir: str, batch_size: int, accumulation: int, loss_impl: str = "eager", bf16: bool = False
+    model_path: str,
+    out_dir: str,
+    batch_size: int,
+    accumulation: int,
+    loss_impl: str = "eager",
+    bf16: bool = False,
+    fp32_weights: bool = False,
 ) -> dict:
-    """``bf16``: a bf16 model trained with ``bf16=True`` mixed precision, as Axolotl's ``bf16: true`` runs it."""
+    """``bf16``: a bf16 model trained with ``bf16=True`` mixed precision, as Axolotl's ``bf16: true`` runs it;
+    with ``fp32_weights`` the model stays fp32 and only the autocast is bf16 (TRL's and Trainer's usual AMP)."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    dtype = torch.bfloat16 if bf16 and not fp32_weights else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if name in WATCHED}
     tagger = RoleTagger(tokenizer, "chat")
     dataset = Dataset.from_list([tagger.tag(row).as_features() for row in ROWS])

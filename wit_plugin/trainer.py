@@ -145,18 +145,23 @@ class WITTrainerMixin:
                 # Under mixed precision Accelerate converts the model's outputs to fp32, hidden states included;
                 # the head would have taken them in its own dtype, and bf16 -> fp32 -> bf16 is exact.
                 hidden = hidden.to(head.weight.dtype)
-            result = weighted_linear_cross_entropy(
-                hidden,
-                head.weight,
-                input_ids,
-                roles,
-                self._wit_table,
-                num_items_in_batch,
-                lm_head_bias=head.bias,
-                softcap=head.softcap,
-                impl=self._wit_impl,
-                include_zero_weight=self._wit_all_roles,
-            )
+            # The head runs here, outside the model's forward and so outside the autocast Accelerate wraps it in:
+            # enter that autocast again, so an fp32 head under bf16/fp16 mixed precision computes in that dtype, as
+            # inside the model (and CCE, whose backward takes only bf16/fp16 hidden states, can train it).
+            accelerator = getattr(self, "accelerator", None)
+            with accelerator.autocast() if accelerator is not None else nullcontext():
+                result = weighted_linear_cross_entropy(
+                    hidden,
+                    head.weight,
+                    input_ids,
+                    roles,
+                    self._wit_table,
+                    num_items_in_batch,
+                    lm_head_bias=head.bias,
+                    softcap=head.softcap,
+                    impl=self._wit_impl,
+                    include_zero_weight=self._wit_all_roles,
+                )
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
