@@ -135,8 +135,8 @@ OPTIONS: tuple[Option, ...] = (
         "wit_loss_impl",
         str,
         "auto",
-        "how the loss is computed: fused from hidden states (chunked; cce on CUDA) or from logits (eager); "
-        "auto picks the fused one where the model allows",
+        "how the loss is computed: fused from hidden states (chunked; cce: CUDA, least memory, bf16-accumulated "
+        "gradients) or from logits (eager); auto is chunked where the model allows, else eager",
         "loss",
         choices=LOSS_IMPLS,
     ),

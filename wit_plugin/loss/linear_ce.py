@@ -37,10 +37,12 @@ def cce_available() -> bool:
 def resolve_loss_impl(name: str, device: torch.device | str) -> str:
     """The implementation ``name`` means on ``device``: ``chunked`` (pure PyTorch, any device) or ``cce``.
 
-    ``auto`` picks Apple's Cut Cross-Entropy on CUDA when installed (its Triton kernels never hold even a
-    chunk of logits), else ``chunked``. Liger-Kernel's fused linear CE is deliberately not an option: up to
-    at least 0.8.1 its backward scales the gradient computed in the forward by one scalar, so with
-    ``reduction='none'`` and per-token weights its gradients are wrong.
+    ``auto`` is ``chunked`` everywhere. Apple's Cut Cross-Entropy (``cce``, CUDA) holds not even a chunk of
+    logits, but measured on an H200 (README, *GPU check*) it was slower than ``chunked`` with exact gradients, and
+    its bf16 hidden-state gradient 8× further from fp32 than eager's: an explicit choice for memory, not the
+    default. Liger-Kernel's fused linear CE is deliberately not an option: up to at least 0.8.1 its backward
+    scales the gradient computed in the forward by one scalar, so with ``reduction='none'`` and per-token weights
+    its gradients are wrong.
     """
     if name not in ("auto", *FUSED_LOSS_IMPLS):
         raise ValueError(f"unknown fused loss implementation {name!r}; choose auto, {', '.join(FUSED_LOSS_IMPLS)}")
@@ -50,9 +52,7 @@ def resolve_loss_impl(name: str, device: torch.device | str) -> str:
             "wit loss implementation 'cce' needs CUDA tensors and the cut_cross_entropy package "
             f"(device {torch.device(device)}, cut_cross_entropy installed: {cce_available()}); use 'chunked' or 'auto'"
         )
-    if name == "auto":
-        return "cce" if on_cuda and cce_available() else "chunked"
-    return name
+    return "chunked" if name == "auto" else name
 
 
 def auto_chunk_rows(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -250,9 +250,7 @@ def fused_weighted_cross_entropy(
         raise ValueError(f"hidden states are {hidden.dtype} but the LM head weight is {weight.dtype}")
     name = resolve_loss_impl(impl, hidden.device)
     if name == "cce" and bias is not None:  # CCE's kernels take no bias
-        if impl != "auto":
-            raise ValueError("wit loss implementation 'cce' cannot take an LM-head bias; use 'chunked' or 'auto'")
-        name = "chunked"
+        raise ValueError("wit loss implementation 'cce' cannot take an LM-head bias; use 'chunked' or 'auto'")
     chunk = chunk_rows or auto_chunk_rows(weight.shape[0])
     valid = targets != IGNORE_INDEX
     weighted = valid & (token_weights > 0)
