@@ -19,6 +19,14 @@ phase_end() {
 
 trap 'phase_end $?' EXIT
 
+timed() {  # timed NAME COMMAND...: COMMAND as a phase of its own, for phases that run side by side
+  local name=$1 start=$SECONDS status=0
+  shift
+  "$@" || status=$?
+  printf '%s\t%d\t%d\n' "$name" $((SECONDS - start)) "$status" >>"${WIT_PHASE_LOG:-/dev/null}"
+  return "$status"
+}
+
 _minutes() { printf '%d.%d min' $(($1 / 60)) $(($1 % 60 * 10 / 60)); }
 
 phase_report() {  # phase_report LOG WALL_SECONDS: phases in the order they ended (some may overlap)

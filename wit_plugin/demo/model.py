@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,16 @@ def prepare_default_model(target: Path | None = None, force: bool = False) -> Pa
     if model.generation_config is not None:
         model.generation_config.eos_token_id = eos_id
         model.generation_config.pad_token_id = eos_id
-    target.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(target)
-    model.save_pretrained(target)
+    # Written beside the target, then renamed into place: a process that finds config.json finds the whole folder
+    # (two test runs or stacks preparing the same cache at once would otherwise read a half-written model).
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tokenizer.save_pretrained(staging)
+    model.save_pretrained(staging)
+    if force:
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        staging.rename(target)
+    except OSError:  # another process put its copy there first: the same conversion, keep that one
+        shutil.rmtree(staging, ignore_errors=True)
     return target
