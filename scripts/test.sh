@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs the whole suite (pass e.g. `-m "not slow"` for the quick part).
+# Installs what the tests need, then runs the whole suite: the quick tests and the slow end-to-end ones (`-m slow`)
+# side by side, one torch thread each (most of their time is single-threaded Python and subprocess start-up), each
+# one's output printed whole when both have ended. Arguments go to one pytest run instead (e.g. `-m "not slow"` for
+# the quick part, `-x`, `-k NAME`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/phases.sh
@@ -7,5 +10,25 @@ py=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 phase "install $py"
 bash scripts/setup.sh
 source scripts/env.sh
-phase "tests $py"
-python -m pytest -q -p no:cacheprovider "$@" tests
+python -c "from wit_plugin.demo.model import prepare_default_model as p; p()"  # once, before two runs read it
+if (($#)); then
+  phase "tests $py"
+  python -m pytest -q -p no:cacheprovider "$@" tests
+  exit
+fi
+phase "tests $py, quick and slow side by side"
+logs=$(mktemp -d)
+export OMP_NUM_THREADS=1
+timed "quick tests $py" python -m pytest -q -p no:cacheprovider -m "not slow" tests >"$logs/quick" 2>&1 &
+quick=$!
+timed "slow tests $py" python -m pytest -q -p no:cacheprovider -m slow tests >"$logs/slow" 2>&1 &
+slow=$!
+status_quick=0 status_slow=0
+wait "$quick" || status_quick=$?
+wait "$slow" || status_slow=$?
+echo "=== quick tests (exit $status_quick)"
+cat "$logs/quick"
+echo "=== slow tests (exit $status_slow)"
+cat "$logs/slow"
+rm -rf "$logs"
+((status_quick == 0 && status_slow == 0))
