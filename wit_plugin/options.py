@@ -276,6 +276,17 @@ def resolved(values: Mapping[str, Any], name: str) -> Any:
     return OPTION_BY_NAME[name].default if value is None else value
 
 
+def check(name: str, value: Any) -> Any:
+    """``value`` if option ``name`` takes it, else :class:`OptionError` naming the option: the one check of a value
+    that arrives as a function argument rather than a config key (the allowed values and their error text are
+    the option's). ``None`` is refused where the option has a default: there it is not a choice."""
+    option = OPTION_BY_NAME[name]
+    if value is None and option.default is not None:
+        allowed = f"; choose from {', '.join(option.choices)}" if option.choices else ""
+        raise OptionError(f"{name} must be set, got None{allowed}")
+    return option.check(value)
+
+
 # --- checks: one per concern, shared by every adapter -------------------------------------------------------
 
 
