@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         references=args.base,
         posix=args.posix,
-        posix_psi=args.wit_posix_psi or options.defaults()["wit_posix_psi"],
+        posix_options={"wit_posix_psi": args.wit_posix_psi},
         pool=args.pool,
         targets=args.targets,
         crosstask={name: getattr(args, name) for name in CROSSTASK_FLAGS},
