@@ -128,7 +128,7 @@ class RoleWeights:
             if options.get(key) is not None:
                 weights.update({role.label: options[key] for role in group})
         for role in TRAINABLE_ROLES:
-            key = f"wit_{role.label}_weight"
+            key = weight_key(role)
             if key not in GROUP_KEYS and options.get(key) is not None:
                 weights[role.label] = options[key]
         return cls(**weights)
@@ -151,11 +151,14 @@ class RoleWeights:
         return ", ".join(f"{role.label}={getattr(self, role.label):g}" for role in TRAINABLE_ROLES)
 
 
+def weight_key(role: Role) -> str:
+    """The option that sets ``role``'s weight alone (``wit_eot_weight``)."""
+    return f"wit_{role.label}_weight"
+
+
 # The response role's key is also the response group's (λr): it sets response, eot and reasoning.
-GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", "wit_response_weight")
-ROLE_KEYS: tuple[str, ...] = tuple(
-    key for key in (f"wit_{role.label}_weight" for role in TRAINABLE_ROLES) if key not in GROUP_KEYS
-)
+GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", weight_key(Role.RESPONSE))
+ROLE_KEYS: tuple[str, ...] = tuple(key for key in map(weight_key, TRAINABLE_ROLES) if key not in GROUP_KEYS)
 WEIGHT_KEYS: tuple[str, ...] = ("wit_preset", *GROUP_KEYS, *ROLE_KEYS)
 
 
