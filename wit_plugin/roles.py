@@ -43,19 +43,30 @@ TRAINABLE_ROLES: tuple[Role, ...] = tuple(role for role in Role if role is not R
 PROMPT_GROUP: tuple[Role, ...] = (Role.TEMPLATE, Role.SYSTEM, Role.INSTRUCTION)  # λp in the WIT paper
 RESPONSE_GROUP: tuple[Role, ...] = (Role.RESPONSE, Role.EOT, Role.REASONING)  # λr: what the model generates
 
-# Message "role" strings as they appear in chat datasets, mapped to token roles.
-MESSAGE_ROLES: dict[str, Role] = {
+# Message "role" strings as chat templates know them, mapped to token roles.
+TEMPLATE_ROLES: dict[str, Role] = {
     "system": Role.SYSTEM,
     "developer": Role.SYSTEM,
     "user": Role.INSTRUCTION,
-    "human": Role.INSTRUCTION,
     "tool": Role.INSTRUCTION,
     "ipython": Role.INSTRUCTION,
     "function": Role.INSTRUCTION,
     "assistant": Role.RESPONSE,
-    "gpt": Role.RESPONSE,
     "model": Role.RESPONSE,
 }
+# ShareGPT's names for template roles (Axolotl renames them when a dataset sets no ``roles``).
+ROLE_ALIASES: dict[str, str] = {"human": "user", "gpt": "assistant"}
+# Message "role" strings as they appear in chat datasets, mapped to token roles.
+MESSAGE_ROLES: dict[str, Role] = {
+    **TEMPLATE_ROLES,
+    **{alias: TEMPLATE_ROLES[name] for alias, name in ROLE_ALIASES.items()},
+}
+
+# The fields of a chat row unless its dataset renames them (Axolotl: ``field_messages``,
+# ``message_property_mappings``, ``field_tools``): {"messages": [{"role": ..., "content": ...}], "tools": [...]};
+# and the field of a raw-text row (Axolotl's ``field``, TRL's ``dataset_text_field``).
+MESSAGES_FIELD, ROLE_FIELD, CONTENT_FIELD, TOOLS_FIELD = "messages", "role", "content", "tools"
+TEXT_FIELD = "text"
 
 
 class WeightError(ValueError):

@@ -40,6 +40,7 @@ from wit_plugin import options as wit_options
 from wit_plugin.evaluation.models import MODEL_FILES, TOKENIZER_FILES, has_model, has_tokenizer
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
+from wit_plugin.roles import MESSAGES_FIELD, TEXT_FIELD
 from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,9 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     if not row_format:
         return False
     if row_format == "chat":
-        return (options.get("field_messages") or "messages") in row
+        return (options.get("field_messages") or MESSAGES_FIELD) in row
     if row_format == "text":
-        return (options.get("field") or "text") in row
+        return (options.get("field") or TEXT_FIELD) in row
     return get_format(row_format).matches(row)
 
 
