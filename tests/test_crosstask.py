@@ -374,7 +374,7 @@ def test_statistics():
 
 
 def test_posix_with_exemplar_blocks(model, tokenizer, files):
-    from wit_plugin.evaluation.posix import evaluate_posix
+    from wit_plugin.evaluation.posix import POSIXSettings, evaluate_posix
     from wit_plugin.evaluation.posix.exemplars import evaluate_posix_with_exemplars, with_block
 
     pool = load_items(files[0])
@@ -393,8 +393,7 @@ def test_posix_with_exemplar_blocks(model, tokenizer, files):
         1,
         "lexical",
         0,
-        3,
-        8,
+        POSIXSettings(max_new_tokens=3, batch_size=8),
     )
     assert outcome.evaluated == {"none": [0, 1, 2], "cross": [0, 1, 2], "in-task": [0, 1]}
     assert "in-task: 1 set(s) without a task that has pool rows were skipped" in outcome.notes

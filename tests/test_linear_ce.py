@@ -261,8 +261,10 @@ def test_resolve_loss_impl() -> None:
     assert resolve_loss_impl("auto", "cpu") == "chunked"
     assert resolve_loss_impl("auto", "cuda") == "chunked"  # cce only when asked for (measured: README, GPU check)
     assert resolve_loss_impl("chunked", torch.device("cpu")) == "chunked"
-    with pytest.raises(ValueError, match="unknown fused loss implementation 'liger'"):
+    with pytest.raises(ValueError, match="unknown wit_loss_impl 'liger'; choose from auto, chunked, cce, eager"):
         resolve_loss_impl("liger", "cpu")
+    with pytest.raises(ValueError, match="wit_loss_impl 'eager' computes the loss from logits"):
+        resolve_loss_impl("eager", "cpu")
     with pytest.raises(ValueError, match="'cce' needs CUDA"):
         resolve_loss_impl("cce", "cpu")
 

@@ -73,3 +73,90 @@ def test_frameworks_take_the_same_defaults():
     schema = {name: field.default for name, field in args.WITArgs.model_fields.items()}
     trl = {f.name: f.default for f in dataclasses.fields(trl_config.WITConfig) if f.name.startswith("wit_")}
     assert schema == trl == options.defaults()
+
+
+def _setup_wit(**kwargs):
+    from wit_plugin.roles import RoleWeights
+    from wit_plugin.trainer import WITTrainerMixin
+
+    WITTrainerMixin().setup_wit(RoleWeights(), **kwargs)  # refused before the trainer's state is read
+
+
+def _resolve_loss_impl(value):
+    from wit_plugin.loss.linear_ce import resolve_loss_impl
+
+    return resolve_loss_impl(value, "cpu")
+
+
+def _option_scores(value):
+    from wit_plugin.evaluation.engine import option_scores
+
+    return option_scores([-1.0, -2.0], [1, 2], value)
+
+
+def _posix(**kwargs):
+    from wit_plugin.evaluation.posix import evaluate_posix
+
+    return evaluate_posix(None, [["a", "b"]], **kwargs)  # refused before any model work
+
+
+def _posix_settings(key, value):
+    from wit_plugin.evaluation.posix import POSIXSettings
+
+    return POSIXSettings.from_options({key: value})
+
+
+def _psi(value):
+    from wit_plugin.evaluation.posix import psi
+
+    return psi([[0.0, -1.0], [-1.0, 0.0]], [1, 1], value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "entry"),
+    [
+        ("wit_role_metrics", "every", lambda value: _setup_wit(role_metrics=value)),
+        ("wit_role_metrics", None, lambda value: _setup_wit(role_metrics=value)),
+        ("wit_loss_impl", "liger", lambda value: _setup_wit(loss_impl=value)),
+        ("wit_loss_impl", "liger", _resolve_loss_impl),
+        ("wit_crosstask_scoring", "median", _option_scores),
+        ("wit_crosstask_scoring", None, _option_scores),
+        ("wit_posix_psi", "eq1", _psi),
+        ("wit_posix_psi", "eq1", lambda value: _posix(psi_definition=value)),
+        ("wit_posix_max_new_tokens", 0, lambda value: _posix(max_new_tokens=value)),
+        ("wit_posix_batch_size", 0, lambda value: _posix(batch_size=value)),
+        ("wit_posix_psi", "eq1", lambda value: _posix_settings("wit_posix_psi", value)),
+        ("wit_posix_batch_size", 2.5, lambda value: _posix_settings("wit_posix_batch_size", value)),
+    ],
+    ids=[
+        "setup_wit",
+        "setup_wit-unset",
+        "setup_wit-loss_impl",
+        "resolve_loss_impl",
+        "option_scores",
+        "option_scores-unset",
+        "psi",
+        "evaluate_posix-psi",
+        "evaluate_posix-max_new_tokens",
+        "evaluate_posix-batch_size",
+        "POSIXSettings-psi",
+        "POSIXSettings-batch_size",
+    ],
+)
+def test_values_passed_as_arguments_get_the_options_own_check(name, value, entry):
+    """Every entry point that takes an option's value as an argument refuses a bad one with the option's message
+    (its name, its allowed values), not a list and text of its own."""
+    pytest.importorskip("torch")
+    with pytest.raises(OptionError) as expected:
+        options.check(name, value)
+    assert name in str(expected.value)
+    with pytest.raises(OptionError) as raised:
+        entry(value)
+    assert str(raised.value) == str(expected.value)
+
+
+def test_check_refuses_none_only_where_the_option_has_a_default():
+    assert options.check("wit_crosstask_limit", None) is None  # unset: every target
+    assert options.check("wit_crosstask_scoring", "sum") == "sum"
+    with pytest.raises(OptionError, match="wit_role_metrics must be set, got None; choose from all, weighted"):
+        options.check("wit_role_metrics", None)

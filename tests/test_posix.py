@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from wit_plugin.evaluation.callback import POSIXCallback, evaluation_callbacks
 from wit_plugin.evaluation.engine import SpecialIds, prefill, render_prompt, score, shared_prefix
-from wit_plugin.evaluation.posix import evaluate_posix, psi
+from wit_plugin.evaluation.posix import POSIXSettings, evaluate_posix, psi
 from wit_plugin.evaluation.posix.prompts import prompt_text, write_prompt_sets
 from wit_plugin.evaluation.posix.variants import (
     CHAT,
@@ -180,7 +180,7 @@ def test_psi_formula_by_hand():
     assert psi([[-2.0, -6.0], [-3.0, -4.0]], [2, 4], "package", max_new_tokens=8) == pytest.approx(0.3125)
     with pytest.raises(ValueError, match="N x N"):
         psi([[0.0, 1.0]], [1, 1])
-    with pytest.raises(ValueError, match="unknown psi definition 'Package'; choose from paper, package"):
+    with pytest.raises(ValueError, match="unknown wit_posix_psi 'Package'; choose from paper, package"):
         psi([[0.0, 1.0], [1.0, 0.0]], [1, 1], "Package")
     with pytest.raises(ValueError, match="divides by max_new_tokens, which must be at least 1, got None"):
         psi([[0.0, 1.0], [1.0, 0.0]], [1, 1], "package")
@@ -537,14 +537,14 @@ def test_callback_options(tmp_path):
         evaluation_callbacks({"wit_posix_prompts": None, "wit_posix_steps": 5})
     path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
     (callback,) = evaluation_callbacks({"wit_posix_prompts": str(path)})
-    assert (callback.every_n_steps, callback.max_new_tokens, callback.prompt_sets) == (100, 32, [[SKY, CAPITAL]])
-    for key in ("wit_posix_steps", "wit_posix_max_new_tokens"):
-        for bad in (0, -1):  # 0 is an error too, not the default
-            with pytest.raises(ValueError, match="must be at least 1"):
-                POSIXCallback(
-                    str(path),
-                    **{"every_n_steps": 1, key.removeprefix("wit_posix_").replace("steps", "every_n_steps"): bad},
-                )
+    assert (callback.every_n_steps, callback.settings, callback.prompt_sets) == (100, POSIXSettings(), [[SKY, CAPITAL]])
+    assert POSIXSettings() == POSIXSettings(32, 32, "paper")  # the options' defaults
+    for bad in (0, -1):  # 0 is an error too, not the default
+        with pytest.raises(ValueError, match=f"every_n_steps must be at least 1, got {bad}"):
+            POSIXCallback(str(path), every_n_steps=bad)
+        for key in ("wit_posix_max_new_tokens", "wit_posix_batch_size"):
+            with pytest.raises(OptionError, match=f"{key} must be >= 1, got {bad}"):
+                POSIXCallback(str(path), 1, POSIXSettings.from_options({key: bad}))
 
 
 def test_callback_logs_posix_during_training(smol_path, tmp_path):
@@ -570,7 +570,7 @@ def test_callback_logs_posix_during_training(smol_path, tmp_path):
     (posix,) = evaluation_callbacks(
         {"wit_posix_prompts": str(sets_path), "wit_posix_steps": 1, "wit_posix_max_new_tokens": 4}
     )
-    assert isinstance(posix, POSIXCallback) and posix.every_n_steps == 1 and posix.max_new_tokens == 4
+    assert isinstance(posix, POSIXCallback) and posix.every_n_steps == 1 and posix.settings.max_new_tokens == 4
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=2,
@@ -775,8 +775,8 @@ def test_callback_options_choose_psi(tmp_path):
     path = write_prompt_sets(tmp_path / "sets.jsonl", [[SKY, CAPITAL]])
     (default,) = evaluation_callbacks({"wit_posix_prompts": str(path)})
     (package,) = evaluation_callbacks({"wit_posix_prompts": str(path), "wit_posix_psi": "package"})
-    assert (default.psi_definition, package.psi_definition) == ("paper", "package")
+    assert (default.settings.psi_definition, package.settings.psi_definition) == ("paper", "package")
     with pytest.raises(OptionError, match=r"\['wit_posix_psi'\] set without `wit_posix_prompts`"):
         evaluation_callbacks({"wit_posix_psi": "package"})
-    with pytest.raises(ValueError, match="unknown psi definition 'eq1'; choose from paper, package"):
+    with pytest.raises(OptionError, match="unknown wit_posix_psi 'eq1'; choose from paper, package"):
         evaluation_callbacks({"wit_posix_prompts": str(path), "wit_posix_psi": "eq1"})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.roles import PRESETS, TRAINABLE_ROLES, WEIGHT_KEYS, RoleWeights
+from wit_plugin.roles import GROUP_KEYS, PRESETS, TRAINABLE_ROLES, WEIGHT_KEYS, Role, RoleWeights, weight_key
 
 FUSED_LOSS_IMPLS: tuple[str, ...] = ("chunked", "cce")  # from hidden states, never materialising the logits
 LOSS_IMPLS: tuple[str, ...] = ("auto", *FUSED_LOSS_IMPLS, "eager")
@@ -107,21 +107,27 @@ def parse_choices(value: str, option: Option) -> list[str]:
     return items
 
 
-def _weight(role: str, help_text: str, unset: str = "group", flag: str | None = None) -> Option:
-    return Option(f"wit_{role}_weight", float, None, help_text, "weights", minimum=0.0, unset=unset, flag=flag)
+def _weight(key: str, help_text: str, unset: str = "group", flag: str | None = None) -> Option:
+    return Option(key, float, None, help_text, "weights", minimum=0.0, unset=unset, flag=flag)
+
+
+PROMPT_WEIGHT, RESPONSE_WEIGHT = GROUP_KEYS  # λp and λr (the response role's own key)
+ROLE_WEIGHT_HELP: dict[Role, str] = {  # the roles a group key does not already name, in role order
+    Role.TEMPLATE: "chat-template text only",
+    Role.SYSTEM: "system messages and rendered tool definitions only",
+    Role.INSTRUCTION: "user messages and tool results only",
+    Role.EOT: "end of turn only",
+    Role.REASONING: "reasoning (thinking) text only",
+}
 
 
 OPTIONS: tuple[Option, ...] = (
     Option(
         "wit_preset", str, "wit", "base weights: it, im, wit (λp/λr) or cpt", "weights", choices=PRESETS, flag="preset"
     ),
-    _weight("prompt", "λp: template, system and instruction", unset="preset", flag="prompt-weight"),
-    _weight("response", "λr: response, end of turn and reasoning", unset="preset", flag="response-weight"),
-    _weight("template", "chat-template text only"),
-    _weight("system", "system messages and rendered tool definitions only"),
-    _weight("instruction", "user messages and tool results only"),
-    _weight("eot", "end of turn only"),
-    _weight("reasoning", "reasoning (thinking) text only"),
+    _weight(PROMPT_WEIGHT, "λp: template, system and instruction", unset="preset", flag="prompt-weight"),
+    _weight(RESPONSE_WEIGHT, "λr: response, end of turn and reasoning", unset="preset", flag="response-weight"),
+    *(_weight(weight_key(role), text) for role, text in ROLE_WEIGHT_HELP.items()),
     Option(
         "wit_drop_unrendered",
         bool,
@@ -259,7 +265,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
-assert set(WEIGHT_KEYS) | {f"wit_{role.label}_weight" for role in TRAINABLE_ROLES} <= set(OPTION_BY_NAME)
+assert set(WEIGHT_KEYS) | set(map(weight_key, TRAINABLE_ROLES)) <= set(OPTION_BY_NAME)
 
 
 def group(name: str) -> tuple[Option, ...]:
@@ -274,6 +280,17 @@ def resolved(values: Mapping[str, Any], name: str) -> Any:
     """The value of ``name`` in ``values``, or its default when unset (absent or None)."""
     value = values.get(name)
     return OPTION_BY_NAME[name].default if value is None else value
+
+
+def check(name: str, value: Any) -> Any:
+    """``value`` if option ``name`` takes it, else :class:`OptionError` naming the option: the one check of a value
+    that arrives as a function argument rather than a config key (the allowed values and their error text are
+    the option's). ``None`` is refused where the option has a default: there it is not a choice."""
+    option = OPTION_BY_NAME[name]
+    if value is None and option.default is not None:
+        allowed = f"; choose from {', '.join(option.choices)}" if option.choices else ""
+        raise OptionError(f"{name} must be set, got None{allowed}")
+    return option.check(value)
 
 
 # --- checks: one per concern, shared by every adapter -------------------------------------------------------

@@ -43,19 +43,30 @@ TRAINABLE_ROLES: tuple[Role, ...] = tuple(role for role in Role if role is not R
 PROMPT_GROUP: tuple[Role, ...] = (Role.TEMPLATE, Role.SYSTEM, Role.INSTRUCTION)  # λp in the WIT paper
 RESPONSE_GROUP: tuple[Role, ...] = (Role.RESPONSE, Role.EOT, Role.REASONING)  # λr: what the model generates
 
-# Message "role" strings as they appear in chat datasets, mapped to token roles.
-MESSAGE_ROLES: dict[str, Role] = {
+# Message "role" strings as chat templates know them, mapped to token roles.
+TEMPLATE_ROLES: dict[str, Role] = {
     "system": Role.SYSTEM,
     "developer": Role.SYSTEM,
     "user": Role.INSTRUCTION,
-    "human": Role.INSTRUCTION,
     "tool": Role.INSTRUCTION,
     "ipython": Role.INSTRUCTION,
     "function": Role.INSTRUCTION,
     "assistant": Role.RESPONSE,
-    "gpt": Role.RESPONSE,
     "model": Role.RESPONSE,
 }
+# ShareGPT's names for template roles (Axolotl renames them when a dataset sets no ``roles``).
+ROLE_ALIASES: dict[str, str] = {"human": "user", "gpt": "assistant"}
+# Message "role" strings as they appear in chat datasets, mapped to token roles.
+MESSAGE_ROLES: dict[str, Role] = {
+    **TEMPLATE_ROLES,
+    **{alias: TEMPLATE_ROLES[name] for alias, name in ROLE_ALIASES.items()},
+}
+
+# The fields of a chat row unless its dataset renames them (Axolotl: ``field_messages``,
+# ``message_property_mappings``, ``field_tools``): {"messages": [{"role": ..., "content": ...}], "tools": [...]};
+# and the field of a raw-text row (Axolotl's ``field``, TRL's ``dataset_text_field``).
+MESSAGES_FIELD, ROLE_FIELD, CONTENT_FIELD, TOOLS_FIELD = "messages", "role", "content", "tools"
+TEXT_FIELD = "text"
 
 
 class WeightError(ValueError):
@@ -128,7 +139,7 @@ class RoleWeights:
             if options.get(key) is not None:
                 weights.update({role.label: options[key] for role in group})
         for role in TRAINABLE_ROLES:
-            key = f"wit_{role.label}_weight"
+            key = weight_key(role)
             if key not in GROUP_KEYS and options.get(key) is not None:
                 weights[role.label] = options[key]
         return cls(**weights)
@@ -151,11 +162,14 @@ class RoleWeights:
         return ", ".join(f"{role.label}={getattr(self, role.label):g}" for role in TRAINABLE_ROLES)
 
 
+def weight_key(role: Role) -> str:
+    """The option that sets ``role``'s weight alone (``wit_eot_weight``)."""
+    return f"wit_{role.label}_weight"
+
+
 # The response role's key is also the response group's (λr): it sets response, eot and reasoning.
-GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", "wit_response_weight")
-ROLE_KEYS: tuple[str, ...] = tuple(
-    key for key in (f"wit_{role.label}_weight" for role in TRAINABLE_ROLES) if key not in GROUP_KEYS
-)
+GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", weight_key(Role.RESPONSE))
+ROLE_KEYS: tuple[str, ...] = tuple(key for key in map(weight_key, TRAINABLE_ROLES) if key not in GROUP_KEYS)
 WEIGHT_KEYS: tuple[str, ...] = ("wit_preset", *GROUP_KEYS, *ROLE_KEYS)
 
 

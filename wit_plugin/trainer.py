@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from wit_plugin import options
 from wit_plugin.collation import ROLES_KEY, RoleCollator
 from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.metrics import RoleMetrics
-from wit_plugin.options import FUSED_LOSS_IMPLS, LOSS_IMPLS, ROLE_METRICS, defaults
+from wit_plugin.options import FUSED_LOSS_IMPLS, defaults
 from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
 
 LOG = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ class WITTrainerMixin:
         role_metrics: str = defaults()["wit_role_metrics"],
     ) -> None:
         """Install the weighted loss; call before training starts (the model must not be wrapped yet)."""
-        if role_metrics not in ROLE_METRICS:
-            raise ValueError(f"unknown wit_role_metrics {role_metrics!r}; choose one of {', '.join(ROLE_METRICS)}")
+        options.check("wit_role_metrics", role_metrics)
         self.wit_weights = weights
         self._wit_table = weights.table()
         self._wit_all_roles = role_metrics == "all"
@@ -96,9 +96,7 @@ class WITTrainerMixin:
 
     def _install_loss_impl(self, name: str) -> tuple[str, HiddenStatesForward | None]:
         """The loss implementation to run, and the hidden-states forward it needs (None for eager)."""
-        if name not in LOSS_IMPLS:
-            raise ValueError(f"unknown wit_loss_impl {name!r}; choose one of {', '.join(LOSS_IMPLS)}")
-        if name == "eager":
+        if options.check("wit_loss_impl", name) == "eager":
             return name, None
         model = self.model  # type: ignore[attr-defined]
         impl = resolve_loss_impl(name, next(model.parameters()).device)

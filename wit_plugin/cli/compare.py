@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from wit_plugin import options
 from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
+from wit_plugin.roles import Role
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 CROSSTASK_FLAGS = ("wit_crosstask_conditions", "wit_crosstask_shots", "wit_crosstask_limit", "wit_crosstask_select")
-ROLES_SHOWN = ("instruction", "response", "eot")
+ROLES_SHOWN = tuple(role.label for role in (Role.INSTRUCTION, Role.RESPONSE, Role.EOT))
+# A run's weights by role label: the instruction weight stands for λp, the response weight for λr.
+PROMPT, RESPONSE, TEMPLATE = Role.INSTRUCTION.label, Role.RESPONSE.label, Role.TEMPLATE.label
 MARKERS = ("o", "s", "^", "D", "v", "P")  # one per cross-task condition in the plot
 
 
@@ -63,8 +66,8 @@ def _weights(entry: dict[str, Any]) -> str:
     weights = entry.get("weights")
     if not weights:
         return "reference" if entry.get("kind") == "reference" else "–"
-    prompt, response = weights["instruction"], weights["response"]
-    return f"λp={prompt:g} λr={response:g}" + ("" if weights["template"] == prompt else f" tpl={weights['template']:g}")
+    prompt, response, template = weights[PROMPT], weights[RESPONSE], weights[TEMPLATE]
+    return f"λp={prompt:g} λr={response:g}" + ("" if template == prompt else f" tpl={template:g}")
 
 
 def _value(value: Any, digits: int = 4) -> str:
@@ -139,7 +142,7 @@ def _label(entry: dict[str, Any]) -> str:
 
 def _weight_axis(axis: Any, trained: list[dict[str, Any]]) -> None:
     """λp from 0 to 1 (or the largest weight), and the legend under the axes, clear of the points."""
-    largest = max([1.0, *(e["weights"]["instruction"] for e in trained)])
+    largest = max([1.0, *(e["weights"][PROMPT] for e in trained)])
     axis.set_xlim(-0.05 * largest, 1.05 * largest)
     axis.set_xlabel("λp (instruction weight)")
     if axis.get_legend_handles_labels()[0]:
@@ -192,9 +195,9 @@ def draw(results: dict[str, Any]) -> Any:
         points = [e for e in trained if "posix" in e]
         if points:
             scatter = axis.scatter(
-                [e["weights"]["instruction"] for e in points],
+                [e["weights"][PROMPT] for e in points],
                 [e["posix"] for e in points],
-                c=[e["weights"]["response"] for e in points],
+                c=[e["weights"][RESPONSE] for e in points],
                 cmap="viridis",
                 label="trained runs",
             )
@@ -211,7 +214,7 @@ def draw(results: dict[str, Any]) -> Any:
             points = [e for e in trained if condition in e.get("crosstask_pct", {})]
             if points:  # hollow markers of their own shape: runs with equal values stay visible
                 axis.scatter(
-                    [e["weights"]["instruction"] for e in points],
+                    [e["weights"][PROMPT] for e in points],
                     [e["crosstask_pct"][condition] for e in points],
                     marker=MARKERS[c % len(MARKERS)],
                     facecolors="none",
@@ -268,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         references=args.base,
         posix=args.posix,
-        posix_psi=args.wit_posix_psi or options.defaults()["wit_posix_psi"],
+        posix_options={"wit_posix_psi": args.wit_posix_psi},
         pool=args.pool,
         targets=args.targets,
         crosstask={name: getattr(args, name) for name in CROSSTASK_FLAGS},

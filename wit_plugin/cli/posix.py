@@ -183,10 +183,11 @@ def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
     from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.models import check_device, load_model
-    from wit_plugin.evaluation.posix import POSIXResult, evaluate_posix
+    from wit_plugin.evaluation.posix import POSIXResult, POSIXSettings, evaluate_posix
     from wit_plugin.evaluation.posix.variants import load_prompt_sets, parse_kinds, prompt_set_tasks
 
     device = check_device(args.device)
+    posix = POSIXSettings.from_options(vars(args))
     sets = load_prompt_sets(args.prompts, parse_kinds(args.variants), args.num_variants, args.seed)
     apply_threads(args.threads)
     console = make_console()
@@ -223,12 +224,10 @@ def run(args: argparse.Namespace) -> int:
                 options.resolved(vars(args), "wit_crosstask_shots"),
                 options.resolved(vars(args), "wit_crosstask_select"),
                 args.seed,
-                args.wit_posix_max_new_tokens,
-                args.wit_posix_batch_size,
+                posix,
                 done=done,
                 checkpoint=checkpoint,
                 progress=progress.update,
-                psi_definition=args.wit_posix_psi,
             )
         if saved is not None:
             saved.write(outcome.to_dict(), list(outcome.results), complete=True)
@@ -248,15 +247,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, tokenizer = load_model(args.model, device, dtype=args.dtype)
         with report_progress(console, "POSIX") as progress:
-            result = evaluate_posix(
-                model,
-                sets,
-                tokenizer,
-                max_new_tokens=args.wit_posix_max_new_tokens,
-                batch_size=args.wit_posix_batch_size,
-                progress=progress.update,
-                psi_definition=args.wit_posix_psi,
-            )
+            result = evaluate_posix(model, sets, tokenizer, progress=progress.update, **posix.arguments())
         if saved is not None:
             saved.write(result.to_dict(), ["posix"], complete=True)
     print_short_replies(console, result)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from wit_plugin import options
+
+if TYPE_CHECKING:
+    from wit_plugin.evaluation.posix.evaluate import POSIXSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -80,25 +83,19 @@ class POSIXCallback(EvaluationCallback):
         self,
         prompt_sets: str | Path | Sequence[Sequence[Any]],
         every_n_steps: int,
-        max_new_tokens: int = options.defaults()["wit_posix_max_new_tokens"],
-        batch_size: int = options.defaults()["wit_posix_batch_size"],
-        psi_definition: str = options.defaults()["wit_posix_psi"],
+        settings: POSIXSettings | None = None,
     ) -> None:
         from wit_plugin.evaluation.posix.evaluate import POSIXEvaluator
 
-        super().__init__(POSIXEvaluator(prompt_sets, max_new_tokens, batch_size, psi_definition), every_n_steps)
+        super().__init__(POSIXEvaluator(prompt_sets, settings), every_n_steps)
 
     @property
     def prompt_sets(self) -> list[Any]:
         return self.evaluator.prompt_sets
 
     @property
-    def max_new_tokens(self) -> int:
-        return self.evaluator.max_new_tokens
-
-    @property
-    def psi_definition(self) -> str:
-        return self.evaluator.psi_definition
+    def settings(self) -> POSIXSettings:
+        return self.evaluator.settings
 
     @property
     def last_result(self) -> Any:
@@ -127,13 +124,13 @@ def evaluation_callbacks(values: Mapping[str, Any]) -> list[EvaluationCallback]:
     options.check_crosstask(values)
     callbacks: list[EvaluationCallback] = []
     if values.get("wit_posix_prompts"):
+        from wit_plugin.evaluation.posix.evaluate import POSIXSettings
+
         callbacks.append(
             POSIXCallback(
                 values["wit_posix_prompts"],
                 every_n_steps=options.resolved(values, "wit_posix_steps"),
-                max_new_tokens=options.resolved(values, "wit_posix_max_new_tokens"),
-                batch_size=options.resolved(values, "wit_posix_batch_size"),
-                psi_definition=options.resolved(values, "wit_posix_psi"),
+                settings=POSIXSettings.from_options(values),
             )
         )
     if values.get("wit_crosstask_pool"):

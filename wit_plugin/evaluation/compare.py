@@ -36,9 +36,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from wit_plugin import options as wit_options
 from wit_plugin.evaluation.models import MODEL_FILES, TOKENIZER_FILES, has_model, has_tokenizer
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
+from wit_plugin.roles import MESSAGES_FIELD, TEXT_FIELD
 from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,8 @@ class CompareSettings:
     pool: Path | None = None
     targets: Path | None = None
     crosstask: dict[str, Any] = field(default_factory=dict)  # wit_crosstask_* values
+    posix_options: dict[str, Any] = field(default_factory=dict)  # wit_posix_* values (wit_posix_psi: which ψ)
     max_length: int | None = None  # default: each model's own context window
-    posix_max_new_tokens: int = 32
-    posix_psi: str = "paper"  # wit_posix_psi: the paper's Eq. 1 or the package's definition
     device: str | None = None
     dtype: str = "float32"  # every model in the table is evaluated in this precision
 
@@ -89,9 +90,9 @@ def _fits(tagging: dict[str, Any], row: dict[str, Any]) -> bool:
     if not row_format:
         return False
     if row_format == "chat":
-        return (options.get("field_messages") or "messages") in row
+        return (options.get("field_messages") or MESSAGES_FIELD) in row
     if row_format == "text":
-        return (options.get("field") or "text") in row
+        return (options.get("field") or TEXT_FIELD) in row
     return get_format(row_format).matches(row)
 
 
@@ -218,19 +219,13 @@ def evaluate_model(
     held = heldout_losses(model, _tag_rows(tokenizer, taggings, rows, settings.eval_data), cut_at, progress=counted)
     result: dict[str, Any] = {"eval": {**held.metrics(), "cut_at": cut_at}}
     if settings.posix:
-        from wit_plugin.evaluation.posix import evaluate_posix
+        from wit_plugin.evaluation.posix import POSIXSettings, evaluate_posix
         from wit_plugin.evaluation.posix.variants import load_prompt_sets
 
         counted = say(POSIX)
         sets = load_prompt_sets(settings.posix)
-        result["posix"] = evaluate_posix(
-            model,
-            sets,
-            tokenizer,
-            max_new_tokens=settings.posix_max_new_tokens,
-            progress=counted,
-            psi_definition=settings.posix_psi,
-        ).posix
+        posix = POSIXSettings.from_options(settings.posix_options)
+        result["posix"] = evaluate_posix(model, sets, tokenizer, progress=counted, **posix.arguments()).posix
     if settings.pool and settings.targets:
         from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
 
@@ -329,7 +324,7 @@ def compare_runs(
     def document() -> dict[str, Any]:
         results: dict[str, Any] = {"eval_data": str(settings.eval_data), "runs": entries}
         if settings.posix:
-            results["posix_psi"] = settings.posix_psi
+            results["posix_psi"] = wit_options.resolved(settings.posix_options, "wit_posix_psi")
         return results
 
     plan = []  # (kind, name, model fingerprint, the saved row to reuse or None)

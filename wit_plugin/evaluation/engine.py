@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wit_plugin import options as wit_options
 from wit_plugin.compat import cache_kwargs, output_cache
 
 Tokens = tuple[int, ...]
@@ -349,11 +350,10 @@ def mean_hidden_states(
 
 def option_scores(logprob_sums: Sequence[float], lengths: Sequence[int], scoring: str) -> list[float]:
     """Scores of answer options: summed log-probability (``sum``) or per token (``mean``)."""
-    if scoring == "sum":
+    if wit_options.check("wit_crosstask_scoring", scoring) == "sum":
         return list(logprob_sums)
-    if scoring == "mean":
-        return [value / max(length, 1) for value, length in zip(logprob_sums, lengths)]
-    raise ValueError(f"unknown scoring {scoring!r}; choose mean or sum")
+    assert scoring == "mean", f"wit_crosstask_scoring {scoring!r} is allowed but not scored here"
+    return [value / max(length, 1) for value, length in zip(logprob_sums, lengths)]
 
 
 MASKED_ATTENTION = frozenset({"eager", "sdpa", "flex_attention"})  # implementations that apply a 4D mask as given

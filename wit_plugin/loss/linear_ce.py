@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from wit_plugin import options
 from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.loss.weighted import WeightedLoss, flat_targets, normaliser, role_stats
-from wit_plugin.options import FUSED_LOSS_IMPLS
 
 # Every chunk streams the whole head (and its gradient) through memory, so a chunk needs a few hundred rows
 # for its matmuls to stay compute-bound; past ~512 rows it only costs memory (bench/loss.py on CPU: a
@@ -44,8 +44,8 @@ def resolve_loss_impl(name: str, device: torch.device | str) -> str:
     scales the gradient computed in the forward by one scalar, so with ``reduction='none'`` and per-token weights
     its gradients are wrong.
     """
-    if name not in ("auto", *FUSED_LOSS_IMPLS):
-        raise ValueError(f"unknown fused loss implementation {name!r}; choose auto, {', '.join(FUSED_LOSS_IMPLS)}")
+    if options.check("wit_loss_impl", name) not in ("auto", *options.FUSED_LOSS_IMPLS):
+        raise ValueError(f"wit_loss_impl {name!r} computes the loss from logits: it has no fused implementation")
     on_cuda = torch.device(device).type == "cuda"
     if name == "cce" and not (on_cuda and cce_available()):
         raise ValueError(

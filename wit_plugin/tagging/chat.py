@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wit_plugin.roles import Role, message_role
+from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD, Role, message_role
 from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
 
 LOG = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ class ChatRenderer:
     tokenizer: Any
     chat_template: str | None = None
     role_map: Mapping[str, str] = field(default_factory=dict)
-    role_field: str = "role"
-    content_field: str = "content"
-    messages_field: str = "messages"
+    role_field: str = ROLE_FIELD
+    content_field: str = CONTENT_FIELD
+    messages_field: str = MESSAGES_FIELD
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     eot_tokens: Sequence[str] = ()
     template_name: str | None = None  # for errors: Axolotl's template name, else "the tokenizer's"

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from wit_plugin.roles import Role
+from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD, TEXT_FIELD, TOOLS_FIELD, Role
 from wit_plugin.tagging.chat import ChatRenderer
 from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
 
@@ -97,18 +97,18 @@ class ChatFormat(RowFormat):
     """
 
     name = "chat"
-    columns = ("messages",)
+    columns = (MESSAGES_FIELD,)
 
     def __init__(self, tokenizer: Any, **options: Any) -> None:
         super().__init__(tokenizer, **options)
-        self.field_messages: str = options.get("field_messages") or "messages"
-        self.field_tools: str = options.get("field_tools") or "tools"
+        self.field_messages: str = options.get("field_messages") or MESSAGES_FIELD
+        self.field_tools: str = options.get("field_tools") or TOOLS_FIELD
         self.renderer = ChatRenderer(
             tokenizer,
             chat_template=options.get("chat_template"),
             role_map=options.get("role_map") or {},
-            role_field=options.get("role_field") or "role",
-            content_field=options.get("content_field") or "content",
+            role_field=options.get("role_field") or ROLE_FIELD,
+            content_field=options.get("content_field") or CONTENT_FIELD,
             messages_field=self.field_messages,
             template_kwargs=options.get("template_kwargs") or {},
             eot_tokens=tuple(options.get("eot_tokens") or ()),
@@ -192,11 +192,11 @@ class TextFormat(RowFormat):
     """Raw ``text`` rows (Axolotl's ``completion`` type): the text is what the model learns to produce."""
 
     name = "text"
-    columns = ("text",)
+    columns = (TEXT_FIELD,)
 
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         writer = _SegmentWriter()
-        _add_response(writer, self.tokenizer, self._field(row, self.options.get("field") or "text"))
+        _add_response(writer, self.tokenizer, self._field(row, self.options.get("field") or TEXT_FIELD))
         return writer.finish()
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,41 @@ from typing import Any
 import numpy as np
 import torch
 
+from wit_plugin import options as wit_options
 from wit_plugin.evaluation.engine import SpecialIds, Tokens, eval_mode, greedy, prefill, render_prompt, score, timed
 from wit_plugin.evaluation.models import load_model
 from wit_plugin.evaluation.posix.prompts import Prompt, validate_prompt_sets
-from wit_plugin.options import PSI_DEFINITIONS
 
 Progress = Callable[[int, int], None]
 SHORT_REPLY = 1  # tokens: a reply this short makes its part of psi one token's probability
+# Each setting's option: its default, allowed values and error text.
+OPTION_OF = {
+    "max_new_tokens": "wit_posix_max_new_tokens",
+    "batch_size": "wit_posix_batch_size",
+    "psi_definition": "wit_posix_psi",
+}
+
+
+@dataclass(frozen=True)
+class POSIXSettings:
+    """How POSIX is computed; defaults and checks are the ``wit_posix_*`` options' (:mod:`wit_plugin.options`).
+    The fields are :func:`evaluate_posix`'s keyword arguments (``evaluate_posix(..., **settings.arguments())``)."""
+
+    max_new_tokens: int = wit_options.OPTION_BY_NAME[OPTION_OF["max_new_tokens"]].default
+    batch_size: int = wit_options.OPTION_BY_NAME[OPTION_OF["batch_size"]].default
+    psi_definition: str = wit_options.OPTION_BY_NAME[OPTION_OF["psi_definition"]].default
+
+    def __post_init__(self) -> None:
+        for name, option in OPTION_OF.items():
+            wit_options.check(option, getattr(self, name))
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any] | None = None) -> POSIXSettings:
+        """The settings ``wit_posix_*`` option values ask for (unset: the option's default)."""
+        return cls(**{name: wit_options.resolved(values or {}, option) for name, option in OPTION_OF.items()})
+
+    def arguments(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -66,7 +94,7 @@ class SetResult:
 
 @dataclass(frozen=True)
 class POSIXResult:
-    """POSIX, the per-set results, which definition of psi they use (:data:`PSI_DEFINITIONS`), and where the
+    """POSIX, the per-set results, which definition of psi they use (``wit_posix_psi``), and where the
     time went: ``work`` holds seconds per phase (``prefill_s``, ``decode_s``, ``score_s``) and the tokens each
     ran (``prompt_tokens``, a shared prefix counted once; ``decode_steps``; ``scored_tokens``, response tokens
     run under another prompt's cache)."""
@@ -154,7 +182,7 @@ def psi(
         raise ValueError(f"psi needs an N x N matrix with N >= 2 and N lengths, got {matrix.shape} and {len(lengths)}")
     if min(lengths) < 1:
         raise ValueError("every response needs at least one token")
-    if _checked_definition(definition) == "paper":
+    if wit_options.check("wit_posix_psi", definition) == "paper":
         deviation = np.abs(matrix - np.diag(matrix)[None, :]) / np.asarray(lengths, dtype=np.float64)[None, :]
     else:
         if max_new_tokens is None or max_new_tokens < 1:
@@ -169,36 +197,19 @@ class POSIXEvaluator:
     name = "posix"
 
     def __init__(
-        self,
-        prompt_sets: str | PathLike[str] | Sequence[Sequence[Prompt]],
-        max_new_tokens: int,
-        batch_size: int,
-        psi_definition: str = "paper",
+        self, prompt_sets: str | PathLike[str] | Sequence[Sequence[Prompt]], settings: POSIXSettings | None = None
     ) -> None:
         from wit_plugin.evaluation.posix.variants import load_prompt_sets
 
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(
-                f"POSIX max_new_tokens and batch_size must be at least 1, got {max_new_tokens}, {batch_size}"
-            )
         if isinstance(prompt_sets, (str, PathLike)):
             self.prompt_sets = load_prompt_sets(prompt_sets)
         else:
             self.prompt_sets = validate_prompt_sets(prompt_sets)
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.psi_definition = _checked_definition(psi_definition)
+        self.settings = settings or POSIXSettings()
         self.last_result: POSIXResult | None = None
 
     def evaluate(self, model: Any, tokenizer: Any) -> dict[str, float]:
-        self.last_result = evaluate_posix(
-            model,
-            self.prompt_sets,
-            tokenizer,
-            self.max_new_tokens,
-            self.batch_size,
-            psi_definition=self.psi_definition,
-        )
+        self.last_result = evaluate_posix(model, self.prompt_sets, tokenizer, **self.settings.arguments())
         return {"posix": self.last_result.posix}
 
 
@@ -206,10 +217,10 @@ def evaluate_posix(
     model: Any,
     prompt_sets: Sequence[Sequence[Prompt]],
     tokenizer: Any = None,
-    max_new_tokens: int = 32,
-    batch_size: int = 32,
+    max_new_tokens: int = POSIXSettings.max_new_tokens,
+    batch_size: int = POSIXSettings.batch_size,
     progress: Progress | None = None,
-    psi_definition: str = "paper",
+    psi_definition: str = POSIXSettings.psi_definition,
 ) -> POSIXResult:
     """POSIX of ``model`` (a loaded causal LM, or a path to load) on ``prompt_sets``.
 
@@ -218,9 +229,7 @@ def evaluate_posix(
     at a time. ``progress(done, total)`` counts finished sets. Identical prompts, and identical responses
     under one prompt, are computed once. ``psi_definition``: ``paper`` (Eq. 1) or ``package`` (see :func:`psi`).
     """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be at least 1")
-    _checked_definition(psi_definition)
+    POSIXSettings(max_new_tokens, batch_size, psi_definition)  # refused before any model work
     sets = validate_prompt_sets(prompt_sets)
     if isinstance(model, (str, PathLike)):
         model, loaded = load_model(model)
@@ -242,13 +251,6 @@ def evaluate_posix(
             if progress is not None:
                 progress(len(results), len(sets))
     return POSIXResult(float(np.mean([r.psi for r in results])), results, max_new_tokens, dict(work), psi_definition)
-
-
-def _checked_definition(definition: str) -> str:
-    """Refused before any model work: an unknown definition would otherwise fail only after generating."""
-    if definition not in PSI_DEFINITIONS:
-        raise ValueError(f"unknown psi definition {definition!r}; choose from {', '.join(PSI_DEFINITIONS)}")
-    return definition
 
 
 def _decode(tokenizer: Any, tokens: Tokens) -> str:

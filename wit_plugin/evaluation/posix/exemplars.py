@@ -24,7 +24,7 @@ from wit_plugin.evaluation.crosstask.prompts import Demo, demo_block
 from wit_plugin.evaluation.crosstask.select import embed_inputs, selection_scores, top_k
 from wit_plugin.evaluation.crosstask.tasks import TaskItem, usable_rows
 from wit_plugin.evaluation.engine import Prompt
-from wit_plugin.evaluation.posix.evaluate import POSIXResult, Progress, evaluate_posix
+from wit_plugin.evaluation.posix.evaluate import POSIXResult, POSIXSettings, Progress, evaluate_posix
 from wit_plugin.evaluation.posix.prompts import PromptSet, prompt_text
 
 EXEMPLAR_CONDITIONS: tuple[str, ...] = ("none", "cross", "in-task")
@@ -99,12 +99,10 @@ def evaluate_posix_with_exemplars(
     shots: int,
     select: str,
     seed: int,
-    max_new_tokens: int,
-    batch_size: int,
+    posix: POSIXSettings,
     done: ExemplarPOSIX | None = None,
     checkpoint: Callable[[ExemplarPOSIX], None] | None = None,
     progress: Progress | None = None,
-    psi_definition: str = "paper",
 ) -> ExemplarPOSIX:
     """POSIX of ``prompt_sets`` under each exemplar condition (see the module docstring); pool rows that list an
     option twice are resolved as :func:`~wit_plugin.evaluation.crosstask.tasks.usable_rows` says, with a note.
@@ -116,8 +114,8 @@ def evaluate_posix_with_exemplars(
     states = None
     if select == "similar":
         states = (
-            embed_inputs(model, tokenizer, queries, batch_size).layer(-1),
-            embed_inputs(model, tokenizer, [p.input for p in pool], batch_size).layer(-1),
+            embed_inputs(model, tokenizer, queries, posix.batch_size).layer(-1),
+            embed_inputs(model, tokenizer, [p.input for p in pool], posix.batch_size).layer(-1),
         )
     scores = selection_scores(select, queries, [p.input for p in pool], seed, states=states)
     pool_tasks = np.array([p.task for p in pool], dtype=object)
@@ -150,7 +148,7 @@ def evaluate_posix_with_exemplars(
             and done.evaluated.get(condition) == indices
             and done.demos.get(condition) == demos
             and [item.prompts for item in done.results[condition].sets] == sets
-            and done.results[condition].psi_definition == psi_definition
+            and done.results[condition].psi_definition == posix.psi_definition
         )
 
         def counted(finished: int, _: int, start: int = offset) -> None:
@@ -161,9 +159,7 @@ def evaluate_posix_with_exemplars(
             outcome.results[condition] = done.results[condition]
             counted(len(sets), len(sets))
         else:
-            outcome.results[condition] = evaluate_posix(
-                model, sets, tokenizer, max_new_tokens, batch_size, counted, psi_definition=psi_definition
-            )
+            outcome.results[condition] = evaluate_posix(model, sets, tokenizer, progress=counted, **posix.arguments())
         offset += len(sets)
         outcome.demos[condition], outcome.evaluated[condition] = demos, indices
         if checkpoint is not None:

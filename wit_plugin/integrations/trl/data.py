@@ -19,7 +19,7 @@ from datasets import Dataset, IterableDataset
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
 
 from wit_plugin.collation import ROLES_KEY
-from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, TEXT_FIELD, Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
 from wit_plugin.tagging.chat import text_content
@@ -44,7 +44,7 @@ def _map_kwargs(dataset: AnyDataset, num_proc: int | None, desc: str) -> dict[st
     return {"num_proc": num_proc, "desc": desc} if isinstance(dataset, Dataset) else {}
 
 
-def text_contents(rows: Iterable[Mapping[str, Any]], field: str = "messages") -> list[dict[str, Any]]:
+def text_contents(rows: Iterable[Mapping[str, Any]], field: str = MESSAGES_FIELD) -> list[dict[str, Any]]:
     """``rows`` with every message content a string, text parts joined, so that ``Dataset.from_list`` can hold
     rows that mix string and list contents (Arrow needs one type per column); a non-text part is an error naming
     its row, message and part. ``Dataset.from_list(text_contents(rows))``."""
@@ -54,8 +54,8 @@ def text_contents(rows: Iterable[Mapping[str, Any]], field: str = "messages") ->
         if isinstance(messages, list):
             try:
                 messages = [
-                    {**m, "content": text_content(m.get("content"), f"{field}[{k}].content")}
-                    if isinstance(m, Mapping) and isinstance(m.get("content"), list)
+                    {**m, CONTENT_FIELD: text_content(m.get(CONTENT_FIELD), f"{field}[{k}].{CONTENT_FIELD}")}
+                    if isinstance(m, Mapping) and isinstance(m.get(CONTENT_FIELD), list)
                     else m
                     for k, m in enumerate(messages)
                 ]
@@ -98,7 +98,7 @@ def tag_dataset(
         dataset = dataset.map(maybe_convert_to_chatml, remove_columns="conversations", **kwargs)
         first = next(iter(dataset))
     check_row(first)
-    custom_text = text_field != "text" and text_field in first
+    custom_text = text_field != TEXT_FIELD and text_field in first
     tagger = RoleTagger(
         tokenizer, row_format="text" if custom_text else None, field=text_field, drop_unrendered=drop_unrendered
     )

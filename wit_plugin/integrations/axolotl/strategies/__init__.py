@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from wit_plugin.jsonl import describe_row, find_row
+from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLE_ALIASES, ROLE_FIELD, TEXT_FIELD, TOOLS_FIELD
 from wit_plugin.tagging import RoleTagger, TaggedSequence, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys
 from wit_plugin.tagging.dropped import DROPPED_KEY, UNKNOWN_DATASET, dropped_column
@@ -29,15 +30,9 @@ STOCK_TYPE_MODULES = {"chat_template": "chat_template", "alpaca": "alpaca", "com
 
 # Stock chat_template options whose job the role weights now do: accepted, ignored, and said so.
 SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot")
-# Axolotl's role names when a dataset sets no ``roles`` (ShareGPT's human/gpt become user/assistant).
-DEFAULT_ROLE_MAP = {
-    "human": "user",
-    "user": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "system": "system",
-    "tool": "tool",
-}
+# Axolotl's role names when a dataset sets no ``roles``: ShareGPT's human/gpt become user/assistant, every other
+# name is rendered as written.
+DEFAULT_ROLE_MAP = dict(ROLE_ALIASES)
 # Stock options that would change which text is trained and that these strategies do not implement.
 UNSUPPORTED_OPTIONS = (
     "message_field_training",
@@ -168,11 +163,11 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
     return {
         "chat_template": get_chat_template_from_config(cfg=cfg, ds_cfg=ds_cfg, tokenizer=tokenizer),
         "chat_template_name": ds_cfg.get("chat_template") or cfg.get("chat_template"),
-        "field_messages": ds_cfg.get("field_messages") or "messages",
-        "role_field": mappings.get("role") or ds_cfg.get("message_field_role") or "role",
-        "content_field": mappings.get("content") or ds_cfg.get("message_field_content") or "content",
+        "field_messages": ds_cfg.get("field_messages") or MESSAGES_FIELD,
+        "role_field": mappings.get("role") or ds_cfg.get("message_field_role") or ROLE_FIELD,
+        "content_field": mappings.get("content") or ds_cfg.get("message_field_content") or CONTENT_FIELD,
         "role_map": role_map,
-        "field_tools": ds_cfg.get("field_tools") or "tools",
+        "field_tools": ds_cfg.get("field_tools") or TOOLS_FIELD,
         "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
         "eot_tokens": list(cfg.get("eot_tokens") or []),
         "drop_unrendered": str(ds_cfg.get("type") or "").endswith(DROP_SUFFIX),
@@ -195,7 +190,7 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     _check_options(options)
     kwargs = _chat_options(tokenizer, cfg, options) if row_format in ("chat", "prompt_completion") else {}
     if row_format == "text":
-        return RoleTagger(tokenizer, row_format, field=options.get("field") or "text")
+        return RoleTagger(tokenizer, row_format, field=options.get("field") or TEXT_FIELD)
     return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
 
 
