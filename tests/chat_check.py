@@ -20,7 +20,7 @@ import numpy as np
 
 from wit_plugin.roles import Role, message_role
 from wit_plugin.tagging import RoleTagger, TaggedSequence
-from wit_plugin.tagging.chat import THINK_CLOSE, THINK_OPEN
+from wit_plugin.tagging.messages import THINK_CLOSE, THINK_OPEN
 from wit_plugin.tagging.formats import parse_tools
 
 
