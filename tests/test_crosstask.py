@@ -495,7 +495,7 @@ def test_cli_writes_tables_trace_and_plot(model_path, files, tmp_path, capsys):
 def test_models_without_full_attention_score_on_the_kv_cache_with_the_same_values(model, tokenizer, files, monkeypatch):
     """Sliding-window and recurrent models cannot take prefix trees: prompts are prefilled and options scored on
     the cache instead; both ways give the same log-probabilities."""
-    from wit_plugin.evaluation.crosstask import evaluate as module
+    from wit_plugin.evaluation.crosstask import runner as module
 
     pool, targets = (load_items(path) for path in files)
     settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero,mixed"})
@@ -562,9 +562,9 @@ def test_interrupted_crosstask_keeps_finished_conditions_and_resumes(model_path,
     """The trace is written after each condition; Ctrl-C exits 130 with one line; the same command runs only the
     conditions left (pseudo-labelling included) and ends with the trace a fresh run writes."""
     from wit_plugin.cli import main
-    from wit_plugin.evaluation.crosstask import evaluate as module
+    from wit_plugin.evaluation.crosstask.runner import Runner
 
-    real, ran = module._Runner.run, []
+    real, ran = Runner.run, []
 
     def run(self, requests, advance):
         ran.append(requests[0].condition if requests else None)
@@ -572,7 +572,7 @@ def test_interrupted_crosstask_keeps_finished_conditions_and_resumes(model_path,
             raise KeyboardInterrupt
         return real(self, requests, advance)
 
-    monkeypatch.setattr(module._Runner, "run", run)
+    monkeypatch.setattr(Runner, "run", run)
     out = tmp_path / "trace.json"
     argv = ["crosstask", "--model", str(model_path), "--pool", str(files[0]), "--targets", str(files[1])]
     argv += ["--conditions", "zero,cross,gold,pseudo", "--limit", "1", "--shots", "1", "--select", "lexical"]
