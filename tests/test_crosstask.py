@@ -349,6 +349,17 @@ def test_selection_methods(model, tokenizer, files):
     assert len(picks["random"]) == len(other)
 
 
+@pytest.mark.parametrize("select", ["nearest", None])
+def test_selection_outside_the_options_choices_names_the_option_and_its_choices(select):
+    """The allowed selections are the ``wit_crosstask_select`` option's choices, not a list of its own."""
+    from wit_plugin.evaluation.crosstask.select import selection_scores
+    from wit_plugin.options import OPTION_BY_NAME, OptionError
+
+    with pytest.raises(OptionError, match="wit_crosstask_select") as error:
+        selection_scores(select, ["a query"], ["a candidate"], seed=0)
+    assert all(choice in str(error.value) for choice in OPTION_BY_NAME["wit_crosstask_select"].choices)
+
+
 def test_similar_selection_uses_the_models_mean_pooled_final_hidden_states(model, tokenizer):
     from wit_plugin.evaluation.crosstask.select import embed_inputs
 

@@ -31,6 +31,7 @@ from wit_plugin.evaluation.crosstask.prompts import Demo, Request, normalise
 from wit_plugin.evaluation.crosstask.settings import CrossTaskSettings
 from wit_plugin.evaluation.crosstask.tasks import TaskItem, by_task
 from wit_plugin.evaluation.engine import eval_mode, mean_hidden_states
+from wit_plugin.options import OPTION_BY_NAME, OptionError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -144,7 +145,10 @@ def selection_scores(
 ) -> np.ndarray:
     """``[Q, C]`` how much each candidate suits each query under ``select`` (higher first). ``similar`` needs the
     queries' and candidates' hidden states (``states``); ``random`` keys each query by ``query_keys`` (default:
-    its text)."""
+    its text). A value that is not one of the ``wit_crosstask_select`` option's choices is an
+    :class:`~wit_plugin.options.OptionError` naming them."""
+    option = OPTION_BY_NAME["wit_crosstask_select"]
+    option.check(select)
     if select == "similar":
         if states is None:
             raise ValueError("similar selection needs the inputs' hidden states")
@@ -153,7 +157,7 @@ def selection_scores(
         return tfidf_cosine(queries, candidates)
     if select == "random":
         return random_scores(list(query_keys or queries), len(candidates), seed)
-    raise ValueError(f"unknown demo selection {select!r}; choose similar, lexical or random")
+    raise OptionError(f"{option.name} is not set; choose from {', '.join(option.choices)}")  # None passes check()
 
 
 class Selector:
