@@ -51,6 +51,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "bench") not in sys.path:  # loaded by path (tests/test_gpu_check.py): the harness is beside it
+    sys.path.insert(0, str(REPO / "bench"))
+from harness import keep_best, ratios_to
+
 DEFAULT_WHEELS = REPO / ".gpu_wheels"
 # Packages the device image lacks; their dependencies (and the project's own) come from the same wheel folder.
 INSTALL_PACKAGES = ("trl", "datasets", "cut-cross-entropy")
@@ -646,18 +650,17 @@ def load_loss_bench() -> Any:
 
 def ratios(bench: Any, results: dict[str, dict[str, float]], head_grad: int) -> dict[str, dict[str, float]]:
     """Every case against (a), plain HF CE: time, peak memory, and the peak less the head's gradient."""
-    base = results["hf_ce"]
     table = {}
     for case, result in results.items():
-        peak = result["peak_bytes"]
+        peak, ratio = result["peak_bytes"], ratios_to(results["hf_ce"], result, head_grad)
         table[case] = {
             "label": bench.CASES[case][0],
             "time_s": _round(result["time_s"]),
-            "time_ratio": _round(result["time_s"] / max(base["time_s"], 1e-9), 3),
+            "time_ratio": _round(ratio["time"], 3),
             "peak_mib": _round(peak / 2**20),
-            "peak_ratio": _round(peak / max(base["peak_bytes"], 1), 3),
+            "peak_ratio": _round(ratio["peak"], 3),
             "loss_mib": _round((peak - head_grad) / 2**20),
-            "loss_ratio": _round((peak - head_grad) / max(base["peak_bytes"] - head_grad, 1), 3),
+            "loss_ratio": _round(ratio["loss"], 3),
         }
     return table
 
@@ -690,7 +693,7 @@ def check_bench(bench: Any, shape_key: str, rounds: int, deadline_s: float) -> R
                 errors[case] = str(error)[-1500:]
                 print(f"  {case} failed:\n{errors[case]}")
                 continue
-            best[case] = {key: min(value, best.get(case, result)[key]) for key, value in result.items()}
+            keep_best(best, case, result)
             line = f"{result['time_s'] * 1e3:9.2f} ms {result['peak_bytes'] / 2**20:9.0f} MiB"
             print(f"  round {done + 1} {case:14} {line}")
         if out_of_time:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from harness import keep_best, ratios_to
 
 from wit_plugin.loss.linear_ce import cce_available, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
@@ -187,7 +188,7 @@ def measure(
     for _ in range(rounds):
         for case in cases:
             result = spawn(case, shape_key, dtype, device, frozen_head)
-            best[case] = {key: min(value, best.get(case, result)[key]) for key, value in result.items()}
+            keep_best(best, case, result)
     return best
 
 
@@ -246,11 +247,14 @@ def main() -> None:
         print(f"  best of {rounds}; 'loss MiB' is the peak minus the head's gradient ({head_grad / 2**20:.0f} MiB)")
         print(f"  {'case':34} {'time s':>7} {'× (a)':>6} {'peak MiB':>9} {'× (a)':>6} {'loss MiB':>9} {'× (a)':>6}")
         for case, result in results.items():
-            peak, loss = result["peak_bytes"], result["peak_bytes"] - head_grad
+            peak, loss, ratio = (
+                result["peak_bytes"],
+                result["peak_bytes"] - head_grad,
+                ratios_to(base, result, head_grad),
+            )
             print(
-                f"  {CASES[case][0]:34} {result['time_s']:7.2f} {result['time_s'] / base['time_s']:6.2f}"
-                f" {peak / 2**20:9.0f} {peak / base['peak_bytes']:6.2f}"
-                f" {loss / 2**20:9.0f} {loss / (base['peak_bytes'] - head_grad):6.2f}"
+                f"  {CASES[case][0]:34} {result['time_s']:7.2f} {ratio['time']:6.2f}"
+                f" {peak / 2**20:9.0f} {ratio['peak']:6.2f} {loss / 2**20:9.0f} {ratio['loss']:6.2f}"
             )
     print(f"\n{_load()}")
 

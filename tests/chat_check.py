@@ -20,8 +20,8 @@ import numpy as np
 
 from wit_plugin.roles import Role, message_role
 from wit_plugin.tagging import RoleTagger, TaggedSequence
-from wit_plugin.tagging.chat import THINK_CLOSE, THINK_OPEN
 from wit_plugin.tagging.formats import parse_tools
+from wit_plugin.tagging.messages import THINK_CLOSE, THINK_OPEN
 
 
 def expected_texts(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, Role]]:

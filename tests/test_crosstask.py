@@ -349,6 +349,17 @@ def test_selection_methods(model, tokenizer, files):
     assert len(picks["random"]) == len(other)
 
 
+@pytest.mark.parametrize("select", ["nearest", None])
+def test_selection_outside_the_options_choices_names_the_option_and_its_choices(select):
+    """The allowed selections are the ``wit_crosstask_select`` option's choices, not a list of its own."""
+    from wit_plugin.evaluation.crosstask.select import selection_scores
+    from wit_plugin.options import OPTION_BY_NAME, OptionError
+
+    with pytest.raises(OptionError, match="wit_crosstask_select") as error:
+        selection_scores(select, ["a query"], ["a candidate"], seed=0)
+    assert all(choice in str(error.value) for choice in OPTION_BY_NAME["wit_crosstask_select"].choices)
+
+
 def test_similar_selection_uses_the_models_mean_pooled_final_hidden_states(model, tokenizer):
     from wit_plugin.evaluation.crosstask.select import embed_inputs
 
@@ -494,7 +505,7 @@ def test_cli_writes_tables_trace_and_plot(model_path, files, tmp_path, capsys):
 def test_models_without_full_attention_score_on_the_kv_cache_with_the_same_values(model, tokenizer, files, monkeypatch):
     """Sliding-window and recurrent models cannot take prefix trees: prompts are prefilled and options scored on
     the cache instead; both ways give the same log-probabilities."""
-    from wit_plugin.evaluation.crosstask import evaluate as module
+    from wit_plugin.evaluation.crosstask import runner as module
 
     pool, targets = (load_items(path) for path in files)
     settings = CrossTaskSettings.from_options({"wit_crosstask_conditions": "zero,mixed"})
@@ -561,9 +572,9 @@ def test_interrupted_crosstask_keeps_finished_conditions_and_resumes(model_path,
     """The trace is written after each condition; Ctrl-C exits 130 with one line; the same command runs only the
     conditions left (pseudo-labelling included) and ends with the trace a fresh run writes."""
     from wit_plugin.cli import main
-    from wit_plugin.evaluation.crosstask import evaluate as module
+    from wit_plugin.evaluation.crosstask.runner import Runner
 
-    real, ran = module._Runner.run, []
+    real, ran = Runner.run, []
 
     def run(self, requests, advance):
         ran.append(requests[0].condition if requests else None)
@@ -571,7 +582,7 @@ def test_interrupted_crosstask_keeps_finished_conditions_and_resumes(model_path,
             raise KeyboardInterrupt
         return real(self, requests, advance)
 
-    monkeypatch.setattr(module._Runner, "run", run)
+    monkeypatch.setattr(Runner, "run", run)
     out = tmp_path / "trace.json"
     argv = ["crosstask", "--model", str(model_path), "--pool", str(files[0]), "--targets", str(files[1])]
     argv += ["--conditions", "zero,cross,gold,pseudo", "--limit", "1", "--shots", "1", "--select", "lexical"]

@@ -132,8 +132,16 @@ def test_config_rejects_conflicting_options(tmp_path: Path, options: dict[str, A
 
 
 def test_config_accepts_consistent_masking_options(tmp_path: Path) -> None:
-    wit_config(tmp_path, completion_only_loss=True, wit_preset="it")
-    wit_config(tmp_path, completion_only_loss=False, wit_preset="cpt")
+    """TRL's masking switch agreeing with the weights is accepted and kept as given: the config trains exactly the
+    roles that switch names (prompt side 0 for completion-only, every role 1 for the whole text)."""
+    only_completion = wit_config(tmp_path, completion_only_loss=True, wit_preset="it")
+    assert only_completion.completion_only_loss is True
+    assert only_completion.wit_preset == "it"
+    assert only_completion.role_weights.as_tuple() == (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+    whole_text = wit_config(tmp_path, completion_only_loss=False, wit_preset="cpt")
+    assert whole_text.completion_only_loss is False
+    assert whole_text.wit_preset == "cpt"
+    assert whole_text.role_weights.as_tuple() == (1.0,) * 6
 
 
 def test_chunked_nll_is_refused_or_mapped(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from wit_plugin.cli.console import make_console
     from wit_plugin.cli.progress import report_progress
     from wit_plugin.evaluation.crosstask import CrossTaskSettings, evaluate_crosstask, load_items
-    from wit_plugin.evaluation.crosstask.evaluate import CrossTaskResult
+    from wit_plugin.evaluation.crosstask.analysis import CrossTaskResult
     from wit_plugin.evaluation.crosstask.report import (
         activation_note,
         activation_table,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.table import Table
 
-    from wit_plugin.evaluation.crosstask.evaluate import CrossTaskResult
+    from wit_plugin.evaluation.crosstask.analysis import CrossTaskResult
 
 
 def _points(value: float | None, signed: bool = False) -> str:

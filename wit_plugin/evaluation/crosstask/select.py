@@ -8,6 +8,10 @@
 Hidden states of every layer are kept (:class:`InputStates`): the last layer serves ``similar``, all of them the
 activation analysis of the report. They are cached on disk per model and text set when the caller names the
 model (``cache_key``), since a pool is embedded again on every run otherwise.
+
+With the scores, :class:`Selector` picks each request's demos: per condition (:func:`condition_requests`), from
+the target task's own rows (:func:`in_task_requests`), and the pseudo-labels those rows get by majority vote over
+source tasks (:func:`vote_pseudo_labels`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from wit_plugin.evaluation.crosstask.prompts import Demo, Request, normalise
+from wit_plugin.evaluation.crosstask.settings import CrossTaskSettings
+from wit_plugin.evaluation.crosstask.tasks import TaskItem, by_task
 from wit_plugin.evaluation.engine import eval_mode, mean_hidden_states
+from wit_plugin.options import OPTION_BY_NAME, OptionError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -137,7 +145,10 @@ def selection_scores(
 ) -> np.ndarray:
     """``[Q, C]`` how much each candidate suits each query under ``select`` (higher first). ``similar`` needs the
     queries' and candidates' hidden states (``states``); ``random`` keys each query by ``query_keys`` (default:
-    its text)."""
+    its text). A value that is not one of the ``wit_crosstask_select`` option's choices is an
+    :class:`~wit_plugin.options.OptionError` naming them."""
+    option = OPTION_BY_NAME["wit_crosstask_select"]
+    option.check(select)
     if select == "similar":
         if states is None:
             raise ValueError("similar selection needs the inputs' hidden states")
@@ -146,4 +157,134 @@ def selection_scores(
         return tfidf_cosine(queries, candidates)
     if select == "random":
         return random_scores(list(query_keys or queries), len(candidates), seed)
-    raise ValueError(f"unknown demo selection {select!r}; choose similar, lexical or random")
+    raise OptionError(f"{option.name} is not set; choose from {', '.join(option.choices)}")  # None passes check()
+
+
+class Selector:
+    """Similarities of targets (and pseudo rows) to pool rows under the chosen selection."""
+
+    def __init__(
+        self,
+        settings: CrossTaskSettings,
+        pool: list[TaskItem],
+        queries: list[TaskItem],
+        states: tuple[InputStates, InputStates] | None,
+    ) -> None:
+        self.pool = pool
+        self.row_of = {item.where: index for index, item in enumerate(queries)}
+        self.scores = selection_scores(
+            settings.select,
+            [q.input for q in queries],
+            [p.input for p in pool],
+            settings.seed,
+            query_keys=[f"{q.task}|{q.id}|{q.input}" for q in queries],
+            states=(states[1].layer(-1), states[0].layer(-1)) if states is not None else None,
+        )
+        self.task_mask = {task: np.array([p.task == task for p in pool]) for task in {p.task for p in pool}}
+        self._others: dict[str, np.ndarray] = {}
+
+    def not_itself(self, query: TaskItem) -> np.ndarray:
+        """Pool rows that are not ``query`` itself (an item is never its own demo)."""
+        if query.where not in self._others:
+            self._others[query.where] = np.array([not p.same_item(query) for p in self.pool])
+        return self._others[query.where]
+
+    def best_rows(self, query: TaskItem, allowed: np.ndarray, k: int) -> list[int]:
+        return top_k(self.scores[self.row_of[query.where]], allowed & self.not_itself(query), k)
+
+    def best(self, query: TaskItem, allowed: np.ndarray, k: int) -> list[TaskItem]:
+        return [self.pool[i] for i in self.best_rows(query, allowed, k)]
+
+    def best_score(self, query: TaskItem, allowed: np.ndarray) -> float:
+        picked = self.best_rows(query, allowed, 1)
+        return float(self.scores[self.row_of[query.where], picked[0]]) if picked else -np.inf
+
+    def from_task(self, task: str) -> np.ndarray:
+        return self.task_mask.get(task, np.zeros(len(self.pool), dtype=bool))
+
+
+def gold_demos(items: Sequence[TaskItem]) -> tuple[Demo, ...]:
+    return tuple(Demo(item, item.label) for item in items)
+
+
+def condition_requests(
+    item: TaskItem, settings: CrossTaskSettings, selector: Selector, sources: list[str]
+) -> list[Request]:
+    requests = []
+    k = settings.shots
+    others = ~selector.from_task(item.task)
+    if "zero" in settings.conditions:
+        requests.append(Request(item, "zero", ()))
+    if "cross" in settings.conditions:
+        for source in sources:
+            demos = selector.best(item, selector.from_task(source), k)
+            if demos:
+                requests.append(Request(item, "cross", gold_demos(demos), source=source))
+    if "mixed" in settings.conditions and sources:
+        ranked = sorted(sources, key=lambda s: (-selector.best_score(item, selector.from_task(s)), s))
+        demos = [d for s in ranked[:k] for d in selector.best(item, selector.from_task(s), 1)]
+        requests.append(Request(item, "mixed", gold_demos(demos)))
+    if "random" in settings.conditions and others.any():
+        candidates = np.flatnonzero(others & selector.not_itself(item))
+        rng = np.random.default_rng([settings.seed, stable_hash("random", item.task, item.id)])
+        picked = rng.choice(candidates, size=min(k, len(candidates)), replace=False)
+        requests.append(Request(item, "random", gold_demos([selector.pool[i] for i in picked])))
+    return requests
+
+
+def in_task_requests(
+    chosen: list[TaskItem],
+    pool: list[TaskItem],
+    pseudo_sets: dict[str, list[TaskItem]],
+    selector: Selector,
+    settings: CrossTaskSettings,
+    condition: str,
+    labels: dict[str, str],
+) -> list[Request]:
+    """``gold`` or ``pseudo`` requests: the K best of the task's sampled pool rows, with gold labels or with the
+    pseudo-labels (tasks whose rows could not all be pseudo-labelled get none)."""
+    requests = []
+    for task, items in by_task(chosen).items():
+        if task not in pseudo_sets:
+            continue
+        if condition == "pseudo" and not all(row.where in labels for row in pseudo_sets[task]):
+            continue
+        allowed = np.array([p in pseudo_sets[task] for p in pool])
+        for item in items:
+            rows = selector.best(item, allowed, settings.shots)
+            demos = gold_demos(rows) if condition == "gold" else tuple(Demo(r, labels[r.where]) for r in rows)
+            requests.append(Request(item, condition, demos))
+    return requests
+
+
+def vote_pseudo_labels(
+    pseudo_sets: dict[str, list[TaskItem]], requests: list[Request], selector: Selector
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Majority vote over sources per pseudo row; ties go to the source whose demo is most similar."""
+    votes: dict[str, list[Request]] = {}
+    for request in requests:
+        votes.setdefault(request.item.where, []).append(request)
+    records, labels = [], {}
+    for task, rows in pseudo_sets.items():
+        for row in rows:
+            ballots = votes.get(row.where, [])
+            if not ballots:  # no other task to label it with: no pseudo-label
+                continue
+            count = Counter(b.prediction for b in ballots)
+            top = max(count.values())
+            tied = {label for label, n in count.items() if n == top}
+            by_similarity = sorted(ballots, key=lambda b: -selector.best_score(row, selector.from_task(b.source or "")))
+            label = next(b.prediction for b in by_similarity if b.prediction in tied)
+            labels[row.where] = label
+            gold = row.label if row.options is not None else normalise(row.label)
+            records.append(
+                {
+                    "task": task,
+                    "id": row.id,
+                    "label": row.label,
+                    "pseudo_label": label,
+                    "correct": label == gold,
+                    "votes": {b.source: b.prediction for b in ballots},
+                }
+            )
+    return records, labels

@@ -22,8 +22,8 @@ from wit_plugin.collation import ROLES_KEY
 from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, TEXT_FIELD, Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
-from wit_plugin.tagging.chat import text_content
 from wit_plugin.tagging.dropped import DROP_KINDS, DROPPED_KEY, describe, dropped_column, sum_dropped
+from wit_plugin.tagging.messages import text_content
 
 LOG = logging.getLogger(__name__)
 AnyDataset = Dataset | IterableDataset

@@ -1,0 +1,136 @@
+"""Reading a conversation's messages for rendering: roles mapped, contents checked, thinking blocks split out.
+
+What is read here is what :mod:`~wit_plugin.tagging.chat` renders: each message as the template receives it and
+the texts the row supplies (content or its text parts, reasoning), which :mod:`~wit_plugin.tagging.placement`
+then places in the rendered text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from wit_plugin.roles import Role, message_role
+from wit_plugin.tagging.spans import TaggingError
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass
+class Message:
+    """One message as rendered, with the texts of it that are placed in the rendering."""
+
+    index: int  # position in the conversation as rendered
+    role: str  # the template's role name (after role_map)
+    real: dict[str, Any]  # the message as the template renders it
+    content: str | list[str]  # the content, or its text parts
+    reasoning: str  # reasoning text ("" when none; split out of a thinking block in the content if written there)
+    context: bool = False  # given as context (a prompt), not produced by the model
+    source: int = -1  # position in the row (differs from ``index`` once a dropped turn is removed)
+    inline_thinking: bool = False  # ``reasoning`` was split out of a thinking block written in the content
+    written_thinking: bool = False  # the content holds a thinking block, rendered as written
+
+
+@dataclass(frozen=True)
+class MessageReader:
+    """Reads a row's messages with the dataset's field names; ``takes_parts`` says (asked only when a content is
+    given as text parts) whether the template renders text parts as it renders a string."""
+
+    messages_field: str
+    role_field: str
+    content_field: str
+    role_map: Mapping[str, str]
+    takes_parts: Callable[[], bool]
+
+    def read(self, messages: Sequence[Mapping[str, Any]], split_thinking: bool = True) -> list[Message]:
+        where = self.messages_field
+        if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+            raise TaggingError(f"'{where}' must be a non-empty list of messages, got {messages!r:.200}")
+        return [self._message(index, message, split_thinking) for index, message in enumerate(messages)]
+
+    def _message(self, index: int, message: Any, split_thinking: bool = True) -> Message:
+        where = f"{self.messages_field}[{index}]"
+        if not isinstance(message, Mapping):
+            raise TaggingError(f"{where} is not a mapping: {message!r:.200}")
+        if self.role_field not in message:
+            raise TaggingError(f"{where} has no '{self.role_field}' field; fields: {sorted(message)}")
+        role = message[self.role_field]
+        if not isinstance(role, str):
+            raise TaggingError(f"{where}.{self.role_field} must be a string, got {role!r:.80}")
+        role = self.role_map.get(role, role)
+        try:
+            token_role = message_role(role)
+        except ValueError as error:
+            raise TaggingError(f"{where}.{self.role_field}: {error}") from None
+        # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
+        real = {
+            key: value
+            for key, value in message.items()
+            if key not in (self.role_field, self.content_field) and value is not None
+        }
+        real["role"] = role
+        content = message.get(self.content_field)
+        if content is None and (self.content_field in message or real.get("tool_calls")):
+            content = ""  # `content: null` beside tool calls: rendered as an empty content
+        if content is None:
+            raise TaggingError(f"{where} has no '{self.content_field}' field; fields: {sorted(message)}")
+        texts = _content_texts(content, f"{where}.{self.content_field}")
+        if isinstance(texts, list) and not self.takes_parts():
+            texts = content = "".join(texts)  # a template that concatenates strings: the parts, joined
+        real["content"] = content
+        reasoning = real.get("reasoning_content", "")
+        if not isinstance(reasoning, str):
+            raise TaggingError(f"{where}.reasoning_content must be a string, got {type(reasoning).__name__}")
+        inline = token_role is Role.RESPONSE and isinstance(texts, str) and THINK_CLOSE in texts and not reasoning
+        if inline and split_thinking:
+            # A thinking block written into the content: templates that know reasoning (Qwen3) render it as such
+            before, texts = texts.split(THINK_CLOSE, 1)[0], texts.split(THINK_CLOSE)[-1].lstrip("\n")
+            reasoning = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+        return Message(
+            index,
+            role,
+            real,
+            texts,
+            reasoning,
+            source=index,
+            inline_thinking=inline and split_thinking,
+            written_thinking=inline and not split_thinking,
+        )
+
+
+def inline_thinking(messages: Any, content_field: str) -> int | None:
+    """The first message whose content (a string) holds a thinking block, if any."""
+    for index, message in enumerate(messages if isinstance(messages, Sequence) else ()):
+        content = message.get(content_field) if isinstance(message, Mapping) else None
+        if isinstance(content, str) and THINK_CLOSE in content:
+            return index
+    return None
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, Mapping) and part.get("type", "text") == "text" and "text" in part
+
+
+def text_content(content: Any, where: str) -> str:
+    """A content as one string: text parts joined (as templates that take parts render them); a non-text part is
+    an error naming it."""
+    texts = _content_texts(content, where)
+    return texts if isinstance(texts, str) else "".join(texts)
+
+
+def _content_texts(content: Any, where: str) -> str | list[str]:
+    """A content as its text, or its text parts' texts; anything else is an error naming the field."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence) and not isinstance(content, bytes):
+        texts = []
+        for k, part in enumerate(content):
+            if not _is_text_part(part):
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise TaggingError(f"{where}[{k}] is a {kind!r} part; only text parts can be tagged")
+            if not isinstance(part["text"], str):
+                raise TaggingError(f"{where}[{k}].text must be a string, got {type(part['text']).__name__}")
+            texts.append(part["text"])
+        return texts
+    raise TaggingError(f"{where} must be a string, a list of text parts or null, got {type(content).__name__}")
