@@ -500,7 +500,7 @@ def test_dropped_fields_are_counted_exactly_with_worker_processes_and_from_the_p
     from axolotl.common.datasets import load_datasets
     from axolotl.train import setup_model_and_trainer
 
-    from wit_plugin.runs import RunRecordCallback
+    from wit_plugin.training.records import RunRecordCallback
 
     rows = tool_rows(8)
     tools, plain = tmp_path / "tools.jsonl", tmp_path / "plain.jsonl"

@@ -139,7 +139,7 @@ def test_two_gloo_processes_equal_one_process(two_gloo_processes, one_batch, los
 
 
 def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
-    from wit_plugin.trainer import loss_impl_under, parameter_sharding
+    from wit_plugin.training.mixin import loss_impl_under, parameter_sharding
 
     zero3 = tmp_path / "ds.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')

@@ -4,7 +4,7 @@ The loss goes in as the trainer's ``compute_loss_func``, so the trainer's own bo
 it counts label tokens over all gradient-accumulation micro-batches (and, with
 ``average_tokens_across_devices``, over all ranks) into ``num_items_in_batch``, never divides by the
 accumulation steps again, and multiplies by the world size to undo DDP's gradient averaging. With labels
-masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the WIT denominator.
+masked by :class:`~wit_plugin.training.collation.RoleCollator`, that count is exactly the WIT denominator.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from wit_plugin.collation import ROLES_KEY, RoleCollator
 from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
-from wit_plugin.metrics import RoleMetrics
 from wit_plugin.options import FUSED_LOSS_IMPLS, LOSS_IMPLS, ROLE_METRICS, defaults
 from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
+from wit_plugin.training.collation import ROLES_KEY, RoleCollator
+from wit_plugin.training.metrics import RoleMetrics
 
 LOG = logging.getLogger(__name__)
 

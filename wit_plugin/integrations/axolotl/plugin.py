@@ -75,7 +75,7 @@ class WITConfigError(ValueError):
 
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
-    from wit_plugin.trainer import loss_impl_under
+    from wit_plugin.training.mixin import loss_impl_under
 
     options.check_known_keys(cfg)
     options.check_values(cfg)
@@ -180,7 +180,7 @@ def disable_lora_kernels_on_cpu(cfg: Any) -> None:
 
 
 def config_sharding(cfg: Any) -> str | None:
-    from wit_plugin.trainer import parameter_sharding
+    from wit_plugin.training.mixin import parameter_sharding
 
     return parameter_sharding(cfg.get("fsdp_config") or cfg.get("fsdp"), cfg.get("deepspeed"))
 
@@ -281,14 +281,14 @@ class WITPlugin(BasePlugin):
         return evaluation_callbacks(cfg)
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
-        from wit_plugin.trainer import WITTrainerMixin
+        from wit_plugin.training.mixin import WITTrainerMixin
 
         if not isinstance(trainer, WITTrainerMixin):
             raise WITConfigError(
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        from wit_plugin.trainer import loss_impl_under
+        from wit_plugin.training.mixin import loss_impl_under
 
         loss_impl = loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
         trainer.setup_wit(
@@ -325,10 +325,10 @@ def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[
 
 
 def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | None = None) -> Any:
-    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.runs`) for this Axolotl run; ``dropped`` is
+    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.training.records`) for this Axolotl run; ``dropped`` is
     :func:`dropped_unrendered`."""
     from wit_plugin.integrations.axolotl.strategies import tagging_record
-    from wit_plugin.runs import RunRecordCallback, run_record
+    from wit_plugin.training.records import RunRecordCallback, run_record
 
     datasets = [
         {key: dataset.get(key) for key in ("path", "type", "split", "field_messages") if dataset.get(key) is not None}
@@ -356,9 +356,9 @@ def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | 
 def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> None:
     """Warn once per dataset about assistant turns left without an end-of-turn token; log, per dataset that opted
     in, what ``wit_drop_unrendered`` dropped (``dropped``: :func:`dropped_unrendered`)."""
-    from wit_plugin.collation import ROLES_KEY
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
     from wit_plugin.tagging.dropped import describe
+    from wit_plugin.training.collation import ROLES_KEY
 
     if not trainer.is_world_process_zero():
         return

@@ -14,7 +14,7 @@ from trl import SFTConfig
 
 from wit_plugin import options
 from wit_plugin.roles import PROMPT_GROUP, RoleWeights
-from wit_plugin.trainer import loss_impl_under, parameter_sharding
+from wit_plugin.training.mixin import loss_impl_under, parameter_sharding
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ saving) is TRL's:
 * the loss. SFTTrainer scores tokens without materialising the logits (TRL 1.9: ``loss_type="chunked_nll"``;
   TRL 1.16: a fused LM head) and would either skip ``compute_loss_func`` or run a second forward for it.
   Here the loss goes through ``transformers.Trainer.compute_loss`` (one forward, then the weighted loss
-  installed by :class:`~wit_plugin.trainer.WITTrainerMixin`), and TRL's metrics are computed from the same
+  installed by :class:`~wit_plugin.training.mixin.WITTrainerMixin`), and TRL's metrics are computed from the same
   logits, over the tokens the weights train.
 """
 
@@ -21,13 +21,13 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
-from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.compat import pop_trl_private_inputs, trl_token_divisor
 from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
-from wit_plugin.runs import RunRecordCallback, run_record
-from wit_plugin.trainer import WITTrainerMixin, loss_impl_under, parameter_sharding
+from wit_plugin.training.collation import IGNORE_INDEX
+from wit_plugin.training.mixin import WITTrainerMixin, loss_impl_under, parameter_sharding
+from wit_plugin.training.records import RunRecordCallback, run_record
 
 
 class LogitsSFTTrainer(SFTTrainer):
