@@ -17,9 +17,8 @@ from trl import SFTConfig, SFTTrainer
 from tests.trainer_case import ONE_SGD_STEP
 from wit_plugin.integrations.trl.data import prepare_dataset
 from wit_plugin.options import OPTION_BY_NAME
-from wit_plugin.roles import Role, RoleWeights, WeightError
+from wit_plugin.roles import IGNORE_INDEX, ROLES_KEY, Role, RoleWeights, WeightError
 from wit_plugin.tagging import RoleTagger
-from wit_plugin.training.collation import IGNORE_INDEX, ROLES_KEY
 from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
 
 PLAIN = [

@@ -22,8 +22,8 @@ from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutpu
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.options import FUSED_LOSS_IMPLS, LOSS_IMPLS, ROLE_METRICS, defaults
-from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
-from wit_plugin.training.collation import ROLES_KEY, RoleCollator
+from wit_plugin.roles import ROLES_KEY, TRAINABLE_ROLES, RoleWeights
+from wit_plugin.training.collation import RoleCollator
 from wit_plugin.training.metrics import RoleMetrics
 
 LOG = logging.getLogger(__name__)

@@ -356,9 +356,9 @@ def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | 
 def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> None:
     """Warn once per dataset about assistant turns left without an end-of-turn token; log, per dataset that opted
     in, what ``wit_drop_unrendered`` dropped (``dropped``: :func:`dropped_unrendered`)."""
+    from wit_plugin.roles import ROLES_KEY
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
     from wit_plugin.tagging.dropped import describe
-    from wit_plugin.training.collation import ROLES_KEY
 
     if not trainer.is_world_process_zero():
         return

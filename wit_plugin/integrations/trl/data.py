@@ -18,12 +18,11 @@ from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
 
-from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.roles import ROLES_KEY, Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
 from wit_plugin.tagging.chat import text_content
 from wit_plugin.tagging.dropped import DROP_KINDS, DROPPED_KEY, describe, dropped_column, sum_dropped
-from wit_plugin.training.collation import ROLES_KEY
 
 LOG = logging.getLogger(__name__)
 AnyDataset = Dataset | IterableDataset

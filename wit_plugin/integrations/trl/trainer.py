@@ -25,7 +25,7 @@ from wit_plugin.compat import pop_trl_private_inputs, trl_token_divisor
 from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
-from wit_plugin.training.collation import IGNORE_INDEX
+from wit_plugin.roles import IGNORE_INDEX
 from wit_plugin.training.mixin import WITTrainerMixin, loss_impl_under, parameter_sharding
 from wit_plugin.training.records import RunRecordCallback, run_record
 
