@@ -14,7 +14,8 @@ from axolotl.cli.config import load_cfg
 from axolotl.integrations.base import PluginManager
 from axolotl.utils.dict import DictDefault
 
-from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types
+from wit_plugin.integrations.axolotl.dataset_types import WITConfigError, map_dataset_types
+from wit_plugin.integrations.axolotl.plugin import check_config
 from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
 from wit_plugin.options import OptionError
 from wit_plugin.roles import Role, WeightError
@@ -374,7 +375,7 @@ def test_lora_kernels_are_turned_off_without_cuda(base_cfg, caplog, monkeypatch)
 
 
 def test_every_datasets_chat_template_is_recorded(base_cfg, tokenizer, with_plugin):
-    from wit_plugin.integrations.axolotl.strategies import tagging_record
+    from wit_plugin.integrations.axolotl.dataset_types import tagging_record
 
     jinja = (
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"

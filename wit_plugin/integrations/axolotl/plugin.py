@@ -11,27 +11,21 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin import options
-from wit_plugin.integrations.axolotl.strategies import DROP_SUFFIX, MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin.integrations.axolotl.dataset_types import (
+    DROP_SUFFIX,
+    WITConfigError,
+    map_dataset_types,
+    tagging_record,
+    truncates,
+)
 from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION
 
 LOG = logging.getLogger(__name__)
 
-STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
-STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_MODULES.items()}
-OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
-CHAT_MODULES = ("chat_template", "prompt_completion")  # what a chat template renders (wit_drop_unrendered)
-
-
 AXOLOTL_PREPARED_PATH = "last_run_prepared"  # Axolotl's default dataset_prepared_path
 PREPARED_FOLDER = f"wit_tagging_v{TAGGING_VERSION}"
-
-
-def strategy_module(kind: str) -> str | None:
-    """The strategy module (``chat_template``...) a dataset ``type`` names, if it is one of ours."""
-    kind = kind.removesuffix(DROP_SUFFIX)
-    return kind.rsplit(".", 1)[-1] if kind in OWN_TYPES else None
 
 
 def version_prepared_path(cfg: Any) -> None:
@@ -67,10 +61,6 @@ PARALLEL_CONFLICTS = {
     "tensor_parallel_size": "the LM head and logits split across ranks",
 }
 AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when register() sees the config
-
-
-class WITConfigError(ValueError):
-    """The Axolotl config asks for something the WIT plugin cannot do correctly."""
 
 
 def check_config(cfg: Any) -> None:
@@ -185,41 +175,6 @@ def config_sharding(cfg: Any) -> str | None:
     return parameter_sharding(cfg.get("fsdp_config") or cfg.get("fsdp"), cfg.get("deepspeed"))
 
 
-def map_dataset_types(cfg: Any) -> None:
-    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error.
-
-    A dataset's ``wit_drop_unrendered`` (else the config's) is carried in its ``type`` (module
-    ``chat_template_drop_unrendered``): Axolotl's schema drops keys it does not know from a dataset entry, and the
-    ``type`` is part of the prepared dataset's hash, so a dataset tagged the other way is not reused.
-    """
-    for key in ("datasets", "test_datasets"):
-        for index, dataset in enumerate(cfg.get(key) or []):
-            try:
-                options.check_dataset_options(dataset, f"{key}[{index}]")
-            except options.OptionError as error:
-                raise WITConfigError(str(error)) from None
-            kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
-            if not isinstance(kind, str):
-                raise WITConfigError(f"{key}[{index}].type: custom type definitions cannot be role-tagged: {kind!r}")
-            module = strategy_module(kind) or STOCK_TYPE_MODULES.get(kind)
-            if module is None:
-                raise WITConfigError(
-                    f"{key}[{index}].type: {kind!r} cannot be role-tagged by wit_plugin; supported: "
-                    f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
-                )
-            dataset["type"] = f"{STRATEGIES}.{module}"
-            drop = dataset.get("wit_drop_unrendered")
-            if drop is None:
-                drop = cfg.get("wit_drop_unrendered")
-            if drop and module in CHAT_MODULES:
-                dataset["type"] += DROP_SUFFIX
-            elif dataset.get("wit_drop_unrendered"):
-                raise WITConfigError(
-                    f"{key}[{index}].wit_drop_unrendered: only chat datasets render through a chat template, not "
-                    f"type {kind!r}"
-                )
-
-
 def check_dataset_files(cfg: Any) -> None:
     """Every local JSON Lines dataset parses, or the error names its file and line (``datasets`` itself reports
     only that generation failed)."""
@@ -327,7 +282,6 @@ def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[
 def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | None = None) -> Any:
     """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.training.records`) for this Axolotl run; ``dropped`` is
     :func:`dropped_unrendered`."""
-    from wit_plugin.integrations.axolotl.strategies import tagging_record
     from wit_plugin.training.records import RunRecordCallback, run_record
 
     datasets = [
