@@ -285,30 +285,6 @@ def test_yaml_examples_pass_the_plugins_checks(example, base_cfg):
         load_cfg(DictDefault(cfg))
 
 
-def test_crosstask_callback_is_added_when_tasks_are_configured(tmp_path):
-    from wit_plugin.evaluation.callback import CrossTaskCallback
-    from wit_plugin.integrations.axolotl.plugin import WITPlugin
-
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text('{"task": "t", "input": "2 + 2 =", "label": "4", "options": ["4", "5"]}\n')
-    keys = {"wit_crosstask_pool": str(tasks), "wit_crosstask_targets": str(tasks), "wit_crosstask_steps": 3}
-    (callback,) = WITPlugin().add_callbacks_post_trainer(DictDefault(keys), trainer=None)
-    assert isinstance(callback, CrossTaskCallback) and callback.every_n_steps == 3
-
-
-def test_posix_callback_is_added_when_prompts_are_configured(tmp_path):
-    from wit_plugin.evaluation.callback import POSIXCallback
-    from wit_plugin.integrations.axolotl.plugin import WITPlugin
-
-    prompts = tmp_path / "sets.jsonl"
-    prompts.write_text('{"prompts": ["Name a colour.", "Name a colour please."]}\n')
-    assert WITPlugin().add_callbacks_post_trainer(DictDefault({}), trainer=None) == []
-    (callback,) = WITPlugin().add_callbacks_post_trainer(
-        DictDefault({"wit_posix_prompts": str(prompts), "wit_posix_steps": 5}), trainer=None
-    )
-    assert isinstance(callback, POSIXCallback) and callback.every_n_steps == 5 and len(callback.prompt_sets) == 1
-
-
 # --- packed rows kept apart; LoRA kernels on CPU --------------------------------------------------------------
 
 

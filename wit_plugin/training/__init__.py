@@ -13,6 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "WITTrainerMixin": "mixin",
+    "fused_loss_problem": "mixin",
     "loss_impl_under": "mixin",
     "parameter_sharding": "mixin",
     "RoleCollator": "collation",
@@ -20,6 +21,8 @@ _EXPORTS = {
     "RoleMetrics": "metrics",
     "RunRecordCallback": "records",
     "read_record": "records",
+    "RunDescription": "install",
+    "install_wit": "install",
 }
 __all__ = list(_EXPORTS)
 

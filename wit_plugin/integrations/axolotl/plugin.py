@@ -65,7 +65,7 @@ AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when reg
 
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
-    from wit_plugin.training.mixin import loss_impl_under
+    from wit_plugin.training.mixin import fused_loss_problem
 
     options.check_known_keys(cfg)
     options.check_values(cfg)
@@ -74,10 +74,8 @@ def check_config(cfg: Any) -> None:
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
     if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
         problems.append("`context_parallel.size` > 1: sequences split across ranks")
-    try:
-        loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
-    except ValueError as error:
-        problems.append(str(error))
+    fused = fused_loss_problem(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
+    problems += [fused] if fused else []
     eval_len = cfg.get("eval_sequence_len")
     if truncates(cfg) and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
         problems.append(
@@ -230,12 +228,8 @@ class WITPlugin(BasePlugin):
             raise WITConfigError(f"plugins {others} bring their own trainer class; wit_plugin cannot train with them")
         return AxolotlWITTrainer
 
-    def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
-        from wit_plugin.evaluation.callback import evaluation_callbacks
-
-        return evaluation_callbacks(cfg)
-
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        from wit_plugin.training.install import install_wit
         from wit_plugin.training.mixin import WITTrainerMixin
 
         if not isinstance(trainer, WITTrainerMixin):
@@ -243,15 +237,12 @@ class WITPlugin(BasePlugin):
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        from wit_plugin.training.mixin import loss_impl_under
-
-        loss_impl = loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
-        trainer.setup_wit(
-            RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
-        )
         dropped = dropped_unrendered(cfg, trainer.train_dataset, trainer.eval_dataset)
+        values = {key: cfg.get(key) for key in options.OPTION_BY_NAME}
+        install_wit(
+            trainer, RoleWeights.from_options(cfg), values, config_sharding(cfg), describe_run(cfg, trainer, dropped)
+        )
         audit_datasets(trainer, cfg, dropped)
-        trainer.add_callback(run_record_callback(cfg, trainer, dropped))
 
 
 def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[dict[str, Any]]:
@@ -279,32 +270,28 @@ def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[
     return entries
 
 
-def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | None = None) -> Any:
-    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.training.records`) for this Axolotl run; ``dropped`` is
+def describe_run(cfg: Any, trainer: Any, dropped: list[dict[str, Any]]) -> Any:
+    """This Axolotl run, for its record (:mod:`wit_plugin.training.records`); ``dropped`` is
     :func:`dropped_unrendered`."""
-    from wit_plugin.training.records import RunRecordCallback, run_record
+    from wit_plugin.training.install import RunDescription
 
-    datasets = [
-        {key: dataset.get(key) for key in ("path", "type", "split", "field_messages") if dataset.get(key) is not None}
-        for dataset in cfg.get("datasets") or []
-    ]
-    taggings = [tagging_record(trainer.processing_class, cfg, dataset) for dataset in cfg.get("datasets") or []]
-    record = run_record(
+    datasets = cfg.get("datasets") or []
+    return RunDescription(
         "axolotl",
-        trainer.wit_weights,
-        {key: cfg.get(key) for key in options.OPTION_BY_NAME},
-        trainer.wit_loss_impl,
         cfg.get("base_model"),
-        datasets,
-        taggings[0] if taggings else {},
-        dataset_taggings=taggings,
-        adapter=cfg.get("adapter"),
-        sequence_len=cfg.get("sequence_len"),
-        seed=cfg.get("seed"),
-        chat_template=cfg.get("chat_template"),
-        dropped_unrendered=dropped or [],
+        [
+            {key: entry.get(key) for key in ("path", "type", "split", "field_messages") if entry.get(key) is not None}
+            for entry in datasets
+        ],
+        [tagging_record(trainer.processing_class, cfg, entry) for entry in datasets],
+        {
+            "adapter": cfg.get("adapter"),
+            "sequence_len": cfg.get("sequence_len"),
+            "seed": cfg.get("seed"),
+            "chat_template": cfg.get("chat_template"),
+            "dropped_unrendered": dropped,
+        },
     )
-    return RunRecordCallback(record)
 
 
 def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> None:
