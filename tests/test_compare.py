@@ -39,7 +39,7 @@ def train_run(model_path: Path, folder: Path, lora: bool = False, **weights) -> 
     """A one-step WITSFTTrainer run saved to ``folder`` (full weights, or a LoRA adapter)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wit_plugin.trl import WITConfig, WITSFTTrainer
+    from wit_plugin import WITConfig, WITSFTTrainer
 
     args = WITConfig(
         output_dir=str(folder),
