@@ -182,7 +182,7 @@ def test_two_gloo_processes_equal_one_process(two_gloo_processes, one_batch, los
 
 
 def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
-    from wit_plugin.training.mixin import fused_loss_problem, loss_impl_under, parameter_sharding
+    from wit_plugin.training.mixin import check_fused_loss, loss_impl_under, parameter_sharding
 
     zero3 = tmp_path / "ds.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')
@@ -190,7 +190,7 @@ def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
     assert parameter_sharding([], str(zero3)) == parameter_sharding(None, {"zero_optimization": {"stage": 3}})
     assert parameter_sharding([], {"zero_optimization": {"stage": 2}}) is None
     assert loss_impl_under("auto", "FSDP") == "eager" and loss_impl_under("auto", None) == "auto"
-    assert "'chunked' with DeepSpeed ZeRO-3: the fused loss needs the whole LM head" in fused_loss_problem(
-        "chunked", "DeepSpeed ZeRO-3"
-    )
-    assert fused_loss_problem("chunked", None) is None and fused_loss_problem("auto", "FSDP") is None
+    with pytest.raises(ValueError, match="'chunked' with DeepSpeed ZeRO-3: the fused loss needs the whole LM head"):
+        check_fused_loss("chunked", "DeepSpeed ZeRO-3")
+    check_fused_loss("chunked", None)
+    check_fused_loss("auto", "FSDP")

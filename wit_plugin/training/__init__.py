@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "WITTrainerMixin": "mixin",
-    "fused_loss_problem": "mixin",
+    "check_fused_loss": "mixin",
     "loss_impl_under": "mixin",
     "parameter_sharding": "mixin",
     "RoleCollator": "collation",

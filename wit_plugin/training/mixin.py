@@ -41,20 +41,19 @@ def parameter_sharding(fsdp: Any, deepspeed: Any) -> str | None:
     return None
 
 
-def fused_loss_problem(requested: str, sharding: str | None) -> str | None:
-    """Why ``wit_loss_impl=requested`` cannot train under ``sharding`` (a fused loss needs the whole LM head
-    weight), or None; each adapter's config check reports it, once, with its other problems."""
+def check_fused_loss(requested: str, sharding: str | None) -> None:
+    """Refuse ``wit_loss_impl=requested`` when it is fused and ``sharding`` splits the LM head weight it needs;
+    each adapter's config check calls it, once, and reports the error with its other problems."""
     if sharding is not None and requested in FUSED_LOSS_IMPLS:
-        return (
+        raise ValueError(
             f"wit_loss_impl={requested!r} with {sharding}: the fused loss needs the whole LM head weight; use "
             "'eager' (or 'auto', which picks it)"
         )
-    return None
 
 
 def loss_impl_under(requested: str, sharding: str | None) -> str:
     """The loss implementation to install, for a ``requested`` one the adapter checked
-    (:func:`fused_loss_problem`): ``auto`` computes eagerly under parameter sharding."""
+    (:func:`check_fused_loss`): ``auto`` computes eagerly under parameter sharding."""
     if sharding is not None and requested == "auto":
         LOG.info("wit: %s shards the LM head, so the loss is computed eagerly", sharding)
         return "eager"

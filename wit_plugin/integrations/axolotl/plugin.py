@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from axolotl.integrations.base import BasePlugin
 
@@ -21,6 +21,9 @@ from wit_plugin.integrations.axolotl.dataset_types import (
 from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION
+
+if TYPE_CHECKING:
+    from wit_plugin.training.install import RunDescription
 
 LOG = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when reg
 
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
-    from wit_plugin.training.mixin import fused_loss_problem
+    from wit_plugin.training.mixin import check_fused_loss
 
     options.check_known_keys(cfg)
     options.check_values(cfg)
@@ -74,8 +77,10 @@ def check_config(cfg: Any) -> None:
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
     if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
         problems.append("`context_parallel.size` > 1: sequences split across ranks")
-    fused = fused_loss_problem(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
-    problems += [fused] if fused else []
+    try:
+        check_fused_loss(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
+    except ValueError as error:
+        problems.append(str(error))
     eval_len = cfg.get("eval_sequence_len")
     if truncates(cfg) and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
         problems.append(
@@ -270,7 +275,7 @@ def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[
     return entries
 
 
-def describe_run(cfg: Any, trainer: Any, dropped: list[dict[str, Any]]) -> Any:
+def describe_run(cfg: Any, trainer: Any, dropped: list[dict[str, Any]]) -> RunDescription:
     """This Axolotl run, for its record (:mod:`wit_plugin.training.records`); ``dropped`` is
     :func:`dropped_unrendered`."""
     from wit_plugin.training.install import RunDescription

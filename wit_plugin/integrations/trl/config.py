@@ -14,7 +14,7 @@ from trl import SFTConfig
 
 from wit_plugin import options
 from wit_plugin.roles import PROMPT_GROUP, RoleWeights
-from wit_plugin.training.mixin import fused_loss_problem, parameter_sharding
+from wit_plugin.training.mixin import check_fused_loss, parameter_sharding
 
 T = TypeVar("T")
 
@@ -76,8 +76,10 @@ def check_options(args: WITConfig) -> RoleWeights:
             f"completion_only_loss=False trains every token but the weights are {weights.describe()}; "
             "use wit_preset='cpt' or leave completion_only_loss unset"
         )
-    fused = fused_loss_problem(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
-    problems += [fused] if fused else []
+    try:
+        check_fused_loss(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
+    except ValueError as error:
+        problems.append(str(error))
     packs = args.packing or args.eval_packing
     if packs and args.packing_strategy == "wrapped":
         problems.append("packing_strategy='wrapped' cuts sequences without boundaries; use 'bfd' or 'bfd_split'")
