@@ -34,8 +34,8 @@ def install_wit(
     sharding: str | None,
     run: RunDescription,
 ) -> None:
-    """Set up ``trainer`` (a WIT trainer, model not yet wrapped) with the ``wit_*`` ``values`` (unset: None or
-    absent), already checked by the adapter, under ``sharding`` (:func:`~wit_plugin.training.mixin.parameter_sharding`)."""
+    """Set up ``trainer`` (a WIT trainer, its model not yet wrapped) with the ``wit_*`` ``values`` (unset: None
+    or absent), which the adapter has checked, under ``sharding`` (:func:`.mixin.parameter_sharding`)."""
     loss_impl = loss_impl_under(options.resolved(values, "wit_loss_impl"), sharding)
     trainer.setup_wit(weights, loss_impl=loss_impl, role_metrics=options.resolved(values, "wit_role_metrics"))
     for callback in evaluation_callbacks(values):
