@@ -536,8 +536,8 @@ def train_setup(device: str, attn_request: str) -> TrainSetup:
 def one_step(setup: TrainSetup, packed: bool, impl: str, bf16: bool, device: str, workdir: Path) -> dict[str, Any]:
     from datasets import Dataset
 
-    from wit_plugin.collation import ROLES_KEY
-    from wit_plugin.trl import WITConfig, WITSFTTrainer
+    from wit_plugin import WITConfig, WITSFTTrainer
+    from wit_plugin.roles import ROLES_KEY
 
     layout = {"packing": True, "max_length": sum(setup.row_tokens), "per_device_train_batch_size": 1}
     if not packed:

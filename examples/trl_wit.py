@@ -31,9 +31,9 @@ def main() -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from wit_plugin import WITConfig, WITSFTTrainer
     from wit_plugin.demo.data import generate_rows
     from wit_plugin.demo.model import prepare_default_model
-    from wit_plugin.trl import WITConfig, WITSFTTrainer
 
     model_dir = prepare_default_model()
     config = WITConfig(

@@ -15,7 +15,7 @@ import yaml
 
 pytest.importorskip("axolotl")
 from wit_plugin.demo.data import write_dataset
-from wit_plugin.runs import read_record
+from wit_plugin.training.records import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 AXOLOTL_TRAIN = [sys.executable, "-m", "axolotl.cli.main", "train"]  # this interpreter's own Axolotl

@@ -14,7 +14,8 @@ from axolotl.cli.config import load_cfg
 from axolotl.integrations.base import PluginManager
 from axolotl.utils.dict import DictDefault
 
-from wit_plugin.integrations.axolotl.plugin import WITConfigError, check_config, map_dataset_types
+from wit_plugin.integrations.axolotl.dataset_types import WITConfigError, map_dataset_types
+from wit_plugin.integrations.axolotl.plugin import check_config
 from wit_plugin.integrations.axolotl.strategies import chat_template as chat_strategy
 from wit_plugin.options import OptionError
 from wit_plugin.roles import Role, WeightError
@@ -284,30 +285,6 @@ def test_yaml_examples_pass_the_plugins_checks(example, base_cfg):
         load_cfg(DictDefault(cfg))
 
 
-def test_crosstask_callback_is_added_when_tasks_are_configured(tmp_path):
-    from wit_plugin.evaluation.callback import CrossTaskCallback
-    from wit_plugin.integrations.axolotl.plugin import WITPlugin
-
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text('{"task": "t", "input": "2 + 2 =", "label": "4", "options": ["4", "5"]}\n')
-    keys = {"wit_crosstask_pool": str(tasks), "wit_crosstask_targets": str(tasks), "wit_crosstask_steps": 3}
-    (callback,) = WITPlugin().add_callbacks_post_trainer(DictDefault(keys), trainer=None)
-    assert isinstance(callback, CrossTaskCallback) and callback.every_n_steps == 3
-
-
-def test_posix_callback_is_added_when_prompts_are_configured(tmp_path):
-    from wit_plugin.evaluation.callback import POSIXCallback
-    from wit_plugin.integrations.axolotl.plugin import WITPlugin
-
-    prompts = tmp_path / "sets.jsonl"
-    prompts.write_text('{"prompts": ["Name a colour.", "Name a colour please."]}\n')
-    assert WITPlugin().add_callbacks_post_trainer(DictDefault({}), trainer=None) == []
-    (callback,) = WITPlugin().add_callbacks_post_trainer(
-        DictDefault({"wit_posix_prompts": str(prompts), "wit_posix_steps": 5}), trainer=None
-    )
-    assert isinstance(callback, POSIXCallback) and callback.every_n_steps == 5 and len(callback.prompt_sets) == 1
-
-
 # --- packed rows kept apart; LoRA kernels on CPU --------------------------------------------------------------
 
 
@@ -374,7 +351,7 @@ def test_lora_kernels_are_turned_off_without_cuda(base_cfg, caplog, monkeypatch)
 
 
 def test_every_datasets_chat_template_is_recorded(base_cfg, tokenizer, with_plugin):
-    from wit_plugin.integrations.axolotl.strategies import tagging_record
+    from wit_plugin.integrations.axolotl.dataset_types import tagging_record
 
     jinja = (
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -500,7 +477,7 @@ def test_dropped_fields_are_counted_exactly_with_worker_processes_and_from_the_p
     from axolotl.common.datasets import load_datasets
     from axolotl.train import setup_model_and_trainer
 
-    from wit_plugin.runs import RunRecordCallback
+    from wit_plugin.training.records import RunRecordCallback
 
     rows = tool_rows(8)
     tools, plain = tmp_path / "tools.jsonl", tmp_path / "plain.jsonl"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import DataCollatorWithFlattening
 
-from wit_plugin.collation import IGNORE_INDEX, CollationError, RoleCollator
-from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.roles import IGNORE_INDEX, Role, RoleWeights
 from wit_plugin.tagging import RoleTagger
+from wit_plugin.training.collation import CollationError, RoleCollator
 
 axolotl_collators = pytest.importorskip("axolotl.utils.collators")
 

@@ -15,8 +15,8 @@ from datasets import Dataset
 
 from wit_plugin.evaluation.compare import CompareSettings, compare_runs
 from wit_plugin.roles import Role, RoleWeights
-from wit_plugin.runs import find_runs, read_record
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger
+from wit_plugin.training.records import find_runs, read_record
 
 TRAIN = [
     {
@@ -39,7 +39,7 @@ def train_run(model_path: Path, folder: Path, lora: bool = False, **weights) -> 
     """A one-step WITSFTTrainer run saved to ``folder`` (full weights, or a LoRA adapter)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wit_plugin.trl import WITConfig, WITSFTTrainer
+    from wit_plugin import WITConfig, WITSFTTrainer
 
     args = WITConfig(
         output_dir=str(folder),
@@ -343,7 +343,7 @@ def test_held_out_rows_are_tagged_by_the_dataset_they_look_like(tokenizer, tmp_p
     """Each training dataset's chat template is recorded; a held-out row goes through the tagger of the dataset
     whose shape it has. An older record (one ``tagging``) still reads."""
     from wit_plugin.evaluation.compare import _tag_rows
-    from wit_plugin.runs import dataset_taggings
+    from wit_plugin.training.records import dataset_taggings
 
     first = {"format": "chat", "options": {"chat_template": tokenizer.chat_template}}
     second = {"format": "chat", "options": {"chat_template": PLAIN_CHATML, "field_messages": "conversation"}}

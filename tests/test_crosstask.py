@@ -462,8 +462,8 @@ def test_trl_config_adds_the_evaluation_callbacks(model_path, files, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from wit_plugin import WITConfig, WITSFTTrainer
     from wit_plugin.evaluation.callback import CrossTaskCallback
-    from wit_plugin.trl import WITConfig, WITSFTTrainer
 
     args = WITConfig(
         output_dir=str(tmp_path),

@@ -39,7 +39,7 @@ def fake_conversion(monkeypatch, tmp_path):
         monkeypatch.setattr(demo_model, "_download_gguf", lambda workdir: workdir / "model.gguf")
         monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
         monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: model)
-        monkeypatch.setattr(demo_model, "gguf_load_kwargs", lambda: {})
+        monkeypatch.setattr(demo_model, "gguf_load_kwargs", dict)
         return tokenizer, model
 
     return target, install

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from wit_plugin.collation import RoleCollator
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.roles import Role, RoleWeights
 from wit_plugin.tagging import RoleTagger
+from wit_plugin.training.collation import RoleCollator
 
 ROWS = [
     {

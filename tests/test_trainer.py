@@ -64,8 +64,9 @@ def test_fused_loss_under_bf16_autocast_of_fp32_weights_computes_the_head_in_bf1
         assert gap < fp32_gap / 2, name
 
 
-def _tiny_trainer(model_path, tmp_path, weights: str = "wit", **setup):
-    """A one-layer model with SmolLM2's tokenizer: enough for the trainer's bookkeeping."""
+def _tiny_trainer(model_path, tmp_path, weights: str | None = "wit", **setup):
+    """A one-layer model with SmolLM2's tokenizer: enough for the trainer's bookkeeping (set up with ``weights``,
+    unless None)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, TrainingArguments
 
@@ -94,8 +95,50 @@ def _tiny_trainer(model_path, tmp_path, weights: str = "wit", **setup):
         eval_dataset=once,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
     )
-    trainer.setup_wit(RoleWeights.preset(weights), **setup)
+    if weights is not None:
+        trainer.setup_wit(RoleWeights.preset(weights), **setup)
     return trainer, once, thrice
+
+
+def test_install_wit_sets_up_the_loss_the_evaluation_callbacks_and_the_run_record(model_path, tmp_path):
+    """What both adapters call once their trainer exists (Axolotl's post_trainer_create, TRL's __init__)."""
+    from wit_plugin.evaluation.callback import CrossTaskCallback, POSIXCallback
+    from wit_plugin.roles import RoleWeights
+    from wit_plugin.tagging import TAGGING_VERSION
+    from wit_plugin.training import RunDescription, install_wit
+    from wit_plugin.training.records import RunRecordCallback
+
+    prompts, tasks = tmp_path / "sets.jsonl", tmp_path / "tasks.jsonl"
+    prompts.write_text('{"prompts": ["Name a colour.", "Name a colour please."]}\n')
+    tasks.write_text('{"task": "t", "input": "2 + 2 =", "label": "4", "options": ["4", "5"]}\n')
+    values = {
+        "wit_preset": "it",
+        "wit_loss_impl": None,  # unset: auto, which parameter sharding makes eager
+        "wit_posix_prompts": str(prompts),
+        "wit_posix_steps": 5,
+        "wit_crosstask_pool": str(tasks),
+        "wit_crosstask_targets": str(tasks),
+        "wit_crosstask_steps": 3,
+    }
+    trainer, _, _ = _tiny_trainer(model_path, tmp_path, weights=None)
+    taggings = [{"format": "chat"}, {"format": "alpaca"}]
+    run = RunDescription("test", "base", [{"path": "a"}, {"path": "b"}], taggings, {"seed": 7})
+    install_wit(trainer, RoleWeights.preset("it"), values, "FSDP", run)
+    assert trainer.wit_weights == RoleWeights.preset("it") and trainer.wit_loss_impl == "eager"
+    assert trainer.compute_loss_func == trainer._wit_loss
+    callbacks = trainer.callback_handler.callbacks
+    assert [c.every_n_steps for c in callbacks if isinstance(c, (POSIXCallback, CrossTaskCallback))] == [5, 3]
+    (record,) = [c.record for c in callbacks if isinstance(c, RunRecordCallback)]
+    assert (record["framework"], record["base_model"], record["loss_impl"], record["seed"]) == (
+        "test",
+        "base",
+        "eager",
+        7,
+    )
+    assert record["weights"]["response"] == 1 and record["options"] == values
+    assert (
+        record["tagging"] == {"version": TAGGING_VERSION, "format": "chat"} and record["dataset_taggings"] == taggings
+    )
 
 
 def test_eval_role_metrics_belong_to_their_own_loop(model_path, tmp_path):
@@ -152,7 +195,7 @@ def test_two_gloo_processes_equal_one_process(two_gloo_processes, one_batch, los
 
 
 def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
-    from wit_plugin.trainer import loss_impl_under, parameter_sharding
+    from wit_plugin.training.mixin import check_fused_loss, loss_impl_under, parameter_sharding
 
     zero3 = tmp_path / "ds.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')
@@ -161,4 +204,6 @@ def test_parameter_sharding_chooses_the_eager_loss_for_both_adapters(tmp_path):
     assert parameter_sharding([], {"zero_optimization": {"stage": 2}}) is None
     assert loss_impl_under("auto", "FSDP") == "eager" and loss_impl_under("auto", None) == "auto"
     with pytest.raises(ValueError, match="'chunked' with DeepSpeed ZeRO-3: the fused loss needs the whole LM head"):
-        loss_impl_under("chunked", "DeepSpeed ZeRO-3")
+        check_fused_loss("chunked", "DeepSpeed ZeRO-3")
+    check_fused_loss("chunked", None)
+    check_fused_loss("auto", "FSDP")

@@ -15,12 +15,11 @@ from transformers import AutoModelForCausalLM, HfArgumentParser
 from trl import SFTConfig, SFTTrainer
 
 from tests.trainer_case import ONE_SGD_STEP
-from wit_plugin.collation import IGNORE_INDEX, ROLES_KEY
+from wit_plugin import WITConfig, WITOptionError, WITSFTTrainer
 from wit_plugin.integrations.trl.data import prepare_dataset
 from wit_plugin.options import OPTION_BY_NAME
-from wit_plugin.roles import Role, RoleWeights, WeightError
+from wit_plugin.roles import IGNORE_INDEX, ROLES_KEY, Role, RoleWeights, WeightError
 from wit_plugin.tagging import RoleTagger
-from wit_plugin.trl import WITConfig, WITOptionError, WITSFTTrainer
 
 PLAIN = [
     {"prompt": "Question: What is 2 + 3?\nAnswer:", "completion": " 5"},
@@ -516,7 +515,7 @@ def test_num_tokens_is_logged_with_the_default_loss(tmp_path: Path, model_path: 
 def test_rows_mixing_string_and_list_contents_load_with_text_contents(tmp_path: Path, tokenizer: Any) -> None:
     import pyarrow
 
-    from wit_plugin.trl import text_contents
+    from wit_plugin import text_contents
 
     mixed = copy.deepcopy(CHAT[:2])
     mixed[1]["messages"][1]["content"] = [
@@ -561,7 +560,7 @@ def test_the_run_record_has_each_datasets_dropped_fields_when_tagged_in_worker_p
     tmp_path: Path, model: Any, tokenizer: Any
 ) -> None:
     """With dataset_num_proc=2 the rows are tagged in workers: the counts still come out exact, per dataset."""
-    from wit_plugin.runs import RunRecordCallback
+    from wit_plugin.training.records import RunRecordCallback
 
     call = {"type": "function", "function": {"name": "w", "arguments": "{}"}}
     rows = []

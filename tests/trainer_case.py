@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq
 
 from wit_plugin.roles import RoleWeights
 from wit_plugin.tagging import RoleTagger
-from wit_plugin.trainer import WITTrainerMixin
+from wit_plugin.training.mixin import WITTrainerMixin
 
 ROWS = [
     {

@@ -39,6 +39,9 @@ class Role(IntEnum):
         return self.name.lower()
 
 
+ROLES_KEY = "wit_roles"  # the dataset and batch column of role codes, one per token
+IGNORE_INDEX = -100  # a label (or target) that is not scored: PyTorch's cross-entropy default
+
 TRAINABLE_ROLES: tuple[Role, ...] = tuple(role for role in Role if role is not Role.PAD)
 PROMPT_GROUP: tuple[Role, ...] = (Role.TEMPLATE, Role.SYSTEM, Role.INSTRUCTION)  # λp in the WIT paper
 RESPONSE_GROUP: tuple[Role, ...] = (Role.RESPONSE, Role.EOT, Role.REASONING)  # λr: what the model generates

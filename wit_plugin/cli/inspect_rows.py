@@ -92,13 +92,13 @@ def _from_config(args: argparse.Namespace) -> Setup:
     from axolotl.loaders.tokenizer import load_tokenizer
     from axolotl.utils.dict import DictDefault
 
-    from wit_plugin.integrations.axolotl.plugin import (
-        AXOLOTL_SEQUENCE_LEN,
-        check_config,
+    from wit_plugin.integrations.axolotl.dataset_types import (
+        dataset_format,
+        dataset_tagger,
         map_dataset_types,
-        strategy_module,
+        truncates,
     )
-    from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, dataset_tagger, truncates
+    from wit_plugin.integrations.axolotl.plugin import AXOLOTL_SEQUENCE_LEN, check_config
 
     raw = yaml.safe_load(args.config.read_text()) or {}
     if not isinstance(raw, dict):
@@ -129,7 +129,7 @@ def _from_config(args: argparse.Namespace) -> Setup:
         tokenizer = load_tokenizer(cfg)  # the config's tokens, special tokens and overrides, as in training
     except OSError as error:
         raise ValueError(f"cannot load the tokenizer {cfg.tokenizer_config!r}: {error}") from None
-    row_format = MODULE_FORMATS[strategy_module(dataset["type"])]
+    row_format = dataset_format(dataset)
     tagger = dataset_tagger(tokenizer, cfg, dataset, row_format)
     tagger.max_length = None  # shown whole, then cut as training does
     weights = {key: cfg.get(key) for key in options.OPTION_BY_NAME if key in cfg}

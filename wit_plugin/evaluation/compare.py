@@ -41,7 +41,7 @@ from wit_plugin.evaluation.models import MODEL_FILES, TOKENIZER_FILES, has_model
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.roles import MESSAGES_FIELD, TEXT_FIELD
-from wit_plugin.runs import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
+from wit_plugin.training.records import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]

@@ -19,8 +19,8 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from wit_plugin import options
-from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.loss.weighted import WeightedLoss, flat_targets, normaliser, role_stats
+from wit_plugin.roles import IGNORE_INDEX
 
 # Every chunk streams the whole head (and its gradient) through memory, so a chunk needs a few hundred rows
 # for its matmuls to stay compute-bound; past ~512 rows it only costs memory (bench/loss.py on CPU: a

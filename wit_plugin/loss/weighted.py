@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wit_plugin.collation import IGNORE_INDEX
-from wit_plugin.roles import Role
+from wit_plugin.roles import IGNORE_INDEX, Role
 
 NUM_ROLE_CODES = len(Role)
 

@@ -5,7 +5,7 @@ Why a column and not a counter: tagging runs wherever the dataset map runs, in w
 counter kept by the tagger sees part of the rows or none of them. Instead each tagged row carries what was
 dropped from it in the ``wit_dropped`` column, which the prepared dataset keeps (and saves) with its other
 columns; the adapters sum that column over the prepared datasets in the main process once they are ready, and
-:class:`~wit_plugin.collation.RoleCollator` takes it out of every batch before the model sees it (TRL's
+:class:`~wit_plugin.training.collation.RoleCollator` takes it out of every batch before the model sees it (TRL's
 preparation keeps only the token columns anyway). The counts are therefore of the rows that are trained and
 evaluated: a row a length filter removes is not counted.
 

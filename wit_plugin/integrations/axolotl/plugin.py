@@ -6,32 +6,29 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin import options
-from wit_plugin.integrations.axolotl.strategies import DROP_SUFFIX, MODULE_FORMATS, STOCK_TYPE_MODULES, truncates
+from wit_plugin.integrations.axolotl.dataset_types import (
+    DROP_SUFFIX,
+    WITConfigError,
+    map_dataset_types,
+    tagging_record,
+    truncates,
+)
 from wit_plugin.jsonl import check_jsonl
 from wit_plugin.roles import RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION
 
+if TYPE_CHECKING:
+    from wit_plugin.training.install import RunDescription
+
 LOG = logging.getLogger(__name__)
-
-STRATEGIES = "wit_plugin.integrations.axolotl.strategies"
-STOCK_TYPES = {stock: f"{STRATEGIES}.{module}" for stock, module in STOCK_TYPE_MODULES.items()}
-OWN_TYPES = frozenset(f"{STRATEGIES}.{module}" for module in MODULE_FORMATS)
-CHAT_MODULES = ("chat_template", "prompt_completion")  # what a chat template renders (wit_drop_unrendered)
-
 
 AXOLOTL_PREPARED_PATH = "last_run_prepared"  # Axolotl's default dataset_prepared_path
 PREPARED_FOLDER = f"wit_tagging_v{TAGGING_VERSION}"
-
-
-def strategy_module(kind: str) -> str | None:
-    """The strategy module (``chat_template``...) a dataset ``type`` names, if it is one of ours."""
-    kind = kind.removesuffix(DROP_SUFFIX)
-    return kind.rsplit(".", 1)[-1] if kind in OWN_TYPES else None
 
 
 def version_prepared_path(cfg: Any) -> None:
@@ -69,13 +66,9 @@ PARALLEL_CONFLICTS = {
 AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when register() sees the config
 
 
-class WITConfigError(ValueError):
-    """The Axolotl config asks for something the WIT plugin cannot do correctly."""
-
-
 def check_config(cfg: Any) -> None:
     """Fail on typos in ``wit_*`` keys and on options that would train with the wrong loss."""
-    from wit_plugin.trainer import loss_impl_under
+    from wit_plugin.training.mixin import check_fused_loss
 
     options.check_known_keys(cfg)
     options.check_values(cfg)
@@ -85,7 +78,7 @@ def check_config(cfg: Any) -> None:
     if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
         problems.append("`context_parallel.size` > 1: sequences split across ranks")
     try:
-        loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
+        check_fused_loss(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
     except ValueError as error:
         problems.append(str(error))
     eval_len = cfg.get("eval_sequence_len")
@@ -180,44 +173,9 @@ def disable_lora_kernels_on_cpu(cfg: Any) -> None:
 
 
 def config_sharding(cfg: Any) -> str | None:
-    from wit_plugin.trainer import parameter_sharding
+    from wit_plugin.training.mixin import parameter_sharding
 
     return parameter_sharding(cfg.get("fsdp_config") or cfg.get("fsdp"), cfg.get("deepspeed"))
-
-
-def map_dataset_types(cfg: Any) -> None:
-    """Point every dataset at its role-tagging strategy; anything we cannot tag is an error.
-
-    A dataset's ``wit_drop_unrendered`` (else the config's) is carried in its ``type`` (module
-    ``chat_template_drop_unrendered``): Axolotl's schema drops keys it does not know from a dataset entry, and the
-    ``type`` is part of the prepared dataset's hash, so a dataset tagged the other way is not reused.
-    """
-    for key in ("datasets", "test_datasets"):
-        for index, dataset in enumerate(cfg.get(key) or []):
-            try:
-                options.check_dataset_options(dataset, f"{key}[{index}]")
-            except options.OptionError as error:
-                raise WITConfigError(str(error)) from None
-            kind = dataset.get("type") or "chat_template"  # Axolotl's default for messages datasets
-            if not isinstance(kind, str):
-                raise WITConfigError(f"{key}[{index}].type: custom type definitions cannot be role-tagged: {kind!r}")
-            module = strategy_module(kind) or STOCK_TYPE_MODULES.get(kind)
-            if module is None:
-                raise WITConfigError(
-                    f"{key}[{index}].type: {kind!r} cannot be role-tagged by wit_plugin; supported: "
-                    f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
-                )
-            dataset["type"] = f"{STRATEGIES}.{module}"
-            drop = dataset.get("wit_drop_unrendered")
-            if drop is None:
-                drop = cfg.get("wit_drop_unrendered")
-            if drop and module in CHAT_MODULES:
-                dataset["type"] += DROP_SUFFIX
-            elif dataset.get("wit_drop_unrendered"):
-                raise WITConfigError(
-                    f"{key}[{index}].wit_drop_unrendered: only chat datasets render through a chat template, not "
-                    f"type {kind!r}"
-                )
 
 
 def check_dataset_files(cfg: Any) -> None:
@@ -275,28 +233,21 @@ class WITPlugin(BasePlugin):
             raise WITConfigError(f"plugins {others} bring their own trainer class; wit_plugin cannot train with them")
         return AxolotlWITTrainer
 
-    def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list:
-        from wit_plugin.evaluation.callback import evaluation_callbacks
-
-        return evaluation_callbacks(cfg)
-
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
-        from wit_plugin.trainer import WITTrainerMixin
+        from wit_plugin.training.install import install_wit
+        from wit_plugin.training.mixin import WITTrainerMixin
 
         if not isinstance(trainer, WITTrainerMixin):
             raise WITConfigError(
                 f"the trainer is a {type(trainer).__name__}, not wit_plugin's: another plugin chose the trainer "
                 "class, so the role weights would not be applied"
             )
-        from wit_plugin.trainer import loss_impl_under
-
-        loss_impl = loss_impl_under(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
-        trainer.setup_wit(
-            RoleWeights.from_options(cfg), loss_impl=loss_impl, role_metrics=options.resolved(cfg, "wit_role_metrics")
-        )
         dropped = dropped_unrendered(cfg, trainer.train_dataset, trainer.eval_dataset)
+        values = {key: cfg.get(key) for key in options.OPTION_BY_NAME}
+        install_wit(
+            trainer, RoleWeights.from_options(cfg), values, config_sharding(cfg), describe_run(cfg, trainer, dropped)
+        )
         audit_datasets(trainer, cfg, dropped)
-        trainer.add_callback(run_record_callback(cfg, trainer, dropped))
 
 
 def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[dict[str, Any]]:
@@ -324,39 +275,34 @@ def dropped_unrendered(cfg: Any, train_dataset: Any, eval_dataset: Any) -> list[
     return entries
 
 
-def run_record_callback(cfg: Any, trainer: Any, dropped: list[dict[str, Any]] | None = None) -> Any:
-    """The callback writing ``wit_run.json`` (see :mod:`wit_plugin.runs`) for this Axolotl run; ``dropped`` is
+def describe_run(cfg: Any, trainer: Any, dropped: list[dict[str, Any]]) -> RunDescription:
+    """This Axolotl run, for its record (:mod:`wit_plugin.training.records`); ``dropped`` is
     :func:`dropped_unrendered`."""
-    from wit_plugin.integrations.axolotl.strategies import tagging_record
-    from wit_plugin.runs import RunRecordCallback, run_record
+    from wit_plugin.training.install import RunDescription
 
-    datasets = [
-        {key: dataset.get(key) for key in ("path", "type", "split", "field_messages") if dataset.get(key) is not None}
-        for dataset in cfg.get("datasets") or []
-    ]
-    taggings = [tagging_record(trainer.processing_class, cfg, dataset) for dataset in cfg.get("datasets") or []]
-    record = run_record(
+    datasets = cfg.get("datasets") or []
+    return RunDescription(
         "axolotl",
-        trainer.wit_weights,
-        {key: cfg.get(key) for key in options.OPTION_BY_NAME},
-        trainer.wit_loss_impl,
         cfg.get("base_model"),
-        datasets,
-        taggings[0] if taggings else {},
-        dataset_taggings=taggings,
-        adapter=cfg.get("adapter"),
-        sequence_len=cfg.get("sequence_len"),
-        seed=cfg.get("seed"),
-        chat_template=cfg.get("chat_template"),
-        dropped_unrendered=dropped or [],
+        [
+            {key: entry.get(key) for key in ("path", "type", "split", "field_messages") if entry.get(key) is not None}
+            for entry in datasets
+        ],
+        [tagging_record(trainer.processing_class, cfg, entry) for entry in datasets],
+        {
+            "adapter": cfg.get("adapter"),
+            "sequence_len": cfg.get("sequence_len"),
+            "seed": cfg.get("seed"),
+            "chat_template": cfg.get("chat_template"),
+            "dropped_unrendered": dropped,
+        },
     )
-    return RunRecordCallback(record)
 
 
 def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> None:
     """Warn once per dataset about assistant turns left without an end-of-turn token; log, per dataset that opted
     in, what ``wit_drop_unrendered`` dropped (``dropped``: :func:`dropped_unrendered`)."""
-    from wit_plugin.collation import ROLES_KEY
+    from wit_plugin.roles import ROLES_KEY
     from wit_plugin.tagging.audit import audit_turn_ends, dataset_roles
     from wit_plugin.tagging.dropped import describe
 

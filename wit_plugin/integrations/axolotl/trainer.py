@@ -6,7 +6,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from transformers import Trainer
 
 from wit_plugin.compat import AXOLOTL_TRAINER_ATTRIBUTES, AXOLOTL_WEIGHTED_PERPLEXITY_KEYS
-from wit_plugin.trainer import WITTrainerMixin
+from wit_plugin.training.mixin import WITTrainerMixin
 
 
 class _NoWeightedPerplexity(Trainer):

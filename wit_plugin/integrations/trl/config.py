@@ -14,7 +14,7 @@ from trl import SFTConfig
 
 from wit_plugin import options
 from wit_plugin.roles import PROMPT_GROUP, RoleWeights
-from wit_plugin.trainer import loss_impl_under, parameter_sharding
+from wit_plugin.training.mixin import check_fused_loss, parameter_sharding
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ def check_options(args: WITConfig) -> RoleWeights:
             "use wit_preset='cpt' or leave completion_only_loss unset"
         )
     try:
-        loss_impl_under(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
+        check_fused_loss(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
     except ValueError as error:
         problems.append(str(error))
     packs = args.packing or args.eval_packing

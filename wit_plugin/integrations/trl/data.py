@@ -4,7 +4,7 @@ TRL's own preparation tokenises without roles, truncates only ``input_ids``/``la
 two columns when packing, so the roles would be lost or misaligned. Here rows are tagged by the same
 :class:`~wit_plugin.tagging.RoleTagger` formats as the Axolotl strategies; packing is TRL's ``pack_dataset``,
 which packs every list column, ``wit_roles`` included. Labels are left to
-:class:`~wit_plugin.collation.RoleCollator`, which derives them from the roles at collation time.
+:class:`~wit_plugin.training.collation.RoleCollator`, which derives them from the roles at collation time.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
 
-from wit_plugin.collation import ROLES_KEY
-from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, TEXT_FIELD, Role, RoleWeights
+from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLES_KEY, TEXT_FIELD, Role, RoleWeights
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
 from wit_plugin.tagging.dropped import DROP_KINDS, DROPPED_KEY, describe, dropped_column, sum_dropped

@@ -8,7 +8,7 @@ saving) is TRL's:
 * the loss. SFTTrainer scores tokens without materialising the logits (TRL 1.9: ``loss_type="chunked_nll"``;
   TRL 1.16: a fused LM head) and would either skip ``compute_loss_func`` or run a second forward for it.
   Here the loss goes through ``transformers.Trainer.compute_loss`` (one forward, then the weighted loss
-  installed by :class:`~wit_plugin.trainer.WITTrainerMixin`), and TRL's metrics are computed from the same
+  installed by :class:`~wit_plugin.training.mixin.WITTrainerMixin`), and TRL's metrics are computed from the same
   logits, over the tokens the weights train.
 """
 
@@ -21,13 +21,12 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import entropy_from_logits
 
-from wit_plugin.collation import IGNORE_INDEX
 from wit_plugin.compat import pop_trl_private_inputs, trl_token_divisor
-from wit_plugin.evaluation.callback import evaluation_callbacks
 from wit_plugin.integrations.trl.config import WITConfig, check_options
 from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_dataset
-from wit_plugin.runs import RunRecordCallback, run_record
-from wit_plugin.trainer import WITTrainerMixin, loss_impl_under, parameter_sharding
+from wit_plugin.roles import IGNORE_INDEX
+from wit_plugin.training.install import RunDescription, install_wit
+from wit_plugin.training.mixin import WITTrainerMixin, parameter_sharding
 
 
 class LogitsSFTTrainer(SFTTrainer):
@@ -108,32 +107,28 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             raise ValueError(
                 "router_aux_loss_coef: the MoE load-balancing loss is not added to the WIT loss; set it to 0"
             )
-        loss_impl = loss_impl_under(args.wit_loss_impl, parameter_sharding(args.fsdp, args.deepspeed))
-        self.setup_wit(weights, loss_impl=loss_impl, role_metrics=args.wit_role_metrics)
-        for callback in evaluation_callbacks(args.wit_options):  # wit_posix_* / wit_crosstask_*, as in Axolotl
-            self.add_callback(callback)
-        self.add_callback(RunRecordCallback(self._run_record(model, kwargs)))
+        sharding = parameter_sharding(args.fsdp, args.deepspeed)
+        install_wit(self, weights, args.wit_options, sharding, self._describe_run(model, kwargs))
 
-    def _run_record(self, model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """What this run trains with (``wit_run.json``): TRL datasets are objects, named by their fingerprint."""
+    def _describe_run(self, model: Any, kwargs: dict[str, Any]) -> RunDescription:
+        """This run, for its record (``wit_run.json``): TRL datasets are objects, named by their fingerprint."""
         datasets = []
         for name in ("train_dataset", "eval_dataset"):
             dataset = kwargs.get(name)
             if dataset is not None and not isinstance(dataset, dict):
                 datasets.append({"name": name, "fingerprint": getattr(dataset, "_fingerprint", None)})
         base = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
-        return run_record(
-            "trl",
-            self.wit_weights,
-            self.args.wit_options,
-            self.wit_loss_impl,
-            base,
-            datasets,
-            {"format": None, "options": {"field": self.args.dataset_text_field}, "max_length": self.args.max_length},
-            adapter="lora" if getattr(self.model, "peft_config", None) else None,
-            seed=self.args.seed,
-            dropped_unrendered=[{"dataset": name, **counts} for name, counts in self._wit_dropped.items()],
-        )
+        tagging = {
+            "format": None,
+            "options": {"field": self.args.dataset_text_field},
+            "max_length": self.args.max_length,
+        }
+        extra = {
+            "adapter": "lora" if getattr(self.model, "peft_config", None) else None,
+            "seed": self.args.seed,
+            "dropped_unrendered": [{"dataset": name, **counts} for name, counts in self._wit_dropped.items()],
+        }
+        return RunDescription("trl", base, datasets, [tagging], extra)
 
     def _prepare_dataset(
         self,

@@ -1,5 +1,6 @@
 """Axolotl dataset type for alpaca rows, tagged by role."""
 
-from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, make_loader
+from wit_plugin.integrations.axolotl.dataset_types import MODULE_FORMATS
+from wit_plugin.integrations.axolotl.strategies import make_loader
 
 load = make_loader(MODULE_FORMATS["alpaca"])

@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from wit_plugin.roles import Role, RoleWeights
+from wit_plugin.roles import IGNORE_INDEX, ROLES_KEY, Role, RoleWeights
 from wit_plugin.tagging.dropped import DROPPED_KEY
 
-ROLES_KEY = "wit_roles"
 ROLE_DTYPE = torch.int8
-IGNORE_INDEX = -100
 
 
 class CollationError(ValueError):

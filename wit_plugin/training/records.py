@@ -3,7 +3,7 @@
 At train start wit_plugin's trainers (Axolotl and TRL) write ``wit_run.json``: the resolved role weights, every
 ``wit_*`` option, the loss implementation, package versions, base model, datasets and the tagging set-up (row
 format and chat options, so held-out rows can be tagged exactly as training tagged them): ``tagging`` for the
-first dataset and ``dataset_taggings`` for each (Axolotl; records from before it have ``tagging`` only), and
+first dataset and ``dataset_taggings`` for each (records from before it have ``tagging`` only), and
 ``dropped_unrendered``: what ``wit_drop_unrendered`` dropped from each dataset that opted in, by kind
 (:mod:`wit_plugin.tagging.dropped`; older records lack it). Each log line updates
 the last training metrics (``train``), and the end of training marks the run ``finished``.
@@ -53,9 +53,11 @@ def run_record(
     loss_impl: str,
     base_model: str | None,
     datasets: list[dict[str, Any]],
-    tagging: Mapping[str, Any],
+    taggings: list[dict[str, Any]],
     **extra: Any,
 ) -> dict[str, Any]:
+    """The record of a run (built once, by :func:`wit_plugin.training.install.install_wit`, for every adapter);
+    ``taggings``: how each training dataset is tagged, in order."""
     from wit_plugin.tagging import TAGGING_VERSION
 
     return jsonable(
@@ -66,7 +68,8 @@ def run_record(
             "loss_impl": loss_impl,
             "base_model": base_model,
             "datasets": datasets,
-            "tagging": {"version": TAGGING_VERSION, **tagging},
+            "tagging": {"version": TAGGING_VERSION, **(taggings[0] if taggings else {})},
+            "dataset_taggings": taggings,
             "versions": package_versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "finished": False,

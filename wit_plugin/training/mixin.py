@@ -4,7 +4,7 @@ The loss goes in as the trainer's ``compute_loss_func``, so the trainer's own bo
 it counts label tokens over all gradient-accumulation micro-batches (and, with
 ``average_tokens_across_devices``, over all ranks) into ``num_items_in_batch``, never divides by the
 accumulation steps again, and multiplies by the world size to undo DDP's gradient averaging. With labels
-masked by :class:`~wit_plugin.collation.RoleCollator`, that count is exactly the WIT denominator.
+masked by :class:`~wit_plugin.training.collation.RoleCollator`, that count is exactly the WIT denominator.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from wit_plugin import options
-from wit_plugin.collation import ROLES_KEY, RoleCollator
 from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
-from wit_plugin.metrics import RoleMetrics
 from wit_plugin.options import FUSED_LOSS_IMPLS, defaults
-from wit_plugin.roles import TRAINABLE_ROLES, RoleWeights
+from wit_plugin.roles import ROLES_KEY, TRAINABLE_ROLES, RoleWeights
+from wit_plugin.training.collation import RoleCollator
+from wit_plugin.training.metrics import RoleMetrics
 
 LOG = logging.getLogger(__name__)
 
@@ -42,17 +42,20 @@ def parameter_sharding(fsdp: Any, deepspeed: Any) -> str | None:
     return None
 
 
-def loss_impl_under(requested: str, sharding: str | None) -> str:
-    """The loss implementation to install: ``auto`` computes eagerly under parameter sharding, where a fused
-    loss is refused (the same rule for both adapters)."""
-    if sharding is None:
-        return requested
-    if requested in FUSED_LOSS_IMPLS:
+def check_fused_loss(requested: str, sharding: str | None) -> None:
+    """Refuse ``wit_loss_impl=requested`` when it is fused and ``sharding`` splits the LM head weight it needs;
+    each adapter's config check calls it, once, and reports the error with its other problems."""
+    if sharding is not None and requested in FUSED_LOSS_IMPLS:
         raise ValueError(
             f"wit_loss_impl={requested!r} with {sharding}: the fused loss needs the whole LM head weight; use "
             "'eager' (or 'auto', which picks it)"
         )
-    if requested == "auto":
+
+
+def loss_impl_under(requested: str, sharding: str | None) -> str:
+    """The loss implementation to install, for a ``requested`` one the adapter checked
+    (:func:`check_fused_loss`): ``auto`` computes eagerly under parameter sharding."""
+    if sharding is not None and requested == "auto":
         LOG.info("wit: %s shards the LM head, so the loss is computed eagerly", sharding)
         return "eager"
     return requested
