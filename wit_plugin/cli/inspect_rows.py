@@ -92,12 +92,8 @@ def _from_config(args: argparse.Namespace) -> Setup:
     from axolotl.loaders.tokenizer import load_tokenizer
     from axolotl.utils.dict import DictDefault
 
-    from wit_plugin.integrations.axolotl.plugin import (
-        AXOLOTL_SEQUENCE_LEN,
-        check_config,
-        map_dataset_types,
-        strategy_module,
-    )
+    from wit_plugin.compat import axolotl_sequence_len
+    from wit_plugin.integrations.axolotl.plugin import check_config, map_dataset_types, strategy_module
     from wit_plugin.integrations.axolotl.strategies import MODULE_FORMATS, dataset_tagger, truncates
 
     raw = yaml.safe_load(args.config.read_text()) or {}
@@ -110,7 +106,7 @@ def _from_config(args: argparse.Namespace) -> Setup:
         map_dataset_types(cfg)
     except ValueError as error:
         raise ValueError(f"{args.config}: {error}") from None
-    cfg.sequence_len = cfg.sequence_len or AXOLOTL_SEQUENCE_LEN  # as Axolotl fills it in before tagging
+    cfg.sequence_len = axolotl_sequence_len(cfg)  # as Axolotl fills it in before tagging
     cfg.tokenizer_config = args.tokenizer or cfg.tokenizer_config or cfg.base_model
     if not cfg.tokenizer_config:
         raise ValueError(f"{args.config} names no base_model or tokenizer_config")
