@@ -17,6 +17,10 @@ takes the right branch.
   deprecated booleans ``sdp_attention``, ``flash_attention``, ``flex_attention``, ``eager_attention``...
   mapped onto it) and both keep the multipack collator's ``attention_mask`` of sequence numbers (1, 1, 2, 2...)
   unless the implementation is one Axolotl knows to separate packed rows; read from Axolotl's own tables.
+* Axolotl 0.21 adds a nested ``context_parallel: {size: N}`` beside the flat ``context_parallel_size``; both
+  releases fill in ``sequence_len`` (default 512) only after a plugin's ``register()`` has seen the config.
+* Not between releases but kept here as well: model wrappers (:func:`unwrap_model`), the ``logits_to_keep``
+  probe for models that may lack it, and the families the fused loss has been checked against.
 """
 
 from __future__ import annotations
