@@ -87,10 +87,8 @@ def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "EAFT"),
         ({"use_dft": True}, "`use_dft`: DFT replaces the loss"),  # Axolotl 0.21
-        ({"context_parallel": {"size": 2}}, "`context_parallel.size` > 1"),  # Axolotl 0.21's nested form
         ({"balance_labels": True}, "`balance_labels`"),
         ({"diffusion_lm": {"noise_schedule": "linear"}}, "`diffusion_lm`"),
-        ({"context_parallel_size": 2}, "`context_parallel_size` > 1"),
         ({"tensor_parallel_size": 2}, "`tensor_parallel_size` > 1: the LM head and logits split"),
         ({"train_on_inputs": True}, "`train_on_inputs`: the role weights decide"),
         ({"trainer_cls": "my.Trainer"}, "`trainer_cls`"),
@@ -173,10 +171,6 @@ def with_plugin(monkeypatch):
     from wit_plugin.integrations.axolotl.plugin import WITPlugin
 
     monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"wit_plugin.WITPlugin": WITPlugin()})
-
-
-def test_eval_sequence_len_equal_to_axolotls_default_is_fine():
-    check_config(DictDefault({"excess_length_strategy": "truncate", "eval_sequence_len": 512}))  # sequence_len unset
 
 
 def test_sharegpt_roles_map_as_in_axolotl_without_a_roles_key(tokenizer, with_plugin):

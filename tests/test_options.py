@@ -76,9 +76,8 @@ def test_frameworks_take_the_same_defaults():
 
 
 def _setup_wit(**kwargs):
-    from wit_plugin.training.mixin import WITTrainerMixin
-
     from wit_plugin.roles import RoleWeights
+    from wit_plugin.training.mixin import WITTrainerMixin
 
     WITTrainerMixin().setup_wit(RoleWeights(), **kwargs)  # refused before the trainer's state is read
 

@@ -92,13 +92,14 @@ def _from_config(args: argparse.Namespace) -> Setup:
     from axolotl.loaders.tokenizer import load_tokenizer
     from axolotl.utils.dict import DictDefault
 
+    from wit_plugin.compat import axolotl_sequence_len
     from wit_plugin.integrations.axolotl.dataset_types import (
         dataset_format,
         dataset_tagger,
         map_dataset_types,
         truncates,
     )
-    from wit_plugin.integrations.axolotl.plugin import AXOLOTL_SEQUENCE_LEN, check_config
+    from wit_plugin.integrations.axolotl.plugin import check_config
 
     raw = yaml.safe_load(args.config.read_text()) or {}
     if not isinstance(raw, dict):
@@ -110,7 +111,7 @@ def _from_config(args: argparse.Namespace) -> Setup:
         map_dataset_types(cfg)
     except ValueError as error:
         raise ValueError(f"{args.config}: {error}") from None
-    cfg.sequence_len = cfg.sequence_len or AXOLOTL_SEQUENCE_LEN  # as Axolotl fills it in before tagging
+    cfg.sequence_len = axolotl_sequence_len(cfg)  # as Axolotl fills it in before tagging
     cfg.tokenizer_config = args.tokenizer or cfg.tokenizer_config or cfg.base_model
     if not cfg.tokenizer_config:
         raise ValueError(f"{args.config} names no base_model or tokenizer_config")

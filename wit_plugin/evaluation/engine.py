@@ -13,7 +13,6 @@ they are never scored.
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from wit_plugin import options as wit_options
-from wit_plugin.compat import cache_kwargs, output_cache
+from wit_plugin.compat import cache_kwargs, logits_to_keep, output_cache
 
 Tokens = tuple[int, ...]
 Prompt = str | list[dict[str, str]]  # raw text, or chat messages rendered with the generation prompt
@@ -141,14 +140,6 @@ def attention_kind(model: Any) -> bool | None:
         return None
 
 
-def _logits_to_keep(model: Any) -> dict[str, int]:
-    """``logits_to_keep=1`` where the model takes it, looking through PEFT and ``torch.compile`` wrappers
-    (whose own forward only shows ``**kwargs``): a prompt needs its last position's logits only."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(inner, "_orig_mod", inner)
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
-
-
 def _pad(rows: Sequence[Tokens], pad: int, device: torch.device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -214,7 +205,7 @@ def prefill(model: Any, prompts: Sequence[Tokens], pad: int) -> Prefill:
     (see :func:`plain_attention`); other models run every prompt whole.
     """
     device = model.device
-    keep = _logits_to_keep(model)
+    keep = logits_to_keep(model)
     # a config that cannot tell leaves the check to the real cache below
     prefix, cache = shared_prefix(prompts) if attention_kind(model) is not False else (), None
     if prefix:
@@ -417,7 +408,7 @@ def score_tree(
     if any(not prompt for prompt in prompts) or any(not option for options in continuations for option in options):
         raise ValueError("score_tree needs non-empty prompts and continuations")
     device = model.device
-    keep = "logits_to_keep" in _logits_to_keep(model)
+    keep = "logits_to_keep" in logits_to_keep(model)
     order = sorted(range(len(prompts)), key=lambda index: prompts[index])
     results: list[list[float]] = [[0.0] * len(options) for options in continuations]
     begin = 0

@@ -21,11 +21,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
-from wit_plugin.compat import forward_cache_name, output_cache
-
-# Causal LMs whose forward is exactly ``logits = lm_head(model(...).last_hidden_state)`` (+ Gemma's softcap),
-# checked against transformers 5.16.1–5.25.0. MoE models are not here: their forward also adds a router loss.
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
+from wit_plugin.compat import FUSED_LOSS_MODEL_TYPES, forward_cache_name, output_cache, unwrap_model
 
 
 @dataclass
@@ -45,17 +41,6 @@ class LMHead:
     weight: torch.Tensor
     bias: torch.Tensor | None
     softcap: float | None
-
-
-def find_causal_lm(model: nn.Module) -> nn.Module:
-    """The ``*ForCausalLM`` module inside PEFT and (Distributed)DataParallel wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "get_base_model"):  # peft.PeftModel
-            model = model.get_base_model()
-        else:
-            return model
 
 
 def _plain_lm_head(causal_lm: nn.Module) -> nn.Linear:
@@ -87,11 +72,11 @@ class HiddenStatesForward:
     """Installed on a causal LM's instance ``forward``; inside :meth:`enabled` it returns hidden states."""
 
     def __init__(self, model: nn.Module) -> None:
-        causal_lm = find_causal_lm(model)
+        causal_lm = unwrap_model(model)
         model_type = getattr(getattr(causal_lm, "config", None), "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in FUSED_LOSS_MODEL_TYPES:
             raise ValueError(
-                f"the fused loss supports causal LMs of type {', '.join(sorted(SUPPORTED_MODEL_TYPES))}; "
+                f"the fused loss supports causal LMs of type {', '.join(sorted(FUSED_LOSS_MODEL_TYPES))}; "
                 f"got {type(causal_lm).__name__} (model_type {model_type!r}): use the eager loss"
             )
         _plain_lm_head(causal_lm)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from axolotl.integrations.base import BasePlugin
 
 from wit_plugin import options
+from wit_plugin.compat import axolotl_context_parallel_sizes, axolotl_sequence_len
 from wit_plugin.integrations.axolotl.dataset_types import (
     DROP_SUFFIX,
     WITConfigError,
@@ -58,12 +59,7 @@ CONFLICTS = {
     "train_on_inputs": "the role weights decide what is trained: use `wit_preset: im` / `cpt` or `wit_prompt_weight`",
     "trainer_cls": "wit_plugin installs its own trainer class, which a custom one would replace",
 }
-PARALLEL_CONFLICTS = {
-    "context_parallel_size": "sequences split across ranks",
-    "sequence_parallel_degree": "sequences split across ranks",
-    "tensor_parallel_size": "the LM head and logits split across ranks",
-}
-AXOLOTL_SEQUENCE_LEN = 512  # Axolotl 0.19's default, not yet filled in when register() sees the config
+PARALLEL_CONFLICTS = {"tensor_parallel_size": "the LM head and logits split across ranks"}
 
 
 def check_config(cfg: Any) -> None:
@@ -75,14 +71,17 @@ def check_config(cfg: Any) -> None:
     options.check_weights(cfg)
     problems = [f"`{key}`: {why}" for key, why in CONFLICTS.items() if cfg.get(key)]
     problems += [f"`{key}` > 1: {why}" for key, why in PARALLEL_CONFLICTS.items() if (cfg.get(key) or 1) > 1]
-    if ((cfg.get("context_parallel") or {}).get("size") or 1) > 1:  # Axolotl 0.21's nested form
-        problems.append("`context_parallel.size` > 1: sequences split across ranks")
+    problems += [
+        f"`{key}` > 1: sequences split across ranks"
+        for key, size in axolotl_context_parallel_sizes(cfg).items()
+        if size > 1
+    ]
     try:
         check_fused_loss(options.resolved(cfg, "wit_loss_impl"), config_sharding(cfg))
     except ValueError as error:
         problems.append(str(error))
     eval_len = cfg.get("eval_sequence_len")
-    if truncates(cfg) and eval_len and eval_len != (cfg.get("sequence_len") or AXOLOTL_SEQUENCE_LEN):
+    if truncates(cfg) and eval_len and eval_len != axolotl_sequence_len(cfg):
         problems.append(
             "`excess_length_strategy: truncate` with an `eval_sequence_len` of its own: the role column is cut at "
             "`sequence_len`, and Axolotl would cut the eval split's other columns elsewhere"
