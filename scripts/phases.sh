@@ -27,6 +27,24 @@ timed() {  # timed NAME COMMAND...: COMMAND as a phase of its own, for phases th
   return "$status"
 }
 
+side_by_side() {  # side_by_side TITLE_A FUNCTION_A TITLE_B FUNCTION_B: both at once, each into its own log; then
+  # each log printed whole under its title, and a non-zero status if either failed
+  local logs first second status_a=0 status_b=0
+  logs=$(mktemp -d)
+  "$2" >"$logs/a" 2>&1 &
+  first=$!
+  "$4" >"$logs/b" 2>&1 &
+  second=$!
+  wait "$first" || status_a=$?
+  wait "$second" || status_b=$?
+  echo "=== $1 (exit $status_a)"
+  cat "$logs/a"
+  echo "=== $3 (exit $status_b)"
+  cat "$logs/b"
+  rm -rf "$logs"
+  ((status_a == 0 && status_b == 0))
+}
+
 _minutes() { printf '%d.%d min' $(($1 / 60)) $(($1 % 60 * 10 / 60)); }
 
 phase_report() {  # phase_report LOG WALL_SECONDS: phases in the order they ended (some may overlap)

@@ -17,18 +17,7 @@ if (($#)); then
   exit
 fi
 phase "tests $py, quick and slow side by side"
-logs=$(mktemp -d)
 export OMP_NUM_THREADS=1
-timed "quick tests $py" python -m pytest -q -p no:cacheprovider -m "not slow" tests >"$logs/quick" 2>&1 &
-quick=$!
-timed "slow tests $py" python -m pytest -q -p no:cacheprovider -m slow tests >"$logs/slow" 2>&1 &
-slow=$!
-status_quick=0 status_slow=0
-wait "$quick" || status_quick=$?
-wait "$slow" || status_slow=$?
-echo "=== quick tests (exit $status_quick)"
-cat "$logs/quick"
-echo "=== slow tests (exit $status_slow)"
-cat "$logs/slow"
-rm -rf "$logs"
-((status_quick == 0 && status_slow == 0))
+quick() { timed "quick tests $py" python -m pytest -q -p no:cacheprovider -m "not slow" tests; }
+slow() { timed "slow tests $py" python -m pytest -q -p no:cacheprovider -m slow tests; }
+side_by_side "quick tests" quick "slow tests" slow

@@ -87,18 +87,9 @@ print("stack B:", {name: version(name) for name in ("axolotl", "transformers", "
 PY
 
 phase "A and B side by side"  # the wall time of both; each branch's own times are phases too
-logs=$(mktemp -d)
 export OMP_NUM_THREADS=1
-(timed "tests A" run_tests "$a" "$@" && timed "demo A" demo_a) >"$logs/a" 2>&1 &
-stack_a=$!
-timed "tests B" run_tests "$b" "$@" >"$logs/b" 2>&1 &
-stack_b=$!
-status_a=0 status_b=0
-wait "$stack_a" || status_a=$?
-wait "$stack_b" || status_b=$?
-echo "=== stack A (Axolotl $AXOLOTL_A): tests, then the demo (exit $status_a)"
-cat "$logs/a"
-echo "=== stack B (transformers $TRANSFORMERS_B, TRL $TRL_B): tests (exit $status_b)"
-cat "$logs/b"
-rm -rf "$logs"
-(( status_a == 0 && status_b == 0 ))
+pytest_args=("$@")
+stack_a() { timed "tests A" run_tests "$a" "${pytest_args[@]}" && timed "demo A" demo_a; }
+stack_b() { timed "tests B" run_tests "$b" "${pytest_args[@]}"; }
+side_by_side "stack A (Axolotl $AXOLOTL_A): tests, then the demo" stack_a \
+  "stack B (transformers $TRANSFORMERS_B, TRL $TRL_B): tests" stack_b
