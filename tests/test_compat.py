@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
+import types
 import warnings
 
 import pytest
@@ -132,9 +134,13 @@ def test_gguf_load_kwargs_dequantize_where_transformers_has_a_gguf_config(monkey
         def __init__(self, dequantize: bool) -> None:
             self.dequantize = dequantize
 
-    monkeypatch.setattr(transformers, "GgufConfig", GgufConfig, raising=False)
+    # Both branches on stand-in modules: transformers >= 5.20 is a lazy module that brings back an attribute
+    # deleted from it on the next lookup, so the pre-5.20 branch cannot be had by deleting GgufConfig.
+    newer, older = types.ModuleType("transformers"), types.ModuleType("transformers")
+    newer.GgufConfig = GgufConfig  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "transformers", newer)
     assert compat.gguf_load_kwargs()["quantization_config"].dequantize is True
-    monkeypatch.delattr(transformers, "GgufConfig")
+    monkeypatch.setitem(sys.modules, "transformers", older)
     assert compat.gguf_load_kwargs() == {}
 
 
