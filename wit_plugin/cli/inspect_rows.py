@@ -11,8 +11,9 @@ from typing import Any
 
 from wit_plugin import options
 from wit_plugin.cli.args import non_negative_int
+from wit_plugin.roles import GROUP_KEYS
 
-WEIGHT_FLAGS = ("wit_preset", "wit_prompt_weight", "wit_response_weight")
+WEIGHT_FLAGS = ("wit_preset", *GROUP_KEYS)
 PLUGIN = "wit_plugin.WITPlugin"
 
 
