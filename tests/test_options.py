@@ -51,6 +51,9 @@ def test_cross_option_rules(tmp_path):
     with pytest.raises(OptionError, match="unknown wit_plugin option\\(s\\) \\['wit_promt_weight'\\]") as raised:
         options.check_known_keys({"wit_promt_weight": 1, "learning_rate": 1})
     assert "wit_promt_weight: did you mean wit_prompt_weight?" in str(raised.value)
+    assert "valid:" not in str(raised.value)  # the guess says it; the whole list only where nothing is close
+    with pytest.raises(OptionError, match="; valid: \\['wit_crosstask_batch_size'"):
+        options.check_known_keys({"wit_zzz": 1})
 
 
 def test_cli_flags_take_the_options_type_default_and_checks():

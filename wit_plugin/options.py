@@ -302,7 +302,9 @@ def check_known_keys(keys: Iterable[Any]) -> None:
     if unknown:
         guesses = {key: difflib.get_close_matches(key, OPTION_BY_NAME, n=1) for key in unknown}
         hints = "".join(f"; {key}: did you mean {guess[0]}?" for key, guess in guesses.items() if guess)
-        raise OptionError(f"unknown wit_plugin option(s) {unknown}{hints}; valid: {sorted(OPTION_BY_NAME)}")
+        # every key listed only where a key has no close match: with a guess, the list hides it in one long line
+        listing = "" if all(guesses.values()) else f"; valid: {sorted(OPTION_BY_NAME)}"
+        raise OptionError(f"unknown wit_plugin option(s) {unknown}{hints}{listing}")
 
 
 DATASET_OPTIONS: tuple[str, ...] = ("wit_drop_unrendered",)  # Axolotl: also set per dataset
