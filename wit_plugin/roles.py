@@ -41,6 +41,9 @@ class Role(IntEnum):
 
 ROLES_KEY = "wit_roles"  # the dataset and batch column of role codes, one per token
 IGNORE_INDEX = -100  # a label (or target) that is not scored: PyTorch's cross-entropy default
+# The dataset and batch column of per-token multipliers from the data (a message's ``weight``, Axolotl's
+# ``training``/``training_detail``): the token's role weight is multiplied by it. Absent or empty: all 1.
+MESSAGE_WEIGHTS_KEY = "wit_message_weights"
 
 TRAINABLE_ROLES: tuple[Role, ...] = tuple(role for role in Role if role is not Role.PAD)
 PROMPT_GROUP: tuple[Role, ...] = (Role.TEMPLATE, Role.SYSTEM, Role.INSTRUCTION)  # λp in the WIT paper
