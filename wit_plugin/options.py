@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wit_plugin.roles import GROUP_KEYS, PRESETS, TRAINABLE_ROLES, WEIGHT_KEYS, Role, RoleWeights, weight_key
+from wit_plugin.roles import GROUP_KEYS, PRESETS, TRAINABLE_ROLES, WEIGHT_KEYS, Role, RoleSchedules, weight_key
+from wit_plugin.schedules import SCHEDULE_KINDS
 
 FUSED_LOSS_IMPLS: tuple[str, ...] = ("chunked", "cce")  # from hidden states, never materialising the logits
 LOSS_IMPLS: tuple[str, ...] = ("auto", *FUSED_LOSS_IMPLS, "eager")
@@ -27,6 +28,8 @@ ROLE_METRICS: tuple[str, ...] = ("all", "weighted")
 CROSSTASK_CONDITIONS: tuple[str, ...] = ("zero", "cross", "mixed", "random", "gold", "pseudo")
 DEMO_SELECTIONS: tuple[str, ...] = ("similar", "lexical", "random")
 SCORINGS: tuple[str, ...] = ("mean", "sum")
+# The loss's denominator N: targets with w > 0 (the WIT paper) or Σ w (LLaMA-Factory v1's per-message loss_weight).
+NORMALIZATIONS: tuple[str, ...] = ("tokens", "weights")
 PSI_DEFINITIONS: tuple[str, ...] = ("paper", "package")  # POSIX's ψ: the paper's Eq. 1, or its package's 0.0.1
 
 
@@ -52,6 +55,7 @@ class Option:
     minimum: float | None = None
     unset: str = "unset"
     flag: str | None = None
+    schedulable: bool = False  # a number, or a schedule mapping (:mod:`wit_plugin.schedules`); CLI flags: numbers
 
     def check(self, value: Any) -> Any:
         """``value`` if valid for this option (``None`` always is: unset), else :class:`OptionError`."""
@@ -88,7 +92,8 @@ class Option:
             return f"comma-separated {kinds}" if self.multiple else kinds
         names = {float: "float", int: "int", bool: "bool", str: "path" if self.name.endswith(_PATH_SUFFIXES) else "str"}
         bound = f" ≥ {self.minimum:g}" if self.minimum is not None else ""
-        return names[self.type] + bound
+        schedule = " or schedule" if self.schedulable else ""
+        return names[self.type] + bound + schedule
 
     def describe_default(self) -> str:
         if self.default is None:
@@ -108,7 +113,7 @@ def parse_choices(value: str, option: Option) -> list[str]:
 
 
 def _weight(key: str, help_text: str, unset: str = "group", flag: str | None = None) -> Option:
-    return Option(key, float, None, help_text, "weights", minimum=0.0, unset=unset, flag=flag)
+    return Option(key, float, None, help_text, "weights", minimum=0.0, unset=unset, flag=flag, schedulable=True)
 
 
 PROMPT_WEIGHT, RESPONSE_WEIGHT = GROUP_KEYS  # λp and λr (the response role's own key)
@@ -145,6 +150,15 @@ OPTIONS: tuple[Option, ...] = (
         "gradients) or from logits (eager); auto is chunked where the model allows, else eager",
         "loss",
         choices=LOSS_IMPLS,
+    ),
+    Option(
+        "wit_normalize",
+        str,
+        "tokens",
+        "the loss's denominator over the global batch (every accumulation step and rank): the number of targets "
+        "with weight > 0 (the WIT paper) or the sum of their weights (LLaMA-Factory v1)",
+        "loss",
+        choices=NORMALIZATIONS,
     ),
     Option(
         "wit_role_metrics",
@@ -330,9 +344,10 @@ def check_values(values: Mapping[str, Any]) -> None:
             option.check(values.get(name))
 
 
-def check_weights(values: Mapping[str, Any]) -> RoleWeights:
-    """The weights resolve (finite, ≥ 0, not all zero); returns them."""
-    return RoleWeights.from_options(values)
+def check_weights(values: Mapping[str, Any]) -> RoleSchedules:
+    """The weights resolve (numbers or schedules, finite, ≥ 0, not all zero at any point of training); returns
+    each role's schedule (constant for a number)."""
+    return RoleSchedules.from_options(values)
 
 
 def _set(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:
@@ -374,7 +389,7 @@ def _raise(problems: list[str | None]) -> None:
         raise OptionError("; ".join(found))
 
 
-def check_all(values: Mapping[str, Any]) -> RoleWeights:
+def check_all(values: Mapping[str, Any]) -> RoleSchedules:
     """Every check above, in order; returns the resolved weights."""
     check_known_keys(values)
     check_values(values)
@@ -430,6 +445,11 @@ def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for option in options:
         lines.append(f"| `{option.name}` | {option.describe_type()} | {option.describe_default()} | {option.help} |")
+    kinds = ", ".join(f"`{kind}`" for kind in SCHEDULE_KINDS)
+    lines.append(
+        f"\nA *schedule* is a mapping `{{start, end, schedule, warmup}}`: `schedule` one of {kinds}, `warmup` a "
+        "fraction of training in [0, 1) that holds `start` (see *Schedules and normalisation*)."
+    )
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from wit_plugin.schedules import Schedule, ScheduleError, parse_schedule
+
 if TYPE_CHECKING:
     import torch
 
@@ -131,24 +133,12 @@ class RoleWeights:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RoleWeights:
-        """Resolve the user-facing weight keys (see :data:`WEIGHT_KEYS`) to weights; ``None`` means unset.
-
-        Precedence, most specific last: ``wit_preset`` (default ``wit``), then the paper's group weights
-        ``wit_prompt_weight`` (template, system, instruction) and ``wit_response_weight`` (response, eot,
-        reasoning), then the per-role ``wit_<role>_weight`` keys.
-        """
-        weights = asdict(cls.preset(options.get("wit_preset") or "wit"))
-        for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
-            if options.get(key) is not None:
-                check_weight(options[key], key)
-        for key, group in zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP)):
-            if options.get(key) is not None:
-                weights.update({role.label: options[key] for role in group})
-        for role in TRAINABLE_ROLES:
-            key = weight_key(role)
-            if key not in GROUP_KEYS and options.get(key) is not None:
-                weights[role.label] = options[key]
-        return cls(**weights)
+        """The constant weights the keys (see :data:`WEIGHT_KEYS`) resolve to; a schedule is refused here (read
+        those with :meth:`RoleSchedules.from_options`)."""
+        schedules = RoleSchedules.from_options(options)
+        if not schedules.constant:
+            raise WeightError(f"weights follow schedules ({schedules.describe()}): no one set of weights")
+        return schedules.initial
 
     def as_tuple(self) -> tuple[float, ...]:
         """Weights in role-code order (``PAD`` excluded)."""
@@ -177,6 +167,79 @@ def weight_key(role: Role) -> str:
 GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", weight_key(Role.RESPONSE))
 ROLE_KEYS: tuple[str, ...] = tuple(key for key in map(weight_key, TRAINABLE_ROLES) if key not in GROUP_KEYS)
 WEIGHT_KEYS: tuple[str, ...] = ("wit_preset", *GROUP_KEYS, *ROLE_KEYS)
+
+
+@dataclass(frozen=True)
+class RoleSchedules:
+    """Each role's weight over training (:mod:`wit_plugin.schedules`); constant weights are constant schedules."""
+
+    schedules: tuple[Schedule, ...]  # in role-code order, PAD excluded
+
+    def __post_init__(self) -> None:
+        # A zero of each schedule starts at one of its breakpoints, so all weights are zero together somewhere
+        # exactly when they are at one of them.
+        for progress in sorted({point for schedule in self.schedules for point in schedule.breakpoints()}):
+            if not any(schedule.at(progress) for schedule in self.schedules):
+                raise WeightError(
+                    f"all wit role weights are zero at training progress {progress:g} ({self.describe()}): "
+                    "no token would be trained"
+                )
+
+    @classmethod
+    def of(cls, weights: RoleWeights | RoleSchedules) -> RoleSchedules:
+        """Constant weights as constant schedules (schedules as they are): what trainers and records take."""
+        return weights if isinstance(weights, RoleSchedules) else cls(tuple(Schedule(w, w) for w in weights.as_tuple()))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RoleSchedules:
+        """Resolve the user-facing weight keys (see :data:`WEIGHT_KEYS`), each a number or a schedule mapping;
+        ``None`` means unset.
+
+        Precedence, most specific last: ``wit_preset`` (default ``wit``), then the paper's group weights
+        ``wit_prompt_weight`` (template, system, instruction) and ``wit_response_weight`` (response, eot,
+        reasoning), then the per-role ``wit_<role>_weight`` keys.
+        """
+        preset = RoleWeights.preset(options.get("wit_preset") or "wit")
+        schedules = {role.label: Schedule(w, w) for role, w in zip(TRAINABLE_ROLES, preset.as_tuple())}
+        parsed: dict[str, Schedule] = {}
+        for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
+            if options.get(key) is not None:
+                try:
+                    parsed[key] = parse_schedule(options[key], key)
+                except ScheduleError as error:
+                    raise WeightError(str(error)) from None
+        for key, group in zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP)):
+            if key in parsed:
+                schedules.update({role.label: parsed[key] for role in group})
+        for role in TRAINABLE_ROLES:
+            key = weight_key(role)
+            if key not in GROUP_KEYS and key in parsed:
+                schedules[role.label] = parsed[key]
+        return cls(tuple(schedules[role.label] for role in TRAINABLE_ROLES))
+
+    @property
+    def constant(self) -> bool:
+        return all(schedule.constant for schedule in self.schedules)
+
+    def at(self, progress: float) -> RoleWeights:
+        """The weights in effect at training ``progress`` (:func:`wit_plugin.schedules.progress`)."""
+        return RoleWeights(*(schedule.at(progress) for schedule in self.schedules))
+
+    @property
+    def initial(self) -> RoleWeights:
+        return self.at(0.0)
+
+    @property
+    def ever(self) -> RoleWeights:
+        """Each role's largest weight over the run: a role is never trained exactly where this is 0."""
+        return RoleWeights(*(max(schedule.start, schedule.end) for schedule in self.schedules))
+
+    def as_json(self) -> dict[str, Any]:
+        """By role label: a number (constant) or the schedule mapping, as the run record keeps them."""
+        return {role.label: schedule.as_json() for role, schedule in zip(TRAINABLE_ROLES, self.schedules)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{role.label}={s.describe()}" for role, s in zip(TRAINABLE_ROLES, self.schedules))
 
 
 def message_role(name: object) -> Role:

@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     if chosen["wit_preset"] is not None:  # a preset chosen here replaces the config's weights, not just its preset
         setup.weights = {}
     setup.weights.update({key: value for key, value in chosen.items() if value is not None})
-    weights = options.check_weights(setup.weights)
+    schedules = options.check_weights(setup.weights)
+    weights = schedules.initial  # a scheduled weight is shown at the start of training (its schedule below)
     indices = args.row or [0]
     console, sections, records = make_console(), [], []
     for index, (line, row) in sorted(_rows(setup.data, indices).items()):
@@ -213,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(render_table(tokens))
         sections.append((title, tokens))
         records.append({"row": index, "source": where, "fate": fate, "tokens": [t.to_dict() for t in tokens]})
-    console.print(f"weights: {weights.describe()}")
+    shown = "" if schedules.constant else f" (at the start of training; schedules: {schedules.describe()})"
+    console.print(escape(f"weights: {weights.describe()}{shown}"))
     if args.html:
         args.html.write_text(render_html(sections, weights), encoding="utf-8")
         console.print(f"wrote {args.html}")

@@ -1,8 +1,9 @@
 """The weighted token loss from materialised logits (the ``eager`` implementation).
 
-L = Σ_t w(role_t)·CE_t / N, where N counts the target tokens with w > 0 over the *whole* global batch
-(every gradient-accumulation micro-batch, every data-parallel rank). Trainers pass that N as
-``num_items_in_batch``; without it (evaluation) N is this batch's own count.
+L = Σ_t w(role_t)·CE_t / N, where N counts the target tokens with w > 0 (``wit_normalize: tokens``) or sums their
+weights (``weights``) over the *whole* global batch (every gradient-accumulation micro-batch, every data-parallel
+rank). Trainers pass that N as ``num_items_in_batch`` (:func:`denominator` of each micro-batch, summed); without it
+N is this batch's own count.
 """
 
 from __future__ import annotations
@@ -52,13 +53,32 @@ def flat_targets(input_ids: torch.Tensor, roles: torch.Tensor, weight_table: tor
     return Targets(tokens, target_roles, weights)
 
 
-def normaliser(weights: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
-    """N: the trainer's global count if given, else this batch's count of weighted targets; never 0."""
+def normaliser(weights: torch.Tensor, num_items_in_batch: torch.Tensor | float | None) -> torch.Tensor:
+    """N: the trainer's global count (or weight sum) if given, else this batch's count of weighted targets; 1 where
+    it is 0 (nothing is weighted then, so the loss is 0 either way). A sum of weights may be below 1."""
     if num_items_in_batch is None:
         count = (weights > 0).sum()
     else:
         count = torch.as_tensor(num_items_in_batch, device=weights.device)
-    return count.to(torch.float32).clamp(min=1.0)
+    count = count.to(torch.float32)
+    return torch.where(count > 0, count, torch.ones_like(count))
+
+
+def denominator(
+    input_ids: torch.Tensor,
+    roles: torch.Tensor,
+    weight_table: torch.Tensor,
+    normalize: str,
+    message_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One micro-batch's share of N, in float64: its targets with w > 0 (``tokens``) or their Σ w (``weights``),
+    w being the role weight times the message weight of the target token (``[B, T]``, shifted like the roles)."""
+    if normalize not in ("tokens", "weights"):
+        raise ValueError(f"unknown wit_normalize {normalize!r}; choose tokens or weights")
+    weights = flat_targets(input_ids, roles, weight_table).weights.double()
+    if message_weights is not None:
+        weights = weights * F.pad(message_weights[:, 1:].double(), (0, 1), value=0.0).reshape(-1).to(weights.device)
+    return (weights > 0).sum().double() if normalize == "tokens" else weights.sum()
 
 
 def role_stats(token_loss: torch.Tensor, target_roles: torch.Tensor) -> RoleStats:

@@ -11,7 +11,7 @@ from typing import Any
 
 from wit_plugin import options
 from wit_plugin.evaluation.callback import evaluation_callbacks
-from wit_plugin.roles import RoleWeights
+from wit_plugin.roles import RoleSchedules, RoleWeights
 from wit_plugin.training.mixin import WITTrainerMixin, loss_impl_under
 from wit_plugin.training.records import RunRecordCallback, run_record
 
@@ -29,7 +29,7 @@ class RunDescription:
 
 def install_wit(
     trainer: WITTrainerMixin,
-    weights: RoleWeights,
+    weights: RoleWeights | RoleSchedules,
     values: Mapping[str, Any],
     sharding: str | None,
     run: RunDescription,
@@ -37,7 +37,12 @@ def install_wit(
     """Set up ``trainer`` (a WIT trainer, its model not yet wrapped) with the ``wit_*`` ``values`` (unset: None
     or absent), which the adapter has checked, under ``sharding`` (:func:`.mixin.parameter_sharding`)."""
     loss_impl = loss_impl_under(options.resolved(values, "wit_loss_impl"), sharding)
-    trainer.setup_wit(weights, loss_impl=loss_impl, role_metrics=options.resolved(values, "wit_role_metrics"))
+    trainer.setup_wit(
+        weights,
+        loss_impl=loss_impl,
+        role_metrics=options.resolved(values, "wit_role_metrics"),
+        normalize=options.resolved(values, "wit_normalize"),
+    )
     for callback in evaluation_callbacks(values):
         trainer.add_callback(callback)  # type: ignore[attr-defined]
     record = run_record(

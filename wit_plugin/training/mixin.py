@@ -1,10 +1,13 @@
 """The weighted loss inside a ``transformers.Trainer`` (shared by the Axolotl and TRL adapters).
 
-The loss goes in as the trainer's ``compute_loss_func``, so the trainer's own bookkeeping stays as it is:
-it counts label tokens over all gradient-accumulation micro-batches (and, with
-``average_tokens_across_devices``, over all ranks) into ``num_items_in_batch``, never divides by the
-accumulation steps again, and multiplies by the world size to undo DDP's gradient averaging. With labels
-masked by :class:`~wit_plugin.training.collation.RoleCollator`, that count is exactly the WIT denominator.
+The loss goes in as the trainer's ``compute_loss_func``, so the trainer's own bookkeeping stays as it is: it
+passes one ``num_items_in_batch`` for all gradient-accumulation micro-batches of an optimiser step (and, with
+``average_tokens_across_devices``, all ranks), never divides by the accumulation steps again, and multiplies by the
+world size to undo DDP's gradient averaging. The mixin computes that N itself (``_get_num_items_in_batch``, the
+hook every supported transformers release calls once per step and once per evaluation batch) from the batches'
+roles, message weights and the weights in effect at the step: targets with w > 0 or Σ w (``wit_normalize``),
+gathered over ranks as transformers gathers its label count. The weights in effect follow their schedules
+(:mod:`wit_plugin.schedules`) from the trainer's global step.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 from wit_plugin import options
 from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutput
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
-from wit_plugin.loss.weighted import weighted_token_loss
+from wit_plugin.loss.weighted import denominator, weighted_token_loss
 from wit_plugin.options import FUSED_LOSS_IMPLS, defaults
-from wit_plugin.roles import ROLES_KEY, TRAINABLE_ROLES, RoleWeights
+from wit_plugin.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY, TRAINABLE_ROLES, RoleSchedules, RoleWeights
+from wit_plugin.schedules import progress
 from wit_plugin.training.collation import RoleCollator
 from wit_plugin.training.metrics import RoleMetrics
 
@@ -64,20 +68,26 @@ def loss_impl_under(requested: str, sharding: str | None) -> str:
 class WITTrainerMixin:
     """Mix into a ``transformers.Trainer`` subclass and call :meth:`setup_wit` at the end of ``__init__``."""
 
-    wit_weights: RoleWeights
+    wit_weights: RoleWeights  # in effect at the current step
+    wit_schedules: RoleSchedules
 
     def setup_wit(
         self,
-        weights: RoleWeights,
+        weights: RoleWeights | RoleSchedules,
         loss_impl: str = defaults()["wit_loss_impl"],
         role_metrics: str = defaults()["wit_role_metrics"],
+        normalize: str = defaults()["wit_normalize"],
     ) -> None:
         """Install the weighted loss; call before training starts (the model must not be wrapped yet)."""
         options.check("wit_role_metrics", role_metrics)
-        self.wit_weights = weights
-        self._wit_table = weights.table()
+        self._wit_normalize = options.check("wit_normalize", normalize)
+        self.wit_schedules = RoleSchedules.of(weights)
+        self.wit_weights = self.wit_schedules.initial
+        self._wit_table = self.wit_weights.table()
+        self._wit_message_weights: torch.Tensor | None = None
+        ever = self.wit_schedules.ever  # labels mask only the roles no step trains
         self._wit_all_roles = role_metrics == "all"
-        self._wit_metric_roles = [r for r in TRAINABLE_ROLES if self._wit_all_roles or getattr(weights, r.label) > 0]
+        self._wit_metric_roles = [r for r in TRAINABLE_ROLES if self._wit_all_roles or getattr(ever, r.label) > 0]
         self._wit_metrics = {"train": RoleMetrics(self._wit_metric_roles), "eval": RoleMetrics(self._wit_metric_roles)}
         self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
@@ -89,8 +99,13 @@ class WITTrainerMixin:
         for name in ("data_collator", "eval_data_collator", "train_data_collator"):
             collator = getattr(self, name, None)
             if collator is not None and not isinstance(collator, RoleCollator):
-                setattr(self, name, RoleCollator(collator, weights))
-        LOG.info("wit: role weights %s; loss %s", weights.describe(), self._wit_impl)
+                setattr(self, name, RoleCollator(collator, ever))
+        LOG.info(
+            "wit: role weights %s; loss %s, normalised by %s",
+            self.wit_schedules.describe(),
+            self._wit_impl,
+            "the number of weighted targets" if self._wit_normalize == "tokens" else "the sum of the weights",
+        )
 
     @property
     def wit_loss_impl(self) -> str:
@@ -117,6 +132,36 @@ class WITTrainerMixin:
         if ROLES_KEY not in self._signature_columns:  # type: ignore[attr-defined]
             self._signature_columns.append(ROLES_KEY)  # type: ignore[attr-defined]
 
+    def _wit_follow_schedule(self) -> None:
+        """The weights in effect at the trainer's global step (before training: the schedules' start)."""
+        if self.wit_schedules.constant:
+            return
+        state = self.state  # type: ignore[attr-defined]
+        weights = self.wit_schedules.at(progress(state.global_step, state.max_steps))
+        if weights != self.wit_weights:
+            self.wit_weights, self._wit_table = weights, weights.table()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """N for the batches of one optimiser step (or one evaluation batch): Σ over them of
+        :func:`~wit_plugin.loss.weighted.denominator` under the weights in effect now, summed over ranks and
+        divided by the ranks that share one batch (tensor, context and sequence parallelism), as transformers
+        treats its label count."""
+        if not batch_samples or ROLES_KEY not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)  # type: ignore[misc]
+        self._wit_follow_schedule()
+        local = sum(
+            denominator(
+                batch["input_ids"], batch[ROLES_KEY], self._wit_table, self._wit_normalize, batch.get(MESSAGE_WEIGHTS_KEY)
+            )
+            for batch in batch_samples
+        )
+        args = self.args  # type: ignore[attr-defined]
+        total = torch.as_tensor(local, dtype=torch.float64, device=device)
+        if args.world_size > 1:
+            total = self.accelerator.gather(total.reshape(1)).sum()  # type: ignore[attr-defined]
+        shared = self.get_tp_size() * self.get_cp_size() * self.get_sp_size()  # type: ignore[attr-defined]
+        return total / shared
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -126,6 +171,7 @@ class WITTrainerMixin:
             )
         roles = inputs.pop(ROLES_KEY)
         self._wit_batch = (inputs["input_ids"], roles)
+        self._wit_message_weights = inputs.pop(MESSAGE_WEIGHTS_KEY, None)
         if "position_ids" in inputs:
             inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
         fused = self._wit_forward is not None and model.training  # evaluation keeps logits for prediction_step
@@ -138,6 +184,10 @@ class WITTrainerMixin:
         assert self._wit_batch is not None, "compute_loss stores the batch before the model runs"
         input_ids, roles = self._wit_batch
         self._wit_batch = None
+        if num_items_in_batch is None:  # a caller that counted nothing (evaluation outside prediction_step)
+            num_items_in_batch = denominator(
+                input_ids, roles, self._wit_table, self._wit_normalize, self._wit_message_weights
+            )
         if isinstance(outputs, HiddenStatesOutput):
             assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
             head = self._wit_forward.head()
@@ -182,8 +232,12 @@ class WITTrainerMixin:
         return reduce
 
     def wit_logs(self, logs: dict[str, float]) -> dict[str, float]:
-        """Per-role metrics since the last training-step log (a log with 'loss'); none for other logs."""
-        return self._wit_metrics["train"].summary(self._wit_reduce()) if "loss" in logs else {}
+        """Per-role metrics since the last training-step log (a log with 'loss'), and the weight of each role in
+        effect at the last step (``wit/weight_<role>``); none for other logs."""
+        if "loss" not in logs:
+            return {}
+        weights = {f"wit/weight_{role.label}": getattr(self.wit_weights, role.label) for role in TRAINABLE_ROLES}
+        return {**self._wit_metrics["train"].summary(self._wit_reduce()), **weights}
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """Per-role metrics of exactly this loop, added to its metrics under its own prefix (``eval``,

@@ -1,6 +1,7 @@
 """What a training run trained with, written into its output folder, so runs can be compared later.
 
-At train start wit_plugin's trainers (Axolotl and TRL) write ``wit_run.json``: the resolved role weights, every
+At train start wit_plugin's trainers (Axolotl and TRL) write ``wit_run.json``: the resolved role weights (by role: a
+number, or the schedule mapping ``{start, end, schedule, warmup}`` a scheduled weight follows), every
 ``wit_*`` option, the loss implementation, package versions, base model, datasets and the tagging set-up (row
 format and chat options, so held-out rows can be tagged exactly as training tagged them): ``tagging`` for the
 first dataset and ``dataset_taggings`` for each (records from before it have ``tagging`` only), and
@@ -14,14 +15,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from wit_plugin.roles import RoleWeights
+from wit_plugin.roles import RoleSchedules, RoleWeights
 
 RUN_FILE = "wit_run.json"
 PACKAGES = ("wit_plugin", "torch", "transformers", "trl", "axolotl", "peft", "datasets", "accelerate")
@@ -48,7 +48,7 @@ def jsonable(value: Any) -> Any:
 
 def run_record(
     framework: str,
-    weights: RoleWeights,
+    weights: RoleWeights | RoleSchedules,
     options: Mapping[str, Any],
     loss_impl: str,
     base_model: str | None,
@@ -63,7 +63,7 @@ def run_record(
     return jsonable(
         {
             "framework": framework,
-            "weights": asdict(weights),
+            "weights": RoleSchedules.of(weights).as_json(),
             "options": {key: value for key, value in options.items() if key.startswith("wit_")},
             "loss_impl": loss_impl,
             "base_model": base_model,

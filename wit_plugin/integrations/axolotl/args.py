@@ -6,7 +6,7 @@ cross-option rule is one named validator calling the shared check for that conce
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
@@ -14,7 +14,13 @@ from wit_plugin import options
 
 
 def _field(option: options.Option) -> tuple[Any, Any]:
-    """Optional (``null`` in YAML means unset, as everywhere) and strict (``"0.5"`` is not a number here either)."""
+    """Optional (``null`` in YAML means unset, as everywhere) and strict (``"0.5"`` is not a number here either).
+    A schedulable weight is a strict number or a mapping, which :func:`wit_plugin.options.check_weights` reads
+    (and refuses with the key and field named): the schedule's rules are defined there once."""
+    if option.schedulable:
+        number = Annotated[float, Field(strict=True, ge=option.minimum, allow_inf_nan=False)]
+        mapping = Annotated[dict[str, Any], Field(strict=True)]
+        return number | mapping | None, Field(default=option.default, description=option.help)
     constraints: dict[str, Any] = {"ge": option.minimum} if option.minimum is not None else {}
     if option.choices and not option.multiple:
         kind: Any = Literal[option.choices]

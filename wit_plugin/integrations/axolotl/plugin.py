@@ -20,7 +20,7 @@ from wit_plugin.integrations.axolotl.dataset_types import (
     truncates,
 )
 from wit_plugin.jsonl import check_jsonl
-from wit_plugin.roles import RoleWeights
+from wit_plugin.roles import RoleSchedules
 from wit_plugin.tagging import TAGGING_VERSION
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class WITPlugin(BasePlugin):
         map_dataset_types(cfg)
         version_prepared_path(cfg)
         check_dataset_files(cfg)
-        LOG.info("wit_plugin: role weights %s", RoleWeights.from_options(cfg).describe())
+        LOG.info("wit_plugin: role weights %s", RoleSchedules.from_options(cfg).describe())
 
     def get_input_args(self) -> str:
         return "wit_plugin.integrations.axolotl.args.WITArgs"
@@ -244,7 +244,7 @@ class WITPlugin(BasePlugin):
         dropped = dropped_unrendered(cfg, trainer.train_dataset, trainer.eval_dataset)
         values = {key: cfg.get(key) for key in options.OPTION_BY_NAME}
         install_wit(
-            trainer, RoleWeights.from_options(cfg), values, config_sharding(cfg), describe_run(cfg, trainer, dropped)
+            trainer, RoleSchedules.from_options(cfg), values, config_sharding(cfg), describe_run(cfg, trainer, dropped)
         )
         audit_datasets(trainer, cfg, dropped)
 

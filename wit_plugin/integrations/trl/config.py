@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from trl import SFTConfig
 
 from wit_plugin import options
-from wit_plugin.roles import PROMPT_GROUP, RoleWeights
+from wit_plugin.roles import PROMPT_GROUP, RoleSchedules, RoleWeights
 from wit_plugin.training.mixin import check_fused_loss, parameter_sharding
 
 T = TypeVar("T")
@@ -26,6 +26,8 @@ class WITOptionError(options.OptionError):
 def with_wit_options(cls: type[T]) -> type[T]:
     """Add one dataclass field per ``wit_*`` option to ``cls`` (before ``@dataclass`` processes it)."""
     for option in options.OPTIONS:
+        # A weight may also be a schedule mapping (in Python or a YAML config); the annotation stays the number the
+        # command line takes (HfArgumentParser allows no other union), and __post_init__ checks either strictly.
         cls.__annotations__[option.name] = option.annotation
         setattr(cls, option.name, field(default=option.default, metadata={"help": option.help}))
     return cls
@@ -52,12 +54,18 @@ class WITConfig(SFTConfig):
 
     @property
     def role_weights(self) -> RoleWeights:
+        """The constant weights (an error when a weight follows a schedule: see :attr:`role_schedules`)."""
+        return RoleWeights.from_options(self.wit_options)
+
+    @property
+    def role_schedules(self) -> RoleSchedules:
         return options.check_weights(self.wit_options)
 
 
-def check_options(args: WITConfig) -> RoleWeights:
+def check_options(args: WITConfig) -> RoleSchedules:
     """Check the wit options and reject conflicting SFTConfig options, naming each; returns the weights."""
-    weights = options.check_all(args.wit_options)
+    schedules = options.check_all(args.wit_options)
+    weights = schedules.ever  # a role is trained at some step exactly where its largest weight is > 0
     prompt_side = {role.label: getattr(weights, role.label) for role in PROMPT_GROUP}
     problems = []
     if args.loss_type != "nll":
@@ -85,4 +93,4 @@ def check_options(args: WITConfig) -> RoleWeights:
         problems.append("packing_strategy='wrapped' cuts sequences without boundaries; use 'bfd' or 'bfd_split'")
     if problems:
         raise WITOptionError("WITConfig cannot train with:\n  - " + "\n  - ".join(problems))
-    return weights
+    return schedules
