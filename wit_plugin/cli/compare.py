@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from wit_plugin import options
 from wit_plugin.cli.args import add_compute_arguments, apply_threads, positive_int
 from wit_plugin.roles import Role
+from wit_plugin.schedules import parse_schedule
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -67,7 +68,18 @@ def _weights(entry: dict[str, Any]) -> str:
     if not weights:
         return "reference" if entry.get("kind") == "reference" else "–"
     prompt, response, template = weights[PROMPT], weights[RESPONSE], weights[TEMPLATE]
-    return f"λp={prompt:g} λr={response:g}" + ("" if template == prompt else f" tpl={template:g}")
+    return f"λp={_weight(prompt)} λr={_weight(response)}" + ("" if template == prompt else f" tpl={_weight(template)}")
+
+
+def _weight(value: float | dict[str, Any]) -> str:
+    """A recorded weight: ``0.4``, or a schedule as ``1→0.1 (cosine)``."""
+    return parse_schedule(value, "weight").describe()
+
+
+def _fixed_weights(entry: dict[str, Any]) -> bool:
+    """A trained run whose λp and λr are numbers: one point on a λ axis (a schedule has no single λ)."""
+    weights = entry.get("weights") or {}
+    return bool(weights) and not any(isinstance(weights[role], dict) for role in (PROMPT, RESPONSE))
 
 
 def _value(value: Any, digits: int = 4) -> str:
@@ -151,8 +163,8 @@ def _weight_axis(axis: Any, trained: list[dict[str, Any]]) -> None:
 
 def draw(results: dict[str, Any]) -> Any:
     """The figure: held-out loss per role for each row; POSIX and cross-task accuracy (%, per condition, the
-    table's numbers) against λp, trained runs as points (POSIX coloured by λr), reference models as dashed
-    lines."""
+    table's numbers) against λp, trained runs as points (POSIX coloured by λr; a run whose λp or λr follows a
+    schedule has no point), reference models as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +174,7 @@ def draw(results: dict[str, Any]) -> Any:
     from wit_plugin.evaluation.crosstask.report import wrap_label
 
     runs = [entry for entry in results["runs"] if "eval" in entry]
-    trained = [entry for entry in runs if entry.get("weights")]
+    trained = [entry for entry in runs if _fixed_weights(entry)]  # runs with scheduled λ: bars only, no λ point
     references = [entry for entry in runs if not entry.get("weights")]
     conditions = _conditions(runs)
     panels = 1 + any("posix" in e for e in runs) + bool(conditions)
