@@ -52,9 +52,8 @@ def trainer(
         report_to=[],
         use_cpu=True,
         remove_unused_columns=False,
-        save_strategy="no",
         seed=0,
-        **arguments,
+        **{"save_strategy": "no", **arguments},
     )
     built = WITTrainer(
         model=tiny_model(len(tokenizer)),
