@@ -33,7 +33,9 @@ NORMALIZATIONS = ("tokens", "weights")
 def references(model_path) -> dict[str, tuple[float, dict[str, torch.Tensor]]]:
     rows = features(str(model_path))
     vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(model_path))
-    return {normalize: reference_gradient(tiny_model(vocab), rows, ROLE_WEIGHT, normalize) for normalize in NORMALIZATIONS}
+    return {
+        normalize: reference_gradient(tiny_model(vocab), rows, ROLE_WEIGHT, normalize) for normalize in NORMALIZATIONS
+    }
 
 
 def assert_step_is_reference(step: dict, reference: tuple[float, dict[str, torch.Tensor]]) -> None:
@@ -78,9 +80,13 @@ def test_two_gloo_ranks_give_the_float64_formula(two_gloo_ranks, references, nor
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
 def test_evaluation_uses_the_batchs_own_count_or_sum(model_path, tmp_path, normalize):
-    built = trainer(str(model_path), str(tmp_path), {**VALUES, "wit_normalize": normalize}, per_device_eval_batch_size=2)
+    built = trainer(
+        str(model_path), str(tmp_path), {**VALUES, "wit_normalize": normalize}, per_device_eval_batch_size=2
+    )
     loss = built.evaluate(built.train_dataset)["eval_loss"]
-    expected = reference_loss(tiny_model(built.model.config.vocab_size), features(str(model_path)), ROLE_WEIGHT, normalize)
+    expected = reference_loss(
+        tiny_model(built.model.config.vocab_size), features(str(model_path)), ROLE_WEIGHT, normalize
+    )
     assert loss == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -103,7 +109,9 @@ def test_n_multiplies_in_the_message_weights_of_a_batch(model_path, tmp_path, no
             expected += (w > 0) if normalize == "tokens" else w
     n = built._get_num_items_in_batch(batches, torch.device("cpu"))
     assert float(n) == pytest.approx(expected, rel=1e-7)  # the role weights are float32 (0.3 to 1e-8)
-    without = built._get_num_items_in_batch([{k: v for k, v in b.items() if k != MESSAGE_WEIGHTS_KEY} for b in batches], "cpu")
+    without = built._get_num_items_in_batch(
+        [{k: v for k, v in b.items() if k != MESSAGE_WEIGHTS_KEY} for b in batches], "cpu"
+    )
     assert float(without) != pytest.approx(expected)  # the message weights changed N
 
 

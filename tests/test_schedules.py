@@ -15,6 +15,7 @@ from wit_plugin import options
 from wit_plugin.roles import RoleSchedules, RoleWeights, WeightError
 from wit_plugin.schedules import parse_schedule
 
+
 def trl_config(tmp_path, **values: Any) -> Any:
     from wit_plugin import WITConfig
 
@@ -48,21 +49,42 @@ def test_schedule_values_are_the_closed_forms(value, progress, expected):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "cos"}}, r"wit_prompt_weight\.schedule: unknown schedule 'cos'"),
+        (
+            {"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "cos"}},
+            r"wit_prompt_weight\.schedule: unknown schedule 'cos'",
+        ),
         ({"wit_eot_weight": {"start": 1, "end": 0}}, r"wit_eot_weight\.schedule: unknown schedule None"),
         ({"wit_response_weight": {"end": 1, "schedule": "linear"}}, r"wit_response_weight: a schedule needs 'start'"),
-        ({"wit_system_weight": {"start": 1, "schedule": "cosine"}}, r"wit_system_weight: a cosine schedule needs 'end'"),
-        ({"wit_prompt_weight": {"start": -0.1, "end": 1, "schedule": "linear"}}, r"wit_prompt_weight\.start must be >= 0"),
+        (
+            {"wit_system_weight": {"start": 1, "schedule": "cosine"}},
+            r"wit_system_weight: a cosine schedule needs 'end'",
+        ),
+        (
+            {"wit_prompt_weight": {"start": -0.1, "end": 1, "schedule": "linear"}},
+            r"wit_prompt_weight\.start must be >= 0",
+        ),
         ({"wit_prompt_weight": {"start": 1, "end": -2, "schedule": "linear"}}, r"wit_prompt_weight\.end must be >= 0"),
-        ({"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "linear", "warmup": 1.0}}, r"warmup must be .* \[0, 1\)"),
+        (
+            {"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "linear", "warmup": 1.0}},
+            r"warmup must be .* \[0, 1\)",
+        ),
         ({"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "linear", "warmup": -0.1}}, r"warmup must be >= 0"),
-        ({"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "step"}}, r"wit_prompt_weight: a step schedule .* warmup > 0"),
+        (
+            {"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "step"}},
+            r"wit_prompt_weight: a step schedule .* warmup > 0",
+        ),
         ({"wit_prompt_weight": {"start": 1, "end": 2, "schedule": "constant"}}, r"constant schedule has one value"),
         ({"wit_prompt_weight": {"start": 1, "end": 0, "schedule": "linear", "warm": 0.1}}, r"unknown schedule field"),
-        ({"wit_prompt_weight": {"start": "1", "end": 0, "schedule": "linear"}}, r"wit_prompt_weight\.start must be a number"),
+        (
+            {"wit_prompt_weight": {"start": "1", "end": 0, "schedule": "linear"}},
+            r"wit_prompt_weight\.start must be a number",
+        ),
         ({"wit_prompt_weight": "0.5"}, r"wit_prompt_weight must be a number"),
         # all zero at some step: it trains only the response, which decays to 0 at the end of training
-        ({"wit_preset": "it", "wit_response_weight": {"start": 1, "end": 0, "schedule": "cosine"}}, "all wit role weights are zero at training progress 1"),
+        (
+            {"wit_preset": "it", "wit_response_weight": {"start": 1, "end": 0, "schedule": "cosine"}},
+            "all wit role weights are zero at training progress 1",
+        ),
         # prompt weight 0 until the step, the response weight 0 from its start: nothing in between
         (
             {
@@ -152,7 +174,10 @@ def test_trl_logs_the_weight_in_effect_at_each_step_and_records_the_schedule(tmp
         disable_tqdm=True,
     )
     trained = WITSFTTrainer(
-        model=tiny_model(len(tokenizer)), args=args, train_dataset=Dataset.from_list(ROWS * 4), processing_class=tokenizer
+        model=tiny_model(len(tokenizer)),
+        args=args,
+        train_dataset=Dataset.from_list(ROWS * 4),
+        processing_class=tokenizer,
     )
     trained.train()
     logged = [entry for entry in trained.state.log_history if "loss" in entry]
@@ -170,7 +195,13 @@ def test_resume_continues_the_schedule_exactly(model_path, tmp_path):
     from transformers import TrainerCallback
 
     values = {"wit_prompt_weight": {"start": 1.0, "end": 0.0, "schedule": "linear", "warmup": 0.25}}
-    common = dict(per_device_train_batch_size=2, max_steps=4, logging_steps=1, save_strategy="steps", save_steps=2)
+    common = {
+        "per_device_train_batch_size": 2,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 2,
+    }
     rows = ROWS * 4
 
     def logged_weights(history: list[dict[str, Any]]) -> dict[int, float]:
@@ -211,4 +242,3 @@ def test_the_run_record_and_wit_compare_show_the_schedule(model_path, tmp_path):
     linear = {**record["weights"], "instruction": {"start": 0.5, "end": 0.1, "schedule": "linear", "warmup": 0.0}}
     assert _weights({"weights": linear}) == "λp=0.5→0.1 (linear) λr=0.6 tpl=1→0.2 (cosine, warmup 0.25)"
     assert _weights({"weights": RoleWeights.preset("wit").__dict__}) == "λp=0.4 λr=0.6"  # a number stays a number
-

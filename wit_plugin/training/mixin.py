@@ -151,7 +151,11 @@ class WITTrainerMixin:
         self._wit_follow_schedule()
         local = sum(
             denominator(
-                batch["input_ids"], batch[ROLES_KEY], self._wit_table, self._wit_normalize, batch.get(MESSAGE_WEIGHTS_KEY)
+                batch["input_ids"],
+                batch[ROLES_KEY],
+                self._wit_table,
+                self._wit_normalize,
+                batch.get(MESSAGE_WEIGHTS_KEY),
             )
             for batch in batch_samples
         )

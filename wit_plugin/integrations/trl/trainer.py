@@ -98,7 +98,7 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             raise ValueError("formatting_func: formatted text has no roles; pass the rows, or build a 'text' column")
         if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
             check_row(next(iter(kwargs["train_dataset"])))
-        self.wit_weights = weights.ever  # read by _prepare_dataset (which SFTTrainer.__init__ calls): every role ever trained
+        self.wit_weights = weights.ever  # read by _prepare_dataset (SFTTrainer.__init__ calls it): roles ever trained
         self._wit_dropped: dict[str, dict[str, int | None]] = {}  # filled by _prepare_dataset (wit_drop_unrendered)
         choose_packing_attention(model, args)
         super().__init__(model, args=args, **kwargs)
