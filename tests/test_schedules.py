@@ -242,3 +242,23 @@ def test_the_run_record_and_wit_compare_show_the_schedule(model_path, tmp_path):
     linear = {**record["weights"], "instruction": {"start": 0.5, "end": 0.1, "schedule": "linear", "warmup": 0.0}}
     assert _weights({"weights": linear}) == "λp=0.5→0.1 (linear) λr=0.6 tpl=1→0.2 (cosine, warmup 0.25)"
     assert _weights({"weights": RoleWeights.preset("wit").__dict__}) == "λp=0.4 λr=0.6"  # a number stays a number
+
+
+@pytest.mark.slow
+def test_axolotl_logs_and_records_the_same_schedule_as_trl(model_path, tmp_path):
+    """`axolotl train` with the plugin and the config of the TRL test above: the same weights at every step."""
+    pytest.importorskip("axolotl")
+    from tests.test_axolotl_e2e import AXOLOTL_TRAIN, train
+    from wit_plugin.training.records import read_record
+
+    logs, out = train(
+        model_path, tmp_path, AXOLOTL_TRAIN, max_steps=4, wit_prompt_weight=COSINE, wit_response_weight=0.6
+    )
+    logged = [entry for entry in logs if "loss" in entry]
+    assert len(logged) == 4
+    for step, entry in enumerate(logged):  # the console prints 4 significant digits
+        expected = closed_form(step, 4)
+        assert {role: float(entry[f"wit/weight_{role}"]) for role in expected} == pytest.approx(expected, rel=1e-3)
+    record = read_record(out)
+    assert record["weights"]["instruction"] == {**COSINE, "warmup": 0.25} and record["weights"]["eot"] == 0.6
+    assert record["train"]["wit/weight_instruction"] == pytest.approx(closed_form(3, 4)["instruction"], abs=1e-12)
