@@ -262,3 +262,23 @@ def test_axolotl_logs_and_records_the_same_schedule_as_trl(model_path, tmp_path)
     record = read_record(out)
     assert record["weights"]["instruction"] == {**COSINE, "warmup": 0.25} and record["weights"]["eot"] == 0.6
     assert record["train"]["wit/weight_instruction"] == pytest.approx(closed_form(3, 4)["instruction"], abs=1e-12)
+
+
+def test_wit_inspect_shows_a_scheduled_weight_at_the_start_and_its_schedule(model_path, tmp_path, capsys):
+    pytest.importorskip("axolotl")
+    import json
+
+    from wit_plugin.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    config = tmp_path / "cfg.yml"
+    config.write_text(
+        f"base_model: {model_path}\nplugins: [wit_plugin.WITPlugin]\n"
+        "wit_prompt_weight: {start: 0.0, end: 1.0, schedule: linear}\n"
+        f"datasets:\n  - path: {data}\n    type: chat_template\n"
+    )
+    assert main(["inspect", "--config", str(config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "instruction=0," in out  # the weight at step 0
+    assert "schedules: template=0→1 (linear), system=0→1 (linear), instruction=0→1 (linear), response=0.6" in out

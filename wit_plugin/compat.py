@@ -19,6 +19,13 @@ takes the right branch.
   unless the implementation is one Axolotl knows to separate packed rows; read from Axolotl's own tables.
 * Axolotl 0.21 adds a nested ``context_parallel: {size: N}`` beside the flat ``context_parallel_size``; both
   releases fill in ``sequence_len`` (default 512) only after a plugin's ``register()`` has seen the config.
+* The loss's N: every supported transformers release counts it in ``Trainer._get_num_items_in_batch(batch_samples,
+  device)`` (same signature, called once per optimiser step and once per evaluation batch), which wit_plugin's
+  mixin overrides; they differ only in how they divide by the ranks sharing one batch (5.16:
+  ``parallelism_config.non_data_parallel_size`` with ``//``; 5.20: ``get_tp_size()·get_cp_size()·get_sp_size()`` with
+  ``//``; 5.25: the same with ``/``). The mixin uses the three ``get_*_size`` methods, which all of them have, and
+  ``/`` (a sum of weights is no integer). Axolotl 0.21's own override (recounting labels under tensor parallelism,
+  which the plugin refuses) comes after the mixin's in the trainer's MRO.
 * Not between releases but kept here as well: model wrappers (:func:`unwrap_model`), the ``logits_to_keep``
   probe for models that may lack it, and the families the fused loss has been checked against.
 """
