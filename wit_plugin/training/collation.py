@@ -6,8 +6,8 @@ out exactly as the collator laid out ``input_ids`` (samples concatenated per pac
 when the collator flattens, padded on either side) and *checks* that layout against the collator's ``input_ids``: a collator we do not
 understand fails loudly instead of training on misaligned weights.
 
-It also writes ``labels = input_ids`` where the weight is non-zero and ``-100`` elsewhere, so a trainer's
-count of label tokens (``num_items_in_batch``) is exactly the WIT denominator, and marks the first token
+It also writes ``labels = input_ids`` where the weight is non-zero at some step of the run and ``-100`` elsewhere
+(the loss's N is the trainer's own count: :mod:`wit_plugin.training.mixin`), and marks the first token
 of every sequence ``PAD`` (never a target: in a packed row it would be predicted across a boundary). The other
 column the prepared datasets carry, ``wit_dropped`` (:mod:`wit_plugin.tagging.dropped`), is taken out of every
 batch: Axolotl keeps unknown columns under sample packing, and the model must not see it.
@@ -91,7 +91,8 @@ def layout_roles(rows: list[list[Mapping[str, Any]]], input_ids: torch.Tensor) -
 
 
 def mask_labels(input_ids: torch.Tensor, roles: torch.Tensor, weights: RoleWeights) -> torch.Tensor:
-    """Labels for trainers: the token where its weight is non-zero, ``-100`` elsewhere."""
+    """Labels for trainers: the token where its weight is non-zero, ``-100`` elsewhere (``weights``: each role's
+    largest weight over the run, :attr:`~wit_plugin.roles.RoleSchedules.ever`)."""
     weighted = weights.table()[roles.long()] > 0
     return torch.where(weighted, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
