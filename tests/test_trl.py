@@ -525,6 +525,16 @@ def test_mixin_refuses_what_would_train_without_it(tmp_path: Path, model: Any, t
         type("Bad", (WITSFTMixin, Trainer), {})
     with pytest.raises(TypeError, match=r"Own\._prepare_dataset would never run"):
         type("Bad", (WITSFTMixin, type("Own", (SFTTrainer,), {"_prepare_dataset": lambda self, *a: a[0]})), {})
+    own_loss = type(
+        "OwnLoss", (SFTTrainer,), {"compute_loss": lambda self, model, inputs, *a, **k: model(**inputs).loss}
+    )
+    trainer = type("T", (WITSFTMixin, own_loss), {})(
+        model=model, args=wit_config(tmp_path), train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer
+    )
+    with pytest.raises(
+        RuntimeError, match=r"T: the loss was computed without the weighted loss; OwnLoss\.compute_loss must"
+    ):
+        trainer.compute_loss(model, whole_batch(trainer))
     with pytest.raises(TypeError, match="UserWITTrainer needs a WITConfig .*got SFTConfig"):
         UserWITTrainer(
             model=model, args=stock_config(tmp_path), train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer

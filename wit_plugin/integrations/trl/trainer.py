@@ -90,7 +90,8 @@ class WITSFTMixin(WITTrainerMixin):
     a base when the class is made, so it stands right above ``SFTTrainer``: your ``compute_loss`` calling
     ``super()`` gets the weighted loss). ``compute_loss_func`` and ``formatting_func`` are refused (the first
     would replace the weighted loss, the second flattens rows to text and loses their roles), and so is a
-    ``_prepare_dataset`` of your own, which the role-carrying preparation would silently replace.
+    ``_prepare_dataset`` of your own, which the role-carrying preparation would silently replace, and a
+    ``compute_loss`` that never reaches the weighted loss (at its first call).
     """
 
     args: WITConfig
@@ -122,6 +123,27 @@ class WITSFTMixin(WITTrainerMixin):
             )
         sharding = parameter_sharding(args.fsdp, args.deepspeed)
         install_wit(self, weights, args.wit_options, sharding, self._describe_run(model, kwargs))
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self._wit_batch is not None:  # stored by WITTrainerMixin.compute_loss, taken by the weighted loss
+            self._wit_batch = None
+            mro = type(self).__mro__
+            own = [
+                c.__name__
+                for c in mro[mro.index(WITSFTMixin) + 1 : mro.index(LogitsSFTTrainer)]
+                if "compute_loss" in vars(c) and c not in WITSFTMixin.__mro__
+            ]
+            raise RuntimeError(
+                f"{type(self).__name__}: the loss was computed without the weighted loss; "
+                f"{' or '.join(f'{name}.compute_loss' for name in own) or 'every compute_loss'} must call "
+                "super().compute_loss"
+            )
+        return result
 
     def _describe_run(self, model: Any, kwargs: dict[str, Any]) -> RunDescription:
         """This run, for its record (``wit_run.json``): TRL datasets are objects, named by their fingerprint."""
