@@ -1,4 +1,6 @@
-"""``WITSFTTrainer``: TRL's ``SFTTrainer`` training on role-tagged data with the weighted loss.
+"""``WITSFTTrainer``: TRL's ``SFTTrainer`` training on role-tagged data with the weighted loss, and
+``WITSFTMixin``, the same for an SFTTrainer subclass of the user's own (``WITSFTTrainer`` is the mixin on TRL's
+class).
 
 Two things of SFTTrainer are replaced, everything else (model loading, PEFT, collators, packing, logging,
 saving) is TRL's:
