@@ -18,6 +18,9 @@ finished run and the base model go through ``wit compare`` on both held-out file
 conversations make 9 such rows, so ``--steps 9`` is one epoch.
 
 Resumable as bench/experiment.py: a finished run is not trained again, a compared row not evaluated again.
+Wall time: ``--runs uniform --seeds 1`` (9 steps) trained in 11.8 min on 2 CPU cores shared with other work (load
+average about 4), and its two ``wit compare`` passes (with the base model) took 2.9 and 1.8 min; the default, both
+settings with seeds 1 and 2, is four such runs.
 """
 
 from __future__ import annotations
