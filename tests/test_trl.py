@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer
 from trl import SFTConfig, SFTTrainer
 
 from tests.trainer_case import ONE_SGD_STEP
-from wit_plugin import WITConfig, WITOptionError, WITSFTTrainer
+from wit_plugin import WITConfig, WITOptionError, WITSFTMixin, WITSFTTrainer
 from wit_plugin.integrations.trl.data import prepare_dataset
+from wit_plugin.integrations.trl.trainer import LogitsSFTTrainer
 from wit_plugin.options import OPTION_BY_NAME
 from wit_plugin.roles import IGNORE_INDEX, ROLES_KEY, Role, RoleWeights, WeightError
 from wit_plugin.tagging import RoleTagger
@@ -435,6 +436,109 @@ def test_fused_chunked_loss_gives_the_eager_step_on_packed_rows(
         eager, chunked = (params[name].detach() - start.detach() for params in (updated["eager"], updated["chunked"]))
         relative_error = float((chunked - eager).norm() / eager.norm())
         assert relative_error < 5e-4, (name, relative_error)  # fp32 summation order (measured max ~1.2e-4)
+
+
+# --- a trainer class of the user's own ---------------------------------------------------------------------------
+
+OFFSET = 0.25  # what the user's compute_loss adds: seen in the loss, so its running is checked
+
+
+class UserSFTTrainer(SFTTrainer):
+    """A user's own SFTTrainer: an extra constructor argument, a compute_loss that adds a term and a log hook, each
+    calling super()."""
+
+    def __init__(self, *args: Any, log_key: str = "user/loss_calls", **kwargs: Any) -> None:
+        self.loss_calls, self.log_key = 0, log_key
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+        self.loss_calls += 1
+        assert ROLES_KEY not in inputs  # WIT took the roles out before this hook sees the batch
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        return (loss + OFFSET, outputs) if return_outputs else loss + OFFSET
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs[self.log_key] = float(self.loss_calls)
+        super().log(logs, start_time)
+
+
+class UserWITTrainer(WITSFTMixin, UserSFTTrainer):
+    pass
+
+
+def test_mixin_puts_the_logits_loss_between_the_users_class_and_sfttrainer() -> None:
+    mro = UserWITTrainer.__mro__
+    assert mro.index(UserSFTTrainer) < mro.index(LogitsSFTTrainer) == mro.index(SFTTrainer) - 1
+    assert mro.index(WITSFTMixin) < mro.index(UserSFTTrainer)
+    assert WITSFTTrainer.__bases__ == (WITSFTMixin, LogitsSFTTrainer)  # WITSFTTrainer is the mixin on TRL's class
+    assert type("Sub", (UserWITTrainer,), {}).__mro__[1:] == mro  # subclassing it again changes nothing
+
+
+def test_users_trainer_with_the_mixin_computes_the_wit_loss(
+    tmp_path: Path, model: Any, tokenizer: Any, hand_terms: list
+) -> None:
+    """The user's compute_loss runs on top of the weighted loss: its result is the float64 reference plus what it
+    adds, and WITSFTTrainer's loss on the same batch plus the same."""
+    args = wit_config(tmp_path, **WIT, wit_loss_impl="eager")
+    rows = Dataset.from_list(CHAT)
+    trainer = UserWITTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, log_key="k")
+    reference = WITSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    batch = whole_batch(trainer)
+    assert torch.equal(batch[ROLES_KEY], whole_batch(reference)[ROLES_KEY])
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        wit_loss = reference.compute_loss(model, dict(batch))
+    assert trainer.loss_calls == 1 and trainer.log_key == "k"
+    torch.testing.assert_close((loss - OFFSET).double(), hand_loss(hand_terms, args.role_weights), rtol=2e-5, atol=0)
+    torch.testing.assert_close(loss - OFFSET, wit_loss, rtol=1e-6, atol=0)
+
+
+def test_users_trainer_with_the_mixin_trains_the_witsfttrainer_step(
+    tmp_path: Path, model_path: Path, tokenizer: Any
+) -> None:
+    """One SGD step with the default (fused, logit-free) loss: the user's hooks ran, the logged loss is
+    WITSFTTrainer's plus the user's constant, and the update (the gradient) is WITSFTTrainer's."""
+    rows = Dataset.from_list(CHAT)
+    models, logs = {}, {}
+    for name, trainer_class in (("wit", WITSFTTrainer), ("user", UserWITTrainer)):
+        models[name] = fresh_model(model_path)
+        args = wit_config(
+            tmp_path / name, **WIT, per_device_train_batch_size=len(CHAT), **ONE_SGD_STEP, logging_steps=1
+        )
+        trainer = trainer_class(model=models[name], args=args, train_dataset=rows, processing_class=tokenizer)
+        trainer.train()
+        logs[name] = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert trainer.wit_loss_impl != "eager" and trainer.loss_calls == 1
+    assert logs["user"]["user/loss_calls"] == 1.0 and "user/loss_calls" not in logs["wit"]
+    assert logs["user"]["loss"] == pytest.approx(logs["wit"]["loss"] + OFFSET, rel=1e-5)
+    for key in ("wit/loss_response", "wit/tokens_response", "num_tokens"):
+        assert logs["user"][key] == pytest.approx(logs["wit"][key], rel=1e-5), key
+    wit_params = dict(models["wit"].named_parameters())
+    for name, param in models["user"].named_parameters():
+        torch.testing.assert_close(param, wit_params[name], rtol=1e-5, atol=1e-7)
+
+
+def test_mixin_refuses_what_would_train_without_it(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    with pytest.raises(TypeError, match=r"WITSFTMixin must come before UserSFTTrainer .*class Bad\(WITSFTMixin, "):
+        type("Bad", (UserSFTTrainer, WITSFTMixin), {})
+    with pytest.raises(TypeError, match="WITSFTMixin mixes into a subclass of trl's SFTTrainer.*bases are WITSFTMixin"):
+        type("Bad", (WITSFTMixin, Trainer), {})
+    with pytest.raises(TypeError, match=r"Own\._prepare_dataset would never run"):
+        type("Bad", (WITSFTMixin, type("Own", (SFTTrainer,), {"_prepare_dataset": lambda self, *a: a[0]})), {})
+    own_loss = type(
+        "OwnLoss", (SFTTrainer,), {"compute_loss": lambda self, model, inputs, *a, **k: model(**inputs).loss}
+    )
+    trainer = type("T", (WITSFTMixin, own_loss), {})(
+        model=model, args=wit_config(tmp_path), train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer
+    )
+    with pytest.raises(
+        RuntimeError, match=r"T: the loss was computed without the weighted loss; OwnLoss\.compute_loss must"
+    ):
+        trainer.compute_loss(model, whole_batch(trainer))
+    with pytest.raises(TypeError, match="UserWITTrainer needs a WITConfig .*got SFTConfig"):
+        UserWITTrainer(
+            model=model, args=stock_config(tmp_path), train_dataset=Dataset.from_list(CHAT), processing_class=tokenizer
+        )
 
 
 # --- packed rows kept apart ------------------------------------------------------------------------------------

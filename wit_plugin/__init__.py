@@ -2,7 +2,8 @@
 
 The core (roles, tagging, training, loss) imports neither framework. What a framework's user names is loaded on
 first access only: ``wit_plugin.WITPlugin`` (what Axolotl's ``plugins:`` list names) and, for TRL,
-``from wit_plugin import WITSFTTrainer, WITConfig`` (with ``WITOptionError`` and ``text_contents``).
+``from wit_plugin import WITSFTTrainer, WITConfig`` (with ``WITSFTMixin``, ``WITOptionError`` and
+``text_contents``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _LAZY = {
     "WITPlugin": "wit_plugin.integrations.axolotl.plugin",
     "WITConfig": "wit_plugin.integrations.trl",
     "WITOptionError": "wit_plugin.integrations.trl",
+    "WITSFTMixin": "wit_plugin.integrations.trl",
     "WITSFTTrainer": "wit_plugin.integrations.trl",
     "text_contents": "wit_plugin.integrations.trl",
 }
@@ -26,6 +28,7 @@ __all__ = [
     "WITConfig",
     "WITOptionError",
     "WITPlugin",
+    "WITSFTMixin",
     "WITSFTTrainer",
     "__version__",
     "text_contents",

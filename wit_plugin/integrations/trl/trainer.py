@@ -1,4 +1,6 @@
-"""``WITSFTTrainer``: TRL's ``SFTTrainer`` training on role-tagged data with the weighted loss.
+"""``WITSFTTrainer``: TRL's ``SFTTrainer`` training on role-tagged data with the weighted loss, and
+``WITSFTMixin``, the same for an SFTTrainer subclass of the user's own (``WITSFTTrainer`` is the mixin on TRL's
+class).
 
 Two things of SFTTrainer are replaced, everything else (model loading, PEFT, collators, packing, logging,
 saving) is TRL's:
@@ -14,6 +16,7 @@ saving) is TRL's:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -27,6 +30,8 @@ from wit_plugin.integrations.trl.data import AnyDataset, check_row, prepare_data
 from wit_plugin.roles import IGNORE_INDEX
 from wit_plugin.training.install import RunDescription, install_wit
 from wit_plugin.training.mixin import WITTrainerMixin, parameter_sharding
+
+LOG = logging.getLogger(__name__)
 
 
 class LogitsSFTTrainer(SFTTrainer):
@@ -76,24 +81,35 @@ class LogitsSFTTrainer(SFTTrainer):
         self._metrics[mode]["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
 
 
-class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
-    """``SFTTrainer`` with Weighted Instruction Tuning: L = Σ w(role)·CE / N, configured by :class:`WITConfig`.
+class WITSFTMixin(WITTrainerMixin):
+    """Weighted Instruction Tuning for an ``SFTTrainer`` subclass of your own, configured by :class:`WITConfig`::
 
-    Takes SFTTrainer's arguments; ``compute_loss_func`` and ``formatting_func`` are refused (the first would
-    replace the weighted loss, the second flattens rows to text and loses their roles).
+        class MyTrainer(WITSFTMixin, MySFTTrainer): ...
+
+    The mixin goes first, so that it sees every batch before your hooks do and their ``super()`` calls reach
+    TRL. What it changes of SFTTrainer: the config is checked, datasets are prepared with their roles
+    (:mod:`~wit_plugin.integrations.trl.data`), and the loss goes through :class:`LogitsSFTTrainer` (added as
+    a base when the class is made, so it stands right above ``SFTTrainer``: your ``compute_loss`` calling
+    ``super()`` gets the weighted loss). ``compute_loss_func`` and ``formatting_func`` are refused (the first
+    would replace the weighted loss, the second flattens rows to text and loses their roles), and so is a
+    ``_prepare_dataset`` of your own, which the role-carrying preparation would silently replace, and a
+    ``compute_loss`` that never reaches the weighted loss (at its first call).
     """
 
     args: WITConfig
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        add_logits_loss(cls)
+
     def __init__(self, model: Any, args: WITConfig | None = None, **kwargs: Any) -> None:
+        name = type(self).__name__
         args = WITConfig() if args is None else args
         if not isinstance(args, WITConfig):
-            raise TypeError(
-                f"WITSFTTrainer needs a WITConfig (SFTConfig plus the wit_* keys), got {type(args).__name__}"
-            )
+            raise TypeError(f"{name} needs a WITConfig (SFTConfig plus the wit_* keys), got {type(args).__name__}")
         weights = check_options(args)  # again: the config may have been edited since it was built
         if kwargs.get("compute_loss_func") is not None:
-            raise ValueError("compute_loss_func: WITSFTTrainer installs the weighted loss itself")
+            raise ValueError(f"compute_loss_func: {name} installs the weighted loss itself")
         if kwargs.get("formatting_func") is not None:
             raise ValueError("formatting_func: formatted text has no roles; pass the rows, or build a 'text' column")
         if kwargs.get("train_dataset") is not None:  # vision rows skip _prepare_dataset: check them here
@@ -109,6 +125,27 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
             )
         sharding = parameter_sharding(args.fsdp, args.deepspeed)
         install_wit(self, weights, args.wit_options, sharding, self._describe_run(model, kwargs))
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self._wit_batch is not None:  # stored by WITTrainerMixin.compute_loss, taken by the weighted loss
+            self._wit_batch = None
+            mro = type(self).__mro__
+            own = [
+                c.__name__
+                for c in mro[mro.index(WITSFTMixin) + 1 : mro.index(LogitsSFTTrainer)]
+                if "compute_loss" in vars(c) and c not in WITSFTMixin.__mro__
+            ]
+            raise RuntimeError(
+                f"{type(self).__name__}: the loss was computed without the weighted loss; "
+                f"{' or '.join(f'{name}.compute_loss' for name in own) or 'every compute_loss'} must call "
+                "super().compute_loss"
+            )
+        return result
 
     def _describe_run(self, model: Any, kwargs: dict[str, Any]) -> RunDescription:
         """This run, for its record (``wit_run.json``): TRL datasets are objects, named by their fingerprint."""
@@ -142,6 +179,44 @@ class WITSFTTrainer(WITTrainerMixin, LogitsSFTTrainer):
         return prepare_dataset(
             dataset, self._tokenizer, args, self.wit_weights, packing, dataset_name, dropped=self._wit_dropped
         )
+
+
+def add_logits_loss(cls: type) -> None:
+    """Make ``cls`` (a subclass of :class:`WITSFTMixin`) compute its loss through :class:`LogitsSFTTrainer`,
+    appending it to the bases when missing, so it stands between the user's classes and ``SFTTrainer``; refuse
+    a class where the mixin would not run first, or would silently replace one of the user's hooks."""
+    mro = cls.__mro__
+    if not issubclass(cls, SFTTrainer):
+        raise TypeError(
+            f"{cls.__name__}: WITSFTMixin mixes into a subclass of trl's SFTTrainer, "
+            f"e.g. class {cls.__name__}(WITSFTMixin, MySFTTrainer); its bases are "
+            f"{', '.join(base.__name__ for base in cls.__bases__)}"
+        )
+    mixin = mro.index(WITSFTMixin)
+    first = next(i for i, base in enumerate(mro) if issubclass(base, SFTTrainer) and not issubclass(base, WITSFTMixin))
+    if first < mixin:
+        raise TypeError(
+            f"{cls.__name__}: WITSFTMixin must come before {mro[first].__name__} in the bases, "
+            f"class {cls.__name__}(WITSFTMixin, {mro[first].__name__}): after it, TRL's loss and dataset "
+            "preparation run instead of WIT's"
+        )
+    own = [base for base in mro[mixin + 1 : mro.index(SFTTrainer)] if "_prepare_dataset" in vars(base)]
+    if own:
+        raise TypeError(
+            f"{cls.__name__}: {own[0].__name__}._prepare_dataset would never run: WITSFTMixin prepares the "
+            "datasets itself, so that roles survive tokenisation and packing; prepare the rows before passing them"
+        )
+    if LogitsSFTTrainer not in mro:
+        cls.__bases__ = (*cls.__bases__, LogitsSFTTrainer)
+        LOG.info("wit: %s computes its loss through LogitsSFTTrainer (the weighted loss on the logits)", cls.__name__)
+
+
+class WITSFTTrainer(WITSFTMixin, LogitsSFTTrainer):
+    """``SFTTrainer`` with Weighted Instruction Tuning: L = Σ w(role)·CE / N, configured by :class:`WITConfig`.
+
+    Takes SFTTrainer's arguments; ``compute_loss_func`` and ``formatting_func`` are refused (see
+    :class:`WITSFTMixin`, for a trainer class of your own).
+    """
 
 
 def packing_keys(args: WITConfig) -> str | None:
