@@ -23,7 +23,7 @@ from wit_plugin.loss.forward_patch import HiddenStatesForward, HiddenStatesOutpu
 from wit_plugin.loss.linear_ce import resolve_loss_impl, weighted_linear_cross_entropy
 from wit_plugin.loss.weighted import weighted_token_loss
 from wit_plugin.options import FUSED_LOSS_IMPLS, defaults
-from wit_plugin.roles import ROLES_KEY, TRAINABLE_ROLES, RoleWeights
+from wit_plugin.roles import MESSAGE_WEIGHTS_KEY, ROLES_KEY, TRAINABLE_ROLES, RoleWeights
 from wit_plugin.training.collation import RoleCollator
 from wit_plugin.training.metrics import RoleMetrics
 
@@ -79,7 +79,7 @@ class WITTrainerMixin:
         self._wit_all_roles = role_metrics == "all"
         self._wit_metric_roles = [r for r in TRAINABLE_ROLES if self._wit_all_roles or getattr(weights, r.label) > 0]
         self._wit_metrics = {"train": RoleMetrics(self._wit_metric_roles), "eval": RoleMetrics(self._wit_metric_roles)}
-        self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._wit_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
         self.compute_loss_func = self._wit_loss
         args = self.args  # type: ignore[attr-defined]
@@ -112,10 +112,12 @@ class WITTrainerMixin:
             return "eager", None
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep ``wit_roles`` when the trainer drops dataset columns the model's forward does not take."""
+        """Keep ``wit_roles`` (and the message weights) when the trainer drops dataset columns the model's forward
+        does not take."""
         super()._set_signature_columns_if_needed()  # type: ignore[misc]
-        if ROLES_KEY not in self._signature_columns:  # type: ignore[attr-defined]
-            self._signature_columns.append(ROLES_KEY)  # type: ignore[attr-defined]
+        for key in (ROLES_KEY, MESSAGE_WEIGHTS_KEY):
+            if key not in self._signature_columns:  # type: ignore[attr-defined]
+                self._signature_columns.append(key)  # type: ignore[attr-defined]
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -125,7 +127,7 @@ class WITTrainerMixin:
                 f"batch has no '{ROLES_KEY}': the collator was not wrapped by wit_plugin (fields: {sorted(inputs)})"
             )
         roles = inputs.pop(ROLES_KEY)
-        self._wit_batch = (inputs["input_ids"], roles)
+        self._wit_batch = (inputs["input_ids"], roles, inputs.pop(MESSAGE_WEIGHTS_KEY, None))
         if "position_ids" in inputs:
             inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
         fused = self._wit_forward is not None and model.training  # evaluation keeps logits for prediction_step
@@ -136,7 +138,7 @@ class WITTrainerMixin:
 
     def _wit_loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         assert self._wit_batch is not None, "compute_loss stores the batch before the model runs"
-        input_ids, roles = self._wit_batch
+        input_ids, roles, message_weights = self._wit_batch
         self._wit_batch = None
         if isinstance(outputs, HiddenStatesOutput):
             assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
@@ -162,10 +164,13 @@ class WITTrainerMixin:
                     softcap=head.softcap,
                     impl=self._wit_impl,
                     include_zero_weight=self._wit_all_roles,
+                    message_weights=message_weights,
                 )
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
+            result = weighted_token_loss(
+                logits, input_ids, roles, self._wit_table, num_items_in_batch, message_weights=message_weights
+            )
         model = self.model  # type: ignore[attr-defined]
         self._wit_metrics["train" if model.training else "eval"].add(result.stats)
         return result.loss
