@@ -362,7 +362,7 @@ TOOL_ROW = {
         {"role": "user", "content": "Oslo?"},
         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w"}}]},
         {"role": "tool", "content": "-3"},
-        {"role": "assistant", "content": "Cold.", "weight": 0},
+        {"role": "assistant", "content": "Cold.", "score": 0},
     ]
 }
 
@@ -412,8 +412,8 @@ def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_w
         strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
     assert tokenizer.decode(features["input_ids"]).count("<|im_start|>assistant") == 1
     assert features["wit_dropped"] == dropped_column(-1, ["tool_calls", "empty_turns"])  # not in cfg's datasets
-    unread = [r.getMessage() for r in caplog.records if "message key 'weight'" in r.getMessage()]
-    assert len(unread) == 1 and f"first seen at {data}:1, messages[3].weight" in unread[0]
+    unread = [r.getMessage() for r in caplog.records if "message key 'score'" in r.getMessage()]
+    assert len(unread) == 1 and f"first seen at {data}:1, messages[3].score" in unread[0]
 
 
 def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_strategy(base_cfg, tokenizer):
