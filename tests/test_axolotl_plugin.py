@@ -145,8 +145,8 @@ def test_excess_length_truncate_cuts_roles_with_tokens(tokenizer, monkeypatch, s
     monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"wit_plugin.WITPlugin": WITPlugin()})
     cfg = DictDefault({"sequence_len": 24, "excess_length_strategy": strategy, "chat_template": "tokenizer_default"})
     tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
-    row = {"messages": [{"role": "user", "content": "many words " * 20}, {"role": "assistant", "content": "ok"}]}
-    features = tokenize(row)
+    user = {"role": "user", "content": "many words " * 20, "weight": 0.5}  # its weights are a per-token column too
+    features = tokenize({"messages": [user, {"role": "assistant", "content": "ok"}]})
     lengths = {len(column) for key, column in features.items() if key != "wit_dropped"}  # a per-row column
     assert len(lengths) == 1  # every per-token column cut at the same place, or none
     assert lengths == ({24} if strategy == "truncate" else {len(features["input_ids"])})
