@@ -416,6 +416,21 @@ def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_w
     assert len(unread) == 1 and f"first seen at {data}:1, messages[3].score" in unread[0]
 
 
+def test_a_datasets_message_weight_field_survives_axolotls_schema(base_cfg, tokenizer):
+    from axolotl.prompt_strategies import load
+
+    base_cfg["datasets"][0]["wit_message_weight_field"] = "loss_scale"
+    cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
+    assert cfg.datasets[0]["message_property_mappings"]["weight"] == "loss_scale"
+    strategy = load(cfg.datasets[0]["type"], tokenizer, cfg, cfg.datasets[0])
+    assert strategy.tagger.options["weight_field"] == "loss_scale"
+    row = {"messages": [{"role": "user", "content": "hi", "loss_scale": 0}, {"role": "assistant", "content": "yo"}]}
+    assert 0 in strategy.tokenize_prompt(row)["wit_message_weights"]
+    base_cfg["datasets"][0]["message_property_mappings"] = {"weight": "loss"}
+    with pytest.raises(WITConfigError, match=r"datasets\[0\]: wit_message_weight_field 'loss_scale' and message_pro"):
+        map_dataset_types(copy.deepcopy(base_cfg))
+
+
 def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_strategy(base_cfg, tokenizer):
     from axolotl.prompt_strategies import load
 
