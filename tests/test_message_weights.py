@@ -332,9 +332,8 @@ def test_trl_loss_with_message_weights_equals_hand_computation(tmp_path, model, 
         report_to="none",
         save_strategy="no",
         bf16=False,
-        max_length=256,
         wit_loss_impl=loss_impl,
-        **{**WIT, **options},
+        **{"max_length": 256, **WIT, **options},
     )
     trainer = WITSFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(copy.deepcopy(WEIGHTED_CHAT)), processing_class=tokenizer
@@ -352,18 +351,17 @@ def test_trl_loss_with_message_weights_equals_hand_computation(tmp_path, model, 
 
 
 def test_trl_names_the_row_of_a_bad_weight_and_warns_once_about_a_key_no_row_carries(tmp_path, tokenizer, caplog):
-    from wit_plugin import WITConfig, WITSFTTrainer
+    from wit_plugin import WITConfig
+    from wit_plugin.integrations.trl.data import prepare_dataset
 
     args = WITConfig(output_dir=str(tmp_path), report_to="none", save_strategy="no", bf16=False, max_length=128)
     rows = copy.deepcopy(WEIGHTED_CHAT)
     rows[2]["messages"][2]["weight"] = -0.5
     with pytest.raises(TaggingError, match=r"train dataset, row 2: messages\[2\]\.weight must be >= 0, got -0.5"):
-        WITSFTTrainer(model=None, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        prepare_dataset(Dataset.from_list(rows), tokenizer, args, RoleWeights(), False, "train")
     args.wit_message_weight_field = "loss_weight"
     with caplog.at_level(logging.WARNING, logger="wit_plugin"):
-        from wit_plugin.integrations.trl.data import prepare_dataset
-
-        prepare_dataset(Dataset.from_list(copy.deepcopy(WEIGHTED_CHAT[1:])), tokenizer, args, RoleWeights(), False, "train")
+        prepare_dataset(Dataset.from_list(copy.deepcopy(WEIGHTED_CHAT)), tokenizer, args, RoleWeights(), False, "train")
     warnings = [r.getMessage() for r in caplog.records if "wit_message_weight_field='loss_weight'" in r.getMessage()]
     assert len(warnings) == 1 and "train dataset" in warnings[0]
 
