@@ -27,6 +27,11 @@ class WeightKeys:
     training: str = "training"
     training_detail: str = "training_detail"
 
+    def given(self, message: Mapping[str, Any]) -> bool:
+        """Whether ``message`` has any of these keys (None counts as absent, as Arrow fills missing keys)."""
+        get = message.get
+        return get(self.weight) is not None or get(self.training) is not None or get(self.training_detail) is not None
+
 
 # One span of a content's characters ``[begin, end]`` (inclusive, as Axolotl writes them) trained or not.
 Detail = tuple[int, int, bool]
@@ -48,11 +53,7 @@ class Message:
     weight: float = 1.0  # the message's weight (its weight key × its training flag)
     detail: tuple[Detail, ...] | None = None  # its training_detail spans, if given
     weight_key: str = ""  # the key that set ``weight`` or ``detail``, for errors
-
-    @property
-    def weighted(self) -> bool:
-        """Whether the message's tokens get a multiplier other than 1."""
-        return self.weight != 1.0 or self.detail is not None
+    weighted: bool = False  # its tokens get a multiplier other than 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class MessageReader:
     role_map: Mapping[str, str]
     takes_parts: Callable[[], bool]
     weight_keys: WeightKeys = WeightKeys()
+    _not_real: frozenset[str] = frozenset()  # keys not given to the template: role, content and the weight keys
+
+    def __post_init__(self) -> None:
+        keys = self.weight_keys
+        not_real = {self.role_field, self.content_field, keys.weight, keys.training, keys.training_detail}
+        object.__setattr__(self, "_not_real", frozenset(not_real))
 
     def read(self, messages: Sequence[Mapping[str, Any]], split_thinking: bool = True) -> list[Message]:
         where = self.messages_field
@@ -88,12 +95,8 @@ class MessageReader:
         except ValueError as error:
             raise TaggingError(f"{where}.{self.role_field}: {error}") from None
         # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
-        keys = self.weight_keys
-        real = {
-            key: value
-            for key, value in message.items()
-            if key not in (self.role_field, self.content_field, *keys.__dict__.values()) and value is not None
-        }
+        not_real = self._not_real
+        real = {key: value for key, value in message.items() if key not in not_real and value is not None}
         real["role"] = role
         content = message.get(self.content_field)
         if content is None and (self.content_field in message or real.get("tool_calls")):
@@ -122,8 +125,8 @@ class MessageReader:
             inline_thinking=inline and split_thinking,
             written_thinking=inline and not split_thinking,
         )
-        if any(message.get(key) is not None for key in keys.__dict__.values()):
-            _read_weights(parsed, message, keys, where)
+        if self.weight_keys.given(message):
+            _read_weights(parsed, message, self.weight_keys, where)
         return parsed
 
 
@@ -151,6 +154,7 @@ def _read_weights(parsed: Message, message: Mapping[str, Any], keys: WeightKeys,
                 "reasoning, so offsets into the content as written cannot be placed; move the thinking into "
                 "`reasoning_content`"
             )
+    parsed.weighted = parsed.weight != 1.0 or parsed.detail is not None
 
 
 def _read_detail(detail: Any, content: str | list[str], where: str) -> tuple[Detail, ...]:

@@ -41,7 +41,7 @@ def message_weight_spans(
     ``turn_ends`` are the assistant turns' ends (message index → character), ``closings`` the texts that end a
     turn, ``where`` names the messages field in errors (``messages``).
     """
-    if not any(message.weighted for message in messages):
+    if not any([message.weighted for message in messages]):
         return []
     count = len(messages)
     first, last = [len(text)] * count, [-1] * count
