@@ -73,6 +73,7 @@ class ChatRenderer:
     drop_unrendered: bool = False  # drop fields the template does not render instead of refusing the row
     weight_keys: WeightKeys = WeightKeys()  # the message keys that weight a message (read, not rendered)
     _scaffolds: Scaffolds = field(init=False, repr=False)
+    _reader: MessageReader = field(init=False, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)
     _dropped_warned: set[str] = field(default_factory=set, repr=False)
     _renders_key: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
@@ -80,6 +81,14 @@ class ChatRenderer:
 
     def __post_init__(self) -> None:
         self._scaffolds = Scaffolds(self._apply, self.messages_field)
+        self._reader = MessageReader(
+            self.messages_field,
+            self.role_field,
+            self.content_field,
+            self.role_map,
+            lambda: self.takes_parts,
+            self.weight_keys,
+        )
 
     @property
     def takes_parts(self) -> bool:
@@ -155,15 +164,7 @@ class ChatRenderer:
         context: int,
         split_thinking: bool,
     ) -> RenderedRow:
-        reader = MessageReader(
-            self.messages_field,
-            self.role_field,
-            self.content_field,
-            self.role_map,
-            lambda: self.takes_parts,
-            self.weight_keys,
-        )
-        parsed = reader.read(messages, split_thinking)
+        parsed = self._reader.read(messages, split_thinking)
         for message in parsed[:context]:
             message.context = True
         kwargs = {**self.template_kwargs, **(template_kwargs or {})}
