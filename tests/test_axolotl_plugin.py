@@ -49,7 +49,7 @@ def test_plugin_keys_are_the_shared_option_schema():
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
     assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
-    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v4")
+    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v5")
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
