@@ -410,3 +410,21 @@ def test_axolotl_chat_template_rows_with_weight_and_training_detail(tokenizer, m
     strategy = chat_strategy.load(tokenizer, cfg, {**entries["datasets"][1], "path": str(data)})
     with pytest.raises(TaggingError, match=rf"^{data}:1: messages\[1\]\.spans\[0\]\.train must be true or false"):
         strategy.tokenize_prompt(bad)
+
+
+def test_axolotl_warns_once_per_dataset_whose_named_weight_key_no_prepared_row_carries(caplog):
+    from wit_plugin.integrations.axolotl.plugin import warn_unused_weight_fields
+    from wit_plugin.tagging.dropped import DROPPED_KEY, dropped_column
+
+    cfg = {
+        "wit_message_weight_field": "loss",
+        "datasets": [{"path": "a"}, {"path": "b"}, {"path": "c", "message_property_mappings": {"weight": "weight"}}],
+    }
+    weights = [np.zeros(0, np.float32), np.full(3, 0.5, np.float32), np.zeros(0, np.float32)]
+    prepared = Dataset.from_dict(
+        {MESSAGE_WEIGHTS_KEY: weights, DROPPED_KEY: [dropped_column(index, ()) for index in range(3)]}
+    )
+    with caplog.at_level(logging.WARNING, logger="wit_plugin"):
+        warn_unused_weight_fields(cfg, prepared)
+    warned = [r.getMessage() for r in caplog.records if "no row carries" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("wit: datasets[0]: no row carries a weight other than 1 under 'loss'")
