@@ -156,7 +156,8 @@ def _doubled(rows: list[dict]) -> list[dict]:
 @pytest.mark.slow
 def test_message_weights_of_a_datasets_own_key_scale_the_packed_loss_through_axolotl(model_path, tmp_path):
     """Every message weighted 2 under the dataset's own key (`wit_message_weight_field: loss_weight`): the same
-    tokens are trained (N unchanged), so one packed step's loss is exactly twice the unweighted run's."""
+    tokens are trained (N unchanged), so one packed step's loss is exactly twice the unweighted run's. Preset
+    `it`: the template's default system prompt, which is no message's, is not trained."""
     steps = {}
     for name, transform in (("plain", None), ("doubled", _doubled)):
         logs, _ = train(
@@ -167,6 +168,9 @@ def test_message_weights_of_a_datasets_own_key_scale_the_packed_loss_through_axo
             sample_packing=True,
             seed=7,
             data_count=24,
+            wit_preset="it",
+            wit_prompt_weight=None,
+            wit_response_weight=None,
             transform_rows=transform,
             dataset_keys={"wit_message_weight_field": "loss_weight"},
         )
