@@ -76,7 +76,9 @@ def against(rev: str, data: Path | None, count: int, rounds: int) -> tuple[float
     repo = Path(__file__).resolve().parents[1]
     best = {"head": 0.0, "rev": 0.0}
     with tempfile.TemporaryDirectory() as folder:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "wit_plugin"], capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", rev, "wit_plugin"], capture_output=True, check=True
+        )
         subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
         for _ in range(rounds):
             best["rev"] = max(best["rev"], tagger_speed(data, count, Path(folder)))

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,7 +80,9 @@ def test_rows_without_weights_other_than_1_carry_an_empty_column(tokenizer, weig
 
 @pytest.mark.parametrize("key", ["loss_weight", "loss_scale", "loss"])
 def test_another_weight_key_is_read_when_named(tokenizer, key):
-    row = {"messages": [{**m, key: m.pop("weight")} if "weight" in m else m for m in copy.deepcopy(WEIGHTED)["messages"]]}
+    row = {
+        "messages": [{**m, key: m.pop("weight")} if "weight" in m else m for m in copy.deepcopy(WEIGHTED)["messages"]]
+    }
     named = RoleTagger(tokenizer, "chat", weight_field=key).tag(row)
     np.testing.assert_array_equal(named.message_weights, RoleTagger(tokenizer, "chat").tag(WEIGHTED).message_weights)
     assert f"messages[0].{key}" in RoleTagger(tokenizer, "chat").tag(row).unread  # not named: read by nothing
@@ -132,7 +133,10 @@ def test_axolotl_training_false_and_training_detail_are_weights_0_and_1(tokenize
         ({"training": "no"}, r"messages\[1\]\.training must be true or false, got 'no'"),
         ({"training_detail": [{"begin_offset": 0, "end_offset": 99, "train": True}]}, r"training_detail\[0\]: offsets"),
         ({"training_detail": [{"begin_offset": 0, "end_offset": 1, "train": 1}]}, r"training_detail\[0\]\.train must"),
-        ({"training_detail": [{"begin_offset": False, "end_offset": 1, "train": True}]}, r"begin_offset must be an int"),
+        (
+            {"training_detail": [{"begin_offset": False, "end_offset": 1, "train": True}]},
+            r"begin_offset must be an int",
+        ),
     ],
 )
 def test_bad_weights_are_refused_naming_the_message_and_key(tokenizer, message, error):
@@ -336,7 +340,10 @@ def test_trl_loss_with_message_weights_equals_hand_computation(tmp_path, model, 
         **{"max_length": 256, **WIT, **options},
     )
     trainer = WITSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(copy.deepcopy(WEIGHTED_CHAT)), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(copy.deepcopy(WEIGHTED_CHAT)),
+        processing_class=tokenizer,
     )
     batch = trainer.data_collator(list(trainer.train_dataset))
     assert MESSAGE_WEIGHTS_KEY in batch
@@ -388,14 +395,22 @@ def test_axolotl_chat_template_rows_with_weight_and_training_detail(tokenizer, m
     map_dataset_types(entries)
     by_dataset = entries["datasets"][0]
     assert by_dataset["message_property_mappings"] == {"weight": "loss_weight"}  # kept by Axolotl's schema
-    row = {"messages": [{**m, "loss_weight": m.pop("weight")} if "weight" in m else m for m in copy.deepcopy(WEIGHTED)["messages"]]}
+    row = {
+        "messages": [
+            {**m, "loss_weight": m.pop("weight")} if "weight" in m else m for m in copy.deepcopy(WEIGHTED)["messages"]
+        ]
+    }
     features = chat_strategy.load(tokenizer, cfg, by_dataset).tokenize_prompt(row)
     _, expected = reference_multipliers(tokenizer, tokenizer.decode(features["input_ids"]), message_weights(WEIGHTED))
     np.testing.assert_array_equal(features[MESSAGE_WEIGHTS_KEY], expected)
     detail = {
         "messages": [
             {"role": "user", "content": "Name a colour.", "w": 0},  # the config's key
-            {"role": "assistant", "content": "Blue sky", "spans": [{"begin_offset": 0, "end_offset": 3, "train": True}]},
+            {
+                "role": "assistant",
+                "content": "Blue sky",
+                "spans": [{"begin_offset": 0, "end_offset": 3, "train": True}],
+            },
         ]
     }
     strategy = chat_strategy.load(tokenizer, cfg, entries["datasets"][1])
@@ -427,4 +442,6 @@ def test_axolotl_warns_once_per_dataset_whose_named_weight_key_no_prepared_row_c
     with caplog.at_level(logging.WARNING, logger="wit_plugin"):
         warn_unused_weight_fields(cfg, prepared)
     warned = [r.getMessage() for r in caplog.records if "no row carries" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("wit: datasets[0]: no row carries a weight other than 1 under 'loss'")
+    assert len(warned) == 1 and warned[0].startswith(
+        "wit: datasets[0]: no row carries a weight other than 1 under 'loss'"
+    )

@@ -71,7 +71,7 @@ class ChatRenderer:
     eot_tokens: Sequence[str] = ()
     template_name: str | None = None  # for errors: Axolotl's template name, else "the tokenizer's"
     drop_unrendered: bool = False  # drop fields the template does not render instead of refusing the row
-    weight_keys: WeightKeys = WeightKeys()  # the message keys that weight a message (read, not rendered)
+    weight_keys: WeightKeys = field(default_factory=WeightKeys)  # the message keys that weight a message (read)
     _scaffolds: Scaffolds = field(init=False, repr=False)
     _reader: MessageReader = field(init=False, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)

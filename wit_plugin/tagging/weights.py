@@ -28,6 +28,7 @@ from wit_plugin.tagging.messages import Message
 from wit_plugin.tagging.placement import Placed
 from wit_plugin.tagging.spans import TaggingError, WeightSpan
 
+
 def message_weight_spans(
     text: str,
     messages: list[Message],
@@ -41,7 +42,7 @@ def message_weight_spans(
     ``turn_ends`` are the assistant turns' ends (message index → character), ``closings`` the texts that end a
     turn, ``where`` names the messages field in errors (``messages``).
     """
-    if not any([message.weighted for message in messages]):
+    if not any(message.weighted for message in messages):
         return []
     count = len(messages)
     first, last = [len(text)] * count, [-1] * count
