@@ -8,6 +8,10 @@ inputs (hidden states, LM head, ids), so they include the gradients the step lea
     python bench/loss.py                 # SmolLM2 head, then a Llama-3-8B head where memory allows
     python bench/loss.py --quick         # SmolLM2 head only
     python bench/loss.py --frozen-head   # the head is not trained (LoRA): no head gradient in any case
+    python bench/loss.py --quick --cases eager,eager_msg,chunked,chunked_msg   # per-message weights (#18) beside
+
+Cases ``*_msg`` pass per-token multipliers from the data (a message's weight: every third token 0.5, as a row
+whose earlier turns are weighted down) on top of the role weights: their cost is the extra multiplication.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Inputs:
     weight: torch.Tensor  # [V, H], requires grad
     input_ids: torch.Tensor
     roles: torch.Tensor
+    message_weights: torch.Tensor  # [1, T] float32 multipliers from the data (used by the *_msg cases only)
 
 
 def make_inputs(shape: Shape, dtype: torch.dtype, device: str, frozen_head: bool = False) -> Inputs:
@@ -66,7 +71,9 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str, frozen_head: bool
     roles[:, : int(INSTRUCTION_SHARE * shape.tokens)] = Role.INSTRUCTION
     roles[:, 0] = Role.PAD
     input_ids = torch.randint(0, shape.vocab, (1, shape.tokens), generator=gen, device=device)
-    return Inputs(hidden.requires_grad_(), weight.requires_grad_(not frozen_head), input_ids, roles)
+    message_weights = torch.ones(1, shape.tokens, device=device)
+    message_weights[:, ::3] = 0.5
+    return Inputs(hidden.requires_grad_(), weight.requires_grad_(not frozen_head), input_ids, roles, message_weights)
 
 
 WIT_TABLE = RoleWeights.preset("wit").table()  # every role weighted
@@ -93,9 +100,17 @@ def eager(x: Inputs) -> torch.Tensor:
     return weighted_token_loss(F.linear(x.hidden, x.weight), x.input_ids, x.roles, WIT_TABLE).loss
 
 
-def fused(impl: str, table: torch.Tensor) -> Callable[[Inputs], torch.Tensor]:
+def eager_msg(x: Inputs) -> torch.Tensor:
+    logits = F.linear(x.hidden, x.weight)
+    return weighted_token_loss(logits, x.input_ids, x.roles, WIT_TABLE, message_weights=x.message_weights).loss
+
+
+def fused(impl: str, table: torch.Tensor, messages: bool = False) -> Callable[[Inputs], torch.Tensor]:
     def run(x: Inputs) -> torch.Tensor:
-        return weighted_linear_cross_entropy(x.hidden, x.weight, x.input_ids, x.roles, table, impl=impl).loss
+        multipliers = x.message_weights if messages else None
+        return weighted_linear_cross_entropy(
+            x.hidden, x.weight, x.input_ids, x.roles, table, impl=impl, message_weights=multipliers
+        ).loss
 
     return run
 
@@ -106,6 +121,8 @@ CASES: dict[str, tuple[str, Callable[[Inputs], torch.Tensor]]] = {
     "eager": ("(c) eager weighted_token_loss", eager),
     "chunked": ("(d) chunked, all weights > 0", fused("chunked", WIT_TABLE)),
     "chunked_it": ("(e) chunked, 60% weight 0", fused("chunked", IT_TABLE)),
+    "eager_msg": ("(c') eager, message weights", eager_msg),
+    "chunked_msg": ("(d') chunked, message weights", fused("chunked", WIT_TABLE, messages=True)),
     "cce": ("(f) CCE, all weights > 0", fused("cce", WIT_TABLE)),
     "cce_it": ("(g) CCE, 60% weight 0", fused("cce", IT_TABLE)),
 }
@@ -220,6 +237,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=None, help="fresh runs per case (default 3, 1 for 8B)")
     parser.add_argument("--frozen-head", action="store_true", help="the head gets no gradient, as under LoRA")
+    parser.add_argument("--cases", default=None, help=f"comma-separated, from {', '.join(CASES)} (default: all)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype_names = (args.dtype or ("bfloat16" if args.device == "cuda" else "float32")).split(",")
@@ -231,6 +249,8 @@ def main() -> None:
         return
     shape_keys = (args.shapes or ("smollm2" if args.quick else ",".join(SHAPES))).split(",")
     cases = [c for c in CASES if not c.startswith("cce") or (args.device == "cuda" and cce_available())]
+    if args.cases:  # the first one named is the baseline of the ratios
+        cases = [case for case in args.cases.split(",") if case in cases]
     print(f"device={args.device} threads={torch.get_num_threads()} cpus={os.cpu_count()} {_load()}")
     for key, dtype_name in ((key, name) for key in shape_keys for name in dtype_names):
         shape = SHAPES[key]
@@ -245,7 +265,8 @@ def main() -> None:
         # Every case ends holding the head's gradient; the rest of the peak is what the loss itself costs.
         head_grad = 0 if args.frozen_head else shape.vocab * shape.hidden * getattr(torch, dtype_name).itemsize
         print(f"  best of {rounds}; 'loss MiB' is the peak minus the head's gradient ({head_grad / 2**20:.0f} MiB)")
-        print(f"  {'case':34} {'time s':>7} {'× (a)':>6} {'peak MiB':>9} {'× (a)':>6} {'loss MiB':>9} {'× (a)':>6}")
+        ref = f"× {CASES[cases[0]][0].split()[0]}"  # (a) unless --cases names another baseline first
+        print(f"  {'case':34} {'time s':>7} {ref:>6} {'peak MiB':>9} {ref:>6} {'loss MiB':>9} {ref:>6}")
         for case, result in results.items():
             peak, loss, ratio = (
                 result["peak_bytes"],

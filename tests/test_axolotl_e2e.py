@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -37,9 +38,16 @@ def train(model_path: Path, tmp_path: Path, launcher: list[str], **overrides) ->
         logging_steps=1,
     )
     data_count = overrides.pop("data_count", 48)
+    transform = overrides.pop("transform_rows", None)  # rows → rows (e.g. weights added), written as the dataset
+    dataset_keys = overrides.pop("dataset_keys", {})
     cfg.update(overrides)
     cfg = {key: value for key, value in cfg.items() if value is not None}  # None: leave the key out
     cfg["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=data_count, seed=1))
+    cfg["datasets"][0].update(dataset_keys)
+    if transform is not None:
+        data = Path(cfg["datasets"][0]["path"])
+        rows = transform([json.loads(line) for line in data.read_text().splitlines()])
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = tmp_path / "cfg.yml"
     config.write_text(yaml.safe_dump(cfg))
     env = {
@@ -139,6 +147,37 @@ def test_chunked_loss_step_equals_eager_step_through_axolotl(model_path, tmp_pat
     for key in ("loss", "grad_norm", "wit/loss_instruction", "wit/loss_response"):  # printed to 4 digits
         assert float(steps["chunked"][key]) == pytest.approx(float(steps["eager"][key]), rel=1e-3), key
     assert steps["chunked"]["wit/tokens_template"] == steps["eager"]["wit/tokens_template"]
+
+
+def _doubled(rows: list[dict]) -> list[dict]:
+    return [{**row, "messages": [{**m, "loss_weight": 2.0} for m in row["messages"]]} for row in rows]
+
+
+@pytest.mark.slow
+def test_message_weights_of_a_datasets_own_key_scale_the_packed_loss_through_axolotl(model_path, tmp_path):
+    """Every message weighted 2 under the dataset's own key (`wit_message_weight_field: loss_weight`): the same
+    tokens are trained (N unchanged), so one packed step's loss is exactly twice the unweighted run's. Preset
+    `it`: the template's default system prompt, which is no message's, is not trained."""
+    steps = {}
+    for name, transform in (("plain", None), ("doubled", _doubled)):
+        logs, _ = train(
+            model_path,
+            tmp_path / name,
+            AXOLOTL_TRAIN,
+            max_steps=1,
+            sample_packing=True,
+            seed=7,
+            data_count=24,
+            wit_preset="it",
+            wit_prompt_weight=None,
+            wit_response_weight=None,
+            transform_rows=transform,
+            dataset_keys={"wit_message_weight_field": "loss_weight"},
+        )
+        steps[name] = next(entry for entry in logs if "loss" in entry)
+    assert float(steps["doubled"]["loss"]) == pytest.approx(2 * float(steps["plain"]["loss"]), rel=1e-3)
+    for key in ("wit/tokens_response", "wit/loss_response"):  # per-role metrics stay per role, unweighted
+        assert float(steps["doubled"][key]) == pytest.approx(float(steps["plain"][key]), rel=1e-3), key
 
 
 # --- packed rows kept apart: packed == unpacked, per role -------------------------------------------------------

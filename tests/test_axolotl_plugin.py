@@ -49,7 +49,7 @@ def test_plugin_keys_are_the_shared_option_schema():
 def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
     cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
     assert cfg.datasets[0]["type"] == f"{STRATEGIES}.chat_template"
-    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v4")
+    assert cfg.dataset_prepared_path == str(Path(base_cfg["dataset_prepared_path"]) / "wit_tagging_v5")
     assert (cfg.wit_prompt_weight, cfg.wit_response_weight) == (0.4, 0.6)
 
 
@@ -145,8 +145,8 @@ def test_excess_length_truncate_cuts_roles_with_tokens(tokenizer, monkeypatch, s
     monkeypatch.setattr(PluginManager.get_instance(), "plugins", {"wit_plugin.WITPlugin": WITPlugin()})
     cfg = DictDefault({"sequence_len": 24, "excess_length_strategy": strategy, "chat_template": "tokenizer_default"})
     tokenize = chat_strategy.load(tokenizer, cfg, {"type": "chat_template"}).tokenize_prompt
-    row = {"messages": [{"role": "user", "content": "many words " * 20}, {"role": "assistant", "content": "ok"}]}
-    features = tokenize(row)
+    user = {"role": "user", "content": "many words " * 20, "weight": 0.5}  # its weights are a per-token column too
+    features = tokenize({"messages": [user, {"role": "assistant", "content": "ok"}]})
     lengths = {len(column) for key, column in features.items() if key != "wit_dropped"}  # a per-row column
     assert len(lengths) == 1  # every per-token column cut at the same place, or none
     assert lengths == ({24} if strategy == "truncate" else {len(features["input_ids"])})
@@ -362,7 +362,7 @@ TOOL_ROW = {
         {"role": "user", "content": "Oslo?"},
         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w"}}]},
         {"role": "tool", "content": "-3"},
-        {"role": "assistant", "content": "Cold.", "weight": 0},
+        {"role": "assistant", "content": "Cold.", "score": 0},
     ]
 }
 
@@ -412,8 +412,23 @@ def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_w
         strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
     assert tokenizer.decode(features["input_ids"]).count("<|im_start|>assistant") == 1
     assert features["wit_dropped"] == dropped_column(-1, ["tool_calls", "empty_turns"])  # not in cfg's datasets
-    unread = [r.getMessage() for r in caplog.records if "message key 'weight'" in r.getMessage()]
-    assert len(unread) == 1 and f"first seen at {data}:1, messages[3].weight" in unread[0]
+    unread = [r.getMessage() for r in caplog.records if "message key 'score'" in r.getMessage()]
+    assert len(unread) == 1 and f"first seen at {data}:1, messages[3].score" in unread[0]
+
+
+def test_a_datasets_message_weight_field_survives_axolotls_schema(base_cfg, tokenizer):
+    from axolotl.prompt_strategies import load
+
+    base_cfg["datasets"][0]["wit_message_weight_field"] = "loss_scale"
+    cfg = load_cfg(DictDefault(copy.deepcopy(base_cfg)))
+    assert cfg.datasets[0]["message_property_mappings"]["weight"] == "loss_scale"
+    strategy = load(cfg.datasets[0]["type"], tokenizer, cfg, cfg.datasets[0])
+    assert strategy.tagger.options["weight_field"] == "loss_scale"
+    row = {"messages": [{"role": "user", "content": "hi", "loss_scale": 0}, {"role": "assistant", "content": "yo"}]}
+    assert 0 in strategy.tokenize_prompt(row)["wit_message_weights"]
+    base_cfg["datasets"][0]["message_property_mappings"] = {"weight": "loss"}
+    with pytest.raises(WITConfigError, match=r"datasets\[0\]: wit_message_weight_field 'loss_scale' and message_pro"):
+        map_dataset_types(copy.deepcopy(base_cfg))
 
 
 def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_strategy(base_cfg, tokenizer):

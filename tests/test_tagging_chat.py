@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.chat_check import check_chat_row, role_text
-from wit_plugin.roles import Role
+from wit_plugin.roles import MESSAGE_WEIGHTS_KEY, Role
 from wit_plugin.tagging import RoleTagger, TaggingError
 from wit_plugin.tagging.chat import ChatRenderer
 
@@ -114,14 +114,19 @@ def test_role_map_and_custom_fields(tokenizer):
     assert Role.INSTRUCTION in tagged.roles and Role.RESPONSE in tagged.roles
 
 
-def test_truncation_cuts_every_column_together(tokenizer):
-    row = {"messages": [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "ok"}]}
+@pytest.mark.parametrize("weight", [None, 0.5])
+def test_truncation_cuts_every_column_together(tokenizer, weight):
+    user = {"role": "user", "content": "word " * 50, **({"weight": weight} if weight is not None else {})}
+    row = {"messages": [user, {"role": "assistant", "content": "ok"}]}
     full = RoleTagger(tokenizer, "chat").tag(row)
     cut = RoleTagger(tokenizer, "chat", max_length=20).tag(row)
     assert len(cut.input_ids) == len(cut.roles) == 20
     assert cut.input_ids == full.input_ids[:20] and cut.roles == full.roles[:20]
     features = cut.as_features()
+    weights = features.pop(MESSAGE_WEIGHTS_KEY)  # empty when every multiplier is 1
     assert {len(v) for v in features.values()} == {20}
+    assert len(weights) == (0 if weight is None else 20)
+    assert np.array_equal(weights, full.message_weights[:20])
 
 
 @pytest.mark.parametrize(

@@ -242,11 +242,11 @@ def test_message_keys_no_format_reads_are_reported(tokenizer):
         {"role": "assistant", "content": "yo", "weight": 0, "tool_call_id": "x", "name": "bot"},
     ]
     tagged = RoleTagger(tokenizer, "chat").tag({"messages": messages})
-    assert tagged.unread == ("messages[0].loss_weight", "messages[1].weight")
-    rendering = "{% for m in messages %}{{ m.content }}{{ m.weight }}<|im_end|>{% endfor %}"  # a template reads it
-    assert RoleTagger(tokenizer, "chat", chat_template=rendering).tag({"messages": messages}).unread == (
-        "messages[0].loss_weight",
-    )
+    assert tagged.unread == ("messages[0].loss_weight",)  # `weight` is the message's weight (wit_message_weight_field)
+    rendering = "{% for m in messages %}{{ m.content }}{{ m.loss_weight }}<|im_end|>{% endfor %}"  # a template reads it
+    assert RoleTagger(tokenizer, "chat", chat_template=rendering).tag({"messages": messages}).unread == ()
+    named = RoleTagger(tokenizer, "chat", weight_field="loss_weight").tag({"messages": messages})
+    assert named.unread == ("messages[1].weight",)  # another key named: `weight` is just a key again
 
 
 def test_reasoning_content_and_thinking_blocks_are_reasoning(tokenizer):

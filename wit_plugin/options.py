@@ -143,6 +143,15 @@ OPTIONS: tuple[Option, ...] = (
         "data",
     ),
     Option(
+        "wit_message_weight_field",
+        str,
+        "weight",
+        "the message key holding a message's loss weight (multiplies the role weight of every token of its turn; "
+        "0 masks it; absent: 1), e.g. loss_weight, loss_scale or loss; in alpaca, prompt/completion and text rows, "
+        "the row key weighting the whole row. Axolotl: also a key of each dataset, overriding this one",
+        "data",
+    ),
+    Option(
         "wit_loss_impl",
         str,
         "auto",
@@ -321,7 +330,7 @@ def check_known_keys(keys: Iterable[Any]) -> None:
         raise OptionError(f"unknown wit_plugin option(s) {unknown}{hints}{listing}")
 
 
-DATASET_OPTIONS: tuple[str, ...] = ("wit_drop_unrendered",)  # Axolotl: also set per dataset
+DATASET_OPTIONS: tuple[str, ...] = ("wit_drop_unrendered", "wit_message_weight_field")  # Axolotl: also set per dataset
 
 
 def check_dataset_options(dataset: Mapping[str, Any], where: str) -> None:

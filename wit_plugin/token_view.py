@@ -36,18 +36,22 @@ class InspectedToken:
     token_id: int
     text: str
     role: Role
-    weight: float  # what the loss gives it as a target (0 for the first token)
+    weight: float  # what the loss gives it as a target: role weight × message weight (0 for the first token)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.token_id, "text": self.text, "role": self.role.label, "weight": self.weight}
 
 
 def inspect_tokens(tagged: TaggedSequence, weights: RoleWeights) -> list[InspectedToken]:
-    """Each token with its text, role and loss weight as a target."""
+    """Each token with its text, role and final loss weight as a target (its role's weight × its multiplier from
+    the data, a message's weight)."""
     table = weights.by_code()
+    multipliers = tagged.token_multipliers().tolist()
     return [
-        InspectedToken(token_id, text, Role(role), 0.0 if index == 0 else table[role])
-        for index, (token_id, role, text) in enumerate(zip(tagged.input_ids, tagged.roles, tagged.token_texts()))
+        InspectedToken(token_id, text, Role(role), 0.0 if index == 0 else table[role] * multiplier)
+        for index, (token_id, role, text, multiplier) in enumerate(
+            zip(tagged.input_ids, tagged.roles, tagged.token_texts(), multipliers)
+        )
     ]
 
 

@@ -285,6 +285,7 @@ def weighted_linear_cross_entropy(
     impl: str = "auto",
     chunk_rows: int | None = None,
     include_zero_weight: bool = False,
+    message_weights: torch.Tensor | None = None,
 ) -> WeightedLoss:
     """:func:`~wit_plugin.loss.weighted.weighted_token_loss` from ``[B, T, H]`` final hidden states.
 
@@ -292,7 +293,7 @@ def weighted_linear_cross_entropy(
     only roles with weight > 0 (zero-weight roles show 0 tokens), with ``include_zero_weight`` every scored
     token, exactly as the eager path reports them.
     """
-    targets = flat_targets(input_ids, roles, weight_table)
+    targets = flat_targets(input_ids, roles, weight_table, message_weights)
     n = normaliser(targets.weights, num_items_in_batch)
     result = fused_weighted_cross_entropy(
         hidden_states.reshape(-1, hidden_states.shape[-1]),

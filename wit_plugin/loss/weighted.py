@@ -45,11 +45,19 @@ class Targets:
     weights: torch.Tensor  # [B·T] float32, 0 where nothing is scored
 
 
-def flat_targets(input_ids: torch.Tensor, roles: torch.Tensor, weight_table: torch.Tensor) -> Targets:
+def flat_targets(
+    input_ids: torch.Tensor,
+    roles: torch.Tensor,
+    weight_table: torch.Tensor,
+    message_weights: torch.Tensor | None = None,
+) -> Targets:
+    """``message_weights`` (``[B, T]``, per-token multipliers from the data) multiply the role weights."""
     target_roles = F.pad(roles[:, 1:].long(), (0, 1), value=int(Role.PAD)).reshape(-1)
     unscored = target_roles == Role.PAD
     tokens = F.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).masked_fill(unscored, IGNORE_INDEX)
     weights = weight_table.to(input_ids.device)[target_roles].masked_fill(unscored, 0.0)
+    if message_weights is not None:
+        weights = weights * F.pad(message_weights[:, 1:].to(weights), (0, 1)).reshape(-1)
     return Targets(tokens, target_roles, weights)
 
 
@@ -75,9 +83,7 @@ def denominator(
     w being the role weight times the message weight of the target token (``[B, T]``, shifted like the roles)."""
     if normalize not in ("tokens", "weights"):
         raise ValueError(f"unknown wit_normalize {normalize!r}; choose tokens or weights")
-    weights = flat_targets(input_ids, roles, weight_table).weights.double()
-    if message_weights is not None:
-        weights = weights * F.pad(message_weights[:, 1:].double(), (0, 1), value=0.0).reshape(-1).to(weights.device)
+    weights = flat_targets(input_ids, roles, weight_table.double(), message_weights).weights
     return (weights > 0).sum().double() if normalize == "tokens" else weights.sum()
 
 
@@ -101,12 +107,14 @@ def weighted_token_loss(
     roles: torch.Tensor,
     weight_table: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
+    message_weights: torch.Tensor | None = None,
 ) -> WeightedLoss:
-    """Weighted CE over ``[B, T, V]`` logits; targets are ``input_ids`` shifted, roles say their weight.
+    """Weighted CE over ``[B, T, V]`` logits; targets are ``input_ids`` shifted, roles say their weight (times
+    ``message_weights``, the multipliers from the data, when given).
 
     Tokens with role ``PAD`` (padding, packed-sequence starts) are never scored. CE runs in fp32.
     """
-    targets = flat_targets(input_ids, roles, weight_table)
+    targets = flat_targets(input_ids, roles, weight_table, message_weights)
     token_loss = F.cross_entropy(
         at_least_fp32(logits.reshape(-1, logits.shape[-1])),
         targets.tokens,

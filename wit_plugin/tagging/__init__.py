@@ -13,9 +13,10 @@ __all__ = ["TAGGING_VERSION", "RoleTagger", "TaggedSequence", "TaggingError"]
 
 # Bumped whenever the same row can be tagged differently (v2: reasoning role, text ends of turn, tool calls and
 # definitions; v3: a generation prompt matched by its role header only, text parts joined for string templates;
-# v4: every row carries its dropped-field counts, ``wit_dropped``): prepared-dataset caches keyed on it (Axolotl's
-# hash, TRL's map fingerprint) are then not reused.
-TAGGING_VERSION = 4
+# v4: every row carries its dropped-field counts, ``wit_dropped``; v5: message weights from the data,
+# ``wit_message_weights``): prepared-dataset caches keyed on it (Axolotl's hash, TRL's map fingerprint) are then not
+# reused.
+TAGGING_VERSION = 5
 
 
 class RoleTagger:

@@ -91,3 +91,16 @@ def audit_turn_ends(rows: Iterable[Sequence[int]]) -> TurnEndAudit:
                 without_end += 1
                 first_row = index if first_row is None else first_row
     return TurnEndAudit(turns, without_end, first_row)
+
+
+def weighted_datasets(dataset: Any, weights_column: str, dropped_column: str) -> set[int]:
+    """The dataset positions (``wit_dropped``'s first value) of the rows with multipliers from the data (a
+    non-empty ``wit_message_weights``), read as Arrow: for the warning about a weight key that no row carries."""
+    import pyarrow.compute as pc
+
+    if weights_column not in (dataset.column_names or []):
+        return set()
+    table = dataset.select_columns([weights_column, dropped_column]).with_format("arrow")[:]
+    weighted = pc.greater(pc.list_value_length(table[weights_column]), 0)
+    positions = pc.filter(pc.list_element(table[dropped_column], 0), weighted)
+    return set(pc.unique(positions).to_pylist())

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD, Role, message_role
-from wit_plugin.tagging.messages import THINK_CLOSE, Message, MessageReader, inline_thinking
+from wit_plugin.tagging.messages import THINK_CLOSE, Message, MessageReader, WeightKeys, inline_thinking
 from wit_plugin.tagging.placement import SENTINEL, Placed, Scaffolds, Slot, inserted, split_thinking_span
 from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
 from wit_plugin.tagging.turns import AssistantTurns, TurnMarkers, probe_markers
+from wit_plugin.tagging.weights import message_weight_spans
 
 LOG = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class ChatRenderer:
     eot_tokens: Sequence[str] = ()
     template_name: str | None = None  # for errors: Axolotl's template name, else "the tokenizer's"
     drop_unrendered: bool = False  # drop fields the template does not render instead of refusing the row
+    weight_keys: WeightKeys = field(default_factory=WeightKeys)  # the message keys that weight a message (read)
     _scaffolds: Scaffolds = field(init=False, repr=False)
+    _reader: MessageReader = field(init=False, repr=False)
     _markers: TurnMarkers | None = field(default=None, repr=False)
     _dropped_warned: set[str] = field(default_factory=set, repr=False)
     _renders_key: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
@@ -78,6 +81,14 @@ class ChatRenderer:
 
     def __post_init__(self) -> None:
         self._scaffolds = Scaffolds(self._apply, self.messages_field)
+        self._reader = MessageReader(
+            self.messages_field,
+            self.role_field,
+            self.content_field,
+            self.role_map,
+            lambda: self.takes_parts,
+            self.weight_keys,
+        )
 
     @property
     def takes_parts(self) -> bool:
@@ -153,10 +164,7 @@ class ChatRenderer:
         context: int,
         split_thinking: bool,
     ) -> RenderedRow:
-        reader = MessageReader(
-            self.messages_field, self.role_field, self.content_field, self.role_map, lambda: self.takes_parts
-        )
-        parsed = reader.read(messages, split_thinking)
+        parsed = self._reader.read(messages, split_thinking)
         for message in parsed[:context]:
             message.context = True
         kwargs = {**self.template_kwargs, **(template_kwargs or {})}
@@ -190,7 +198,10 @@ class ChatRenderer:
         if without_tools is not None:
             row.spans += inserted(without_tools, text, Role.SYSTEM)
         turns = AssistantTurns(self.markers, self.eot_tokens, self._apply)
-        row.turns_without_end = turns.add_spans(text, parsed, placed, row.spans, kwargs)
+        turn_ends: dict[int, int] = {}
+        row.turns_without_end = turns.add_spans(text, parsed, placed, row.spans, kwargs, turn_ends)
+        closings = self.eot_tokens or (self.markers.closing,)
+        row.weights = message_weight_spans(text, parsed, placed, turn_ends, closings, self.messages_field)
         row.placed = [
             piece
             for slot, start, end in placed

@@ -10,8 +10,18 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD, TEXT_FIELD, TOOLS_FIELD, Role
+from wit_plugin.roles import (
+    CONTENT_FIELD,
+    MESSAGES_FIELD,
+    ROLE_FIELD,
+    TEXT_FIELD,
+    TOOLS_FIELD,
+    Role,
+    WeightError,
+    check_weight,
+)
 from wit_plugin.tagging.chat import ChatRenderer
+from wit_plugin.tagging.messages import WeightKeys
 from wit_plugin.tagging.spans import RenderedRow, Span, TaggingError
 
 
@@ -24,6 +34,7 @@ class RowFormat:
     def __init__(self, tokenizer: Any, **options: Any) -> None:
         self.tokenizer = tokenizer
         self.options = options
+        self.weight_field: str = options.get("weight_field") or WeightKeys.weight
 
     @classmethod
     def matches(cls, row: Mapping[str, Any]) -> bool:
@@ -39,6 +50,17 @@ class RowFormat:
         if not isinstance(value, str):
             raise TaggingError(f"{self.name} row field '{name}' must be a string, got {type(value).__name__}")
         return value
+
+    def _row_weight(self, row: Mapping[str, Any]) -> float:
+        """The row's weight (its ``weight_field``; absent: 1), which multiplies every token of a plain-text row."""
+        value = row.get(self.weight_field)
+        if value is None:
+            return 1.0
+        try:
+            check_weight(value, f"{self.name} row field '{self.weight_field}'")
+        except WeightError as error:
+            raise TaggingError(str(error)) from None
+        return float(value)
 
 
 class _SegmentWriter:
@@ -92,7 +114,8 @@ class ChatFormat(RowFormat):
     ``template_kwargs``, ``field_tools`` (a row's tool definitions, rendered by the template and tagged
     ``system``), ``eot_tokens`` (texts closing an assistant turn, instead of the template's own),
     ``drop_unrendered`` (drop tool calls, tool definitions and texts the template does not render instead of
-    refusing the row), ``chat_template_name`` (named in errors).
+    refusing the row), ``chat_template_name`` (named in errors), ``weight_field``, ``training_field`` and
+    ``training_detail_field`` (the message keys that weight a message: :mod:`~wit_plugin.tagging.weights`).
     A row's ``chat_template_kwargs`` (TRL's per-row template arguments) are passed to the template too.
     """
 
@@ -114,6 +137,11 @@ class ChatFormat(RowFormat):
             eot_tokens=tuple(options.get("eot_tokens") or ()),
             template_name=options.get("chat_template_name"),
             drop_unrendered=bool(options.get("drop_unrendered")),
+            weight_keys=WeightKeys(
+                self.weight_field,
+                options.get("training_field") or WeightKeys.training,
+                options.get("training_detail_field") or WeightKeys.training_detail,
+            ),
         )
         if self.renderer.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise TaggingError("the tokenizer has no chat template and none was given (chat_template)")
@@ -162,6 +190,7 @@ class AlpacaFormat(RowFormat):
             writer.add(context, Role.INSTRUCTION)
         writer.add("\n\n### Response:\n")
         _add_response(writer, self.tokenizer, output)
+        writer.row.row_weight = self._row_weight(row)
         return writer.finish()
 
 
@@ -185,6 +214,7 @@ class PromptCompletionFormat(RowFormat):
         writer = _SegmentWriter()
         writer.add(self._field(row, "prompt"), Role.INSTRUCTION)
         _add_response(writer, self.tokenizer, self._field(row, "completion"))
+        writer.row.row_weight = self._row_weight(row)
         return writer.finish()
 
 
@@ -197,6 +227,7 @@ class TextFormat(RowFormat):
     def render(self, row: Mapping[str, Any]) -> RenderedRow:
         writer = _SegmentWriter()
         _add_response(writer, self.tokenizer, self._field(row, self.options.get("field") or TEXT_FIELD))
+        writer.row.row_weight = self._row_weight(row)
         return writer.finish()
 
 

@@ -11,10 +11,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wit_plugin.roles import Role, message_role
+from wit_plugin.roles import Role, WeightError, check_weight, message_role
 from wit_plugin.tagging.spans import TaggingError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class WeightKeys:
+    """The message keys that weight a message's tokens (read, checked and kept from the template): its loss
+    ``weight`` (``wit_message_weight_field``), and Axolotl's ``training`` (a bool) and ``training_detail`` (a list
+    of ``{begin_offset, end_offset, train}`` over the content's characters, both offsets inclusive)."""
+
+    weight: str = "weight"
+    training: str = "training"
+    training_detail: str = "training_detail"
+
+    def given(self, message: Mapping[str, Any]) -> bool:
+        """Whether ``message`` has any of these keys (None counts as absent, as Arrow fills missing keys)."""
+        get = message.get
+        return get(self.weight) is not None or get(self.training) is not None or get(self.training_detail) is not None
+
+
+# One span of a content's characters ``[begin, end]`` (inclusive, as Axolotl writes them) trained or not.
+Detail = tuple[int, int, bool]
 
 
 @dataclass
@@ -30,6 +50,10 @@ class Message:
     source: int = -1  # position in the row (differs from ``index`` once a dropped turn is removed)
     inline_thinking: bool = False  # ``reasoning`` was split out of a thinking block written in the content
     written_thinking: bool = False  # the content holds a thinking block, rendered as written
+    weight: float = 1.0  # the message's weight (its weight key × its training flag)
+    detail: tuple[Detail, ...] | None = None  # its training_detail spans, if given
+    weight_key: str = ""  # the key that set ``weight`` or ``detail``, for errors
+    weighted: bool = False  # its tokens get a multiplier other than 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,13 @@ class MessageReader:
     content_field: str
     role_map: Mapping[str, str]
     takes_parts: Callable[[], bool]
+    weight_keys: WeightKeys = WeightKeys()
+    _not_real: frozenset[str] = frozenset()  # keys not given to the template: role, content and the weight keys
+
+    def __post_init__(self) -> None:
+        keys = self.weight_keys
+        not_real = {self.role_field, self.content_field, keys.weight, keys.training, keys.training_detail}
+        object.__setattr__(self, "_not_real", frozenset(not_real))
 
     def read(self, messages: Sequence[Mapping[str, Any]], split_thinking: bool = True) -> list[Message]:
         where = self.messages_field
@@ -64,11 +95,8 @@ class MessageReader:
         except ValueError as error:
             raise TaggingError(f"{where}.{self.role_field}: {error}") from None
         # Like Axolotl, keys holding None are absent: Arrow gives every message every key of the dataset.
-        real = {
-            key: value
-            for key, value in message.items()
-            if key not in (self.role_field, self.content_field) and value is not None
-        }
+        not_real = self._not_real
+        real = {key: value for key, value in message.items() if key not in not_real and value is not None}
         real["role"] = role
         content = message.get(self.content_field)
         if content is None and (self.content_field in message or real.get("tool_calls")):
@@ -87,7 +115,7 @@ class MessageReader:
             # A thinking block written into the content: templates that know reasoning (Qwen3) render it as such
             before, texts = texts.split(THINK_CLOSE, 1)[0], texts.split(THINK_CLOSE)[-1].lstrip("\n")
             reasoning = before.rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
-        return Message(
+        parsed = Message(
             index,
             role,
             real,
@@ -97,6 +125,59 @@ class MessageReader:
             inline_thinking=inline and split_thinking,
             written_thinking=inline and not split_thinking,
         )
+        if self.weight_keys.given(message):
+            _read_weights(parsed, message, self.weight_keys, where)
+        return parsed
+
+
+def _read_weights(parsed: Message, message: Mapping[str, Any], keys: WeightKeys, where: str) -> None:
+    """A message's weight keys, checked: the weight a finite number ≥ 0, ``training`` a bool, ``training_detail``
+    spans of a string content's characters; an error names the message and the key."""
+    weight, training, detail = (message.get(key) for key in (keys.weight, keys.training, keys.training_detail))
+    if weight is not None:
+        try:
+            check_weight(weight, f"{where}.{keys.weight}")
+        except WeightError as error:
+            raise TaggingError(str(error)) from None
+        parsed.weight, parsed.weight_key = float(weight), keys.weight
+    if training is not None:
+        if not isinstance(training, bool):
+            raise TaggingError(f"{where}.{keys.training} must be true or false, got {training!r:.80}")
+        parsed.weight *= float(training)
+        parsed.weight_key = parsed.weight_key or keys.training
+    if detail is not None:
+        parsed.detail = _read_detail(detail, parsed.content, f"{where}.{keys.training_detail}")
+        parsed.weight_key = parsed.weight_key or keys.training_detail
+        if parsed.inline_thinking:
+            raise TaggingError(
+                f"{where}.{keys.training_detail}: the content holds a thinking block that the template renders as "
+                "reasoning, so offsets into the content as written cannot be placed; move the thinking into "
+                "`reasoning_content`"
+            )
+    parsed.weighted = parsed.weight != 1.0 or parsed.detail is not None
+
+
+def _read_detail(detail: Any, content: str | list[str], where: str) -> tuple[Detail, ...]:
+    if not isinstance(content, str):
+        raise TaggingError(f"{where} needs the message's content as a string, not text parts")
+    if not isinstance(detail, Sequence) or isinstance(detail, (str, bytes)):
+        raise TaggingError(f"{where} must be a list of {{begin_offset, end_offset, train}}, got {detail!r:.80}")
+    spans = []
+    for k, item in enumerate(detail):
+        if not isinstance(item, Mapping):
+            raise TaggingError(f"{where}[{k}] must be a mapping with begin_offset, end_offset and train")
+        begin, end, train = item.get("begin_offset"), item.get("end_offset"), item.get("train")
+        for name, value in (("begin_offset", begin), ("end_offset", end)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TaggingError(f"{where}[{k}].{name} must be an integer, got {value!r:.80}")
+        if not isinstance(train, bool):
+            raise TaggingError(f"{where}[{k}].train must be true or false, got {train!r:.80}")
+        if not 0 <= begin <= end < len(content):
+            raise TaggingError(
+                f"{where}[{k}]: offsets [{begin}, {end}] (inclusive) are outside the content's {len(content)} characters"
+            )
+        spans.append((begin, end, train))
+    return tuple(spans)
 
 
 def inline_thinking(messages: Any, content_field: str) -> int | None:

@@ -17,6 +17,9 @@ character and its end-of-turn text): a token covering both takes the later one's
 asked to produce. Tokens the tokenizer adds itself (BOS) are template; other tokens that cover no character
 (whitespace, with tokenizers that trim offsets past it) take the role of the character just before their
 offset.
+
+Multipliers from the data (a message's weight, :mod:`~wit_plugin.tagging.weights`) go the same way, from
+character spans to tokens (:func:`token_weights`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,25 @@ from typing import Any
 
 import numpy as np
 
-from wit_plugin.roles import Role
+from wit_plugin.roles import MESSAGE_WEIGHTS_KEY, Role
 
 
 class TaggingError(ValueError):
     """A row that cannot be tagged exactly; the message names the row's problem."""
+
+
+WEIGHT_DTYPE = np.float32
+NO_WEIGHTS = np.zeros(0, dtype=WEIGHT_DTYPE)  # the multipliers of a row without weights from the data: all 1
+
+
+@dataclass(frozen=True)
+class WeightSpan:
+    """Characters ``[start, end)`` of the rendered text whose tokens get multiplier ``weight`` (later spans win
+    where they overlap; :mod:`~wit_plugin.tagging.weights` says which characters a message's weight covers)."""
+
+    start: int
+    end: int
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class RenderedRow:
     unread: tuple[str, ...] = ()  # message keys no format or template reads (``messages[2].weight``)
     dropped: tuple[str, ...] = ()  # fields left out because the template does not render them (opted in)
     dropped_kinds: tuple[str, ...] = ()  # each one's kind (``tagging.dropped.DROP_KINDS``), in the same order
+    weights: list[WeightSpan] = field(default_factory=list)  # multipliers from the data (message weights)
+    row_weight: float = 1.0  # the row's own weight (plain formats): multiplies every token
 
 
 @dataclass
@@ -70,10 +89,20 @@ class TaggedSequence:
     unread: tuple[str, ...] = ()  # see RenderedRow
     dropped: tuple[str, ...] = ()
     dropped_kinds: tuple[str, ...] = ()
+    # Each token's multiplier from the data (its message's weight); empty when every one is 1.
+    message_weights: np.ndarray = field(default_factory=lambda: NO_WEIGHTS)
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.roles):
             raise TaggingError(f"{len(self.input_ids)} tokens but {len(self.roles)} roles")
+        if len(self.message_weights) not in (0, len(self.input_ids)):
+            raise TaggingError(f"{len(self.input_ids)} tokens but {len(self.message_weights)} message weights")
+
+    def token_multipliers(self) -> np.ndarray:
+        """Every token's multiplier from the data, 1 where the row has none."""
+        if len(self.message_weights):
+            return self.message_weights
+        return np.ones(len(self.input_ids), dtype=WEIGHT_DTYPE)
 
     def truncated(self, max_length: int) -> TaggedSequence:
         """Cut every per-token column at the same place (Axolotl's own truncation cuts only its columns), the
@@ -89,6 +118,7 @@ class TaggedSequence:
             self.unread,
             self.dropped,
             self.dropped_kinds,
+            self.message_weights[:max_length],
         )
 
     def token_texts(self) -> list[str]:
@@ -104,13 +134,15 @@ class TaggedSequence:
         cuts[0] = 0
         return [self.text[a:b] for a, b in zip(cuts, [*cuts[1:], len(self.text)])]
 
-    def as_features(self) -> dict[str, list[int]]:
-        """Columns for a tokenised dataset: labels are the ids; the collator masks them by weight."""
+    def as_features(self) -> dict[str, Any]:
+        """Columns for a tokenised dataset: labels are the ids; the collator masks them by weight. The message
+        weights are a float32 array (empty when all 1), so that Arrow types the column alike in every row."""
         return {
             "input_ids": self.input_ids,
             "attention_mask": [1] * len(self.input_ids),
             "labels": list(self.input_ids),
             "wit_roles": self.roles,
+            MESSAGE_WEIGHTS_KEY: self.message_weights,
         }
 
 
@@ -135,6 +167,7 @@ def tag_rendered(tokenizer: Any, row: RenderedRow) -> TaggedSequence:
         row.unread,
         row.dropped,
         row.dropped_kinds,
+        token_weights(len(row.text), row.weights, row.row_weight, offsets, special),
     )
 
 
@@ -154,3 +187,26 @@ def token_roles(text_length: int, spans: Sequence[Span], offsets: np.ndarray, sp
     roles[empty] = last[empty]
     roles[empty & special] = Role.TEMPLATE
     return roles
+
+
+def token_weights(
+    text_length: int, spans: Sequence[WeightSpan], row_weight: float, offsets: np.ndarray, special: np.ndarray
+) -> np.ndarray:
+    """One multiplier per token: the smallest of the characters it covers (a token partly inside a masked span is
+    masked), the one of the character before it for a token covering none, 1 for a token the tokenizer added
+    (BOS); times ``row_weight``. :data:`NO_WEIGHTS` when every one is 1 (rows without weights cost nothing)."""
+    if not spans and row_weight == 1.0:
+        return NO_WEIGHTS
+    chars = np.ones(text_length + 1, dtype=WEIGHT_DTYPE)
+    for span in spans:
+        chars[span.start : span.end] = span.weight
+    if not len(offsets):
+        return NO_WEIGHTS
+    starts = np.clip(offsets[:, 0], 0, text_length)
+    ends = np.clip(offsets[:, 1], 0, text_length)
+    weights = np.minimum.reduceat(chars, np.stack([starts, ends], axis=1).reshape(-1))[::2]
+    empty = ends <= starts
+    weights[empty] = chars[np.clip(ends - 1, 0, text_length)][empty]
+    weights[empty & special] = 1.0
+    weights *= WEIGHT_DTYPE(row_weight)
+    return NO_WEIGHTS if bool((weights == 1.0).all()) else weights

@@ -103,10 +103,16 @@ class AssistantTurns:
     apply: Callable[..., str]
 
     def add_spans(
-        self, text: str, messages: list[Message], placed: Placed, spans: list[Span], kwargs: Mapping[str, Any]
+        self,
+        text: str,
+        messages: list[Message],
+        placed: Placed,
+        spans: list[Span],
+        kwargs: Mapping[str, Any],
+        turn_ends: dict[int, int] | None = None,
     ) -> int:
-        """Add each assistant turn's output (``response``) and end (``eot``) to ``spans``; returns the number of
-        assistant turns whose end was not found."""
+        """Add each assistant turn's output (``response``) and end (``eot``) to ``spans`` (and where each turn ends
+        to ``turn_ends``, by message index); returns the number of assistant turns whose end was not found."""
         count = len(messages)
         first_start, last_end = [len(text)] * count, [0] * count
         has_text = {slot.message for slot, _, _ in placed}
@@ -145,6 +151,8 @@ class AssistantTurns:
             else:
                 missing += 1
                 cursor = stop
+            if turn_ends is not None:
+                turn_ends[index] = cursor
         return missing
 
     def _turn_start(

@@ -84,12 +84,11 @@ class WITTrainerMixin:
         self.wit_schedules = RoleSchedules.of(weights)
         self.wit_weights = self.wit_schedules.initial
         self._wit_table = self.wit_weights.table()
-        self._wit_message_weights: torch.Tensor | None = None
         ever = self.wit_schedules.ever  # labels mask only the roles no step trains
         self._wit_all_roles = role_metrics == "all"
         self._wit_metric_roles = [r for r in TRAINABLE_ROLES if self._wit_all_roles or getattr(ever, r.label) > 0]
         self._wit_metrics = {"train": RoleMetrics(self._wit_metric_roles), "eval": RoleMetrics(self._wit_metric_roles)}
-        self._wit_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._wit_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         self._wit_impl, self._wit_forward = self._install_loss_impl(loss_impl)
         self.compute_loss_func = self._wit_loss
         args = self.args  # type: ignore[attr-defined]
@@ -127,10 +126,12 @@ class WITTrainerMixin:
             return "eager", None
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep ``wit_roles`` when the trainer drops dataset columns the model's forward does not take."""
+        """Keep ``wit_roles`` (and the message weights) when the trainer drops dataset columns the model's forward
+        does not take."""
         super()._set_signature_columns_if_needed()  # type: ignore[misc]
-        if ROLES_KEY not in self._signature_columns:  # type: ignore[attr-defined]
-            self._signature_columns.append(ROLES_KEY)  # type: ignore[attr-defined]
+        for key in (ROLES_KEY, MESSAGE_WEIGHTS_KEY):
+            if key not in self._signature_columns:  # type: ignore[attr-defined]
+                self._signature_columns.append(key)  # type: ignore[attr-defined]
 
     def _wit_follow_schedule(self) -> None:
         """The weights in effect at the trainer's global step (before training: the schedules' start)."""
@@ -174,8 +175,7 @@ class WITTrainerMixin:
                 f"batch has no '{ROLES_KEY}': the collator was not wrapped by wit_plugin (fields: {sorted(inputs)})"
             )
         roles = inputs.pop(ROLES_KEY)
-        self._wit_batch = (inputs["input_ids"], roles)
-        self._wit_message_weights = inputs.pop(MESSAGE_WEIGHTS_KEY, None)
+        self._wit_batch = (inputs["input_ids"], roles, inputs.pop(MESSAGE_WEIGHTS_KEY, None))
         if "position_ids" in inputs:
             inputs["use_cache"] = False  # packed rows: a KV cache would be built across sequence boundaries
         fused = self._wit_forward is not None and model.training  # evaluation keeps logits for prediction_step
@@ -186,11 +186,11 @@ class WITTrainerMixin:
 
     def _wit_loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         assert self._wit_batch is not None, "compute_loss stores the batch before the model runs"
-        input_ids, roles = self._wit_batch
+        input_ids, roles, message_weights = self._wit_batch
         self._wit_batch = None
         if num_items_in_batch is None:  # a caller that counted nothing (evaluation outside prediction_step)
             num_items_in_batch = denominator(
-                input_ids, roles, self._wit_table, self._wit_normalize, self._wit_message_weights
+                input_ids, roles, self._wit_table, self._wit_normalize, message_weights
             )
         if isinstance(outputs, HiddenStatesOutput):
             assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
@@ -216,10 +216,13 @@ class WITTrainerMixin:
                     softcap=head.softcap,
                     impl=self._wit_impl,
                     include_zero_weight=self._wit_all_roles,
+                    message_weights=message_weights,
                 )
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            result = weighted_token_loss(logits, input_ids, roles, self._wit_table, num_items_in_batch)
+            result = weighted_token_loss(
+                logits, input_ids, roles, self._wit_table, num_items_in_batch, message_weights=message_weights
+            )
         model = self.model  # type: ignore[attr-defined]
         self._wit_metrics["train" if model.training else "eval"].add(result.stats)
         return result.loss

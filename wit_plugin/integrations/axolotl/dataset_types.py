@@ -35,11 +35,12 @@ SUPERSEDED_OPTIONS = ("roles_to_train", "train_on_eos", "train_on_eot")
 DEFAULT_ROLE_MAP = dict(ROLE_ALIASES)
 # Stock options that would change which text is trained and that these strategies do not implement.
 UNSUPPORTED_OPTIONS = (
-    "message_field_training",
-    "message_field_training_detail",
     "split_thinking",
     "drop_system_message",
 )
+# The message property (Axolotl's ``message_property_mappings``) that holds a message's weight: a dataset's
+# ``wit_message_weight_field`` is carried there (Axolotl's schema drops unknown keys of a dataset entry).
+WEIGHT_PROPERTY = "weight"
 
 
 class WITConfigError(ValueError):
@@ -82,6 +83,7 @@ def map_dataset_types(cfg: Any) -> None:
                     f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
                 )
             dataset["type"] = f"{STRATEGIES}.{module}"
+            _map_weight_field(dataset, f"{key}[{index}]")
             drop = dataset.get("wit_drop_unrendered")
             if drop is None:
                 drop = cfg.get("wit_drop_unrendered")
@@ -92,6 +94,27 @@ def map_dataset_types(cfg: Any) -> None:
                     f"{key}[{index}].wit_drop_unrendered: only chat datasets render through a chat template, not "
                     f"type {kind!r}"
                 )
+
+
+def _map_weight_field(dataset: dict[str, Any], where: str) -> None:
+    """A dataset's ``wit_message_weight_field`` becomes its ``message_property_mappings: {weight: <key>}``, which
+    Axolotl keeps (and hashes with the prepared dataset)."""
+    field = dataset.get("wit_message_weight_field")
+    if field is None:
+        return
+    mappings = dict(dataset.get("message_property_mappings") or {})
+    if mappings.get(WEIGHT_PROPERTY, field) != field:
+        raise WITConfigError(
+            f"{where}: wit_message_weight_field {field!r} and message_property_mappings.{WEIGHT_PROPERTY} "
+            f"{mappings[WEIGHT_PROPERTY]!r} name different keys; keep one"
+        )
+    dataset["message_property_mappings"] = {**mappings, WEIGHT_PROPERTY: field}
+
+
+def weight_field(cfg: Any, ds_cfg: Any) -> str:
+    """The key holding a message's (or a plain row's) weight in one dataset: its own, else the config's."""
+    mappings = as_dict(ds_cfg).get("message_property_mappings") or {}
+    return mappings.get(WEIGHT_PROPERTY) or options.resolved(cfg, "wit_message_weight_field")
 
 
 def as_dict(ds_cfg: Any) -> dict[str, Any]:
@@ -131,6 +154,8 @@ def _chat_options(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any]) -> dict[str,
         "template_kwargs": dict(cfg.get("chat_template_kwargs") or {}),
         "eot_tokens": list(cfg.get("eot_tokens") or []),
         "drop_unrendered": str(ds_cfg.get("type") or "").endswith(DROP_SUFFIX),
+        "training_field": ds_cfg.get("message_field_training") or "training",
+        "training_detail_field": ds_cfg.get("message_field_training_detail") or "training_detail",
     }
 
 
@@ -149,8 +174,9 @@ def dataset_tagger(tokenizer: Any, cfg: Any, ds_cfg: Any, row_format: str) -> Ro
     entry = as_dict(ds_cfg)
     _check_options(entry)
     kwargs = _chat_options(tokenizer, cfg, entry) if row_format in ("chat", "prompt_completion") else {}
+    kwargs["weight_field"] = weight_field(cfg, entry)
     if row_format == "text":
-        return RoleTagger(tokenizer, row_format, field=entry.get("field") or TEXT_FIELD)
+        return RoleTagger(tokenizer, row_format, field=entry.get("field") or TEXT_FIELD, **kwargs)
     return RoleTagger(tokenizer, row_format, max_length=cfg.sequence_len if truncates(cfg) else None, **kwargs)
 
 

@@ -326,3 +326,29 @@ def audit_datasets(trainer: Any, cfg: Any, dropped: list[dict[str, Any]]) -> Non
     for name, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if dataset is not None and ROLES_KEY in (getattr(dataset, "column_names", None) or []):
             audit_turn_ends(dataset_roles(dataset, ROLES_KEY)).warn(name, cfg.get("chat_template"))
+    warn_unused_weight_fields(cfg, trainer.train_dataset)
+
+
+def warn_unused_weight_fields(cfg: Any, train_dataset: Any) -> None:
+    """One warning per training dataset whose weight key the user named (not the default ``weight``) but whose
+    prepared rows carry no weight other than 1 under it: the key is likely misspelt."""
+    from datasets import Dataset
+
+    from wit_plugin.integrations.axolotl.dataset_types import weight_field
+    from wit_plugin.roles import MESSAGE_WEIGHTS_KEY
+    from wit_plugin.tagging.audit import weighted_datasets
+    from wit_plugin.tagging.dropped import DROPPED_KEY
+
+    named = {index: weight_field(cfg, entry) for index, entry in enumerate(cfg.get("datasets") or [])}
+    named = {index: field for index, field in named.items() if field != options.defaults()["wit_message_weight_field"]}
+    if not named or not isinstance(train_dataset, Dataset):
+        return
+    weighted = weighted_datasets(train_dataset, MESSAGE_WEIGHTS_KEY, DROPPED_KEY)
+    for index, field in named.items():
+        if index not in weighted:
+            LOG.warning(
+                "wit: datasets[%d]: no row carries a weight other than 1 under %r (wit_message_weight_field): check "
+                "the key's name (every token keeps its role weight)",
+                index,
+                field,
+            )

@@ -5,6 +5,8 @@ two columns when packing, so the roles would be lost or misaligned. Here rows ar
 :class:`~wit_plugin.tagging.RoleTagger` formats as the Axolotl strategies; packing is TRL's ``pack_dataset``,
 which packs every list column, ``wit_roles`` included. Labels are left to
 :class:`~wit_plugin.training.collation.RoleCollator`, which derives them from the roles at collation time.
+Multipliers from the data (``wit_message_weights``, empty in a row without any) go along; packing needs every list
+column of a row as long as its ``input_ids``, so they are filled with ones first, or dropped when no row has any.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
 
-from wit_plugin.roles import CONTENT_FIELD, MESSAGES_FIELD, ROLES_KEY, TEXT_FIELD, Role, RoleWeights
+from wit_plugin.roles import (
+    CONTENT_FIELD,
+    MESSAGE_WEIGHTS_KEY,
+    MESSAGES_FIELD,
+    ROLES_KEY,
+    TEXT_FIELD,
+    Role,
+    RoleWeights,
+)
 from wit_plugin.tagging import TAGGING_VERSION, RoleTagger, TaggingError
 from wit_plugin.tagging.audit import UnreadKeys, audit_turn_ends, dataset_roles
 from wit_plugin.tagging.dropped import DROP_KINDS, DROPPED_KEY, describe, dropped_column, sum_dropped
-from wit_plugin.tagging.messages import text_content
+from wit_plugin.tagging.messages import WeightKeys, text_content
 
 LOG = logging.getLogger(__name__)
 AnyDataset = Dataset | IterableDataset
-TOKEN_COLUMNS = ("input_ids", ROLES_KEY)
+TOKEN_COLUMNS = ("input_ids", ROLES_KEY, MESSAGE_WEIGHTS_KEY)
 # Row fields whose meaning the taggers do not render.
 UNSUPPORTED_FIELDS = {"image": "vision-language data", "images": "vision-language data"}
 
@@ -76,6 +86,7 @@ def _tag_row(
     return {
         "input_ids": tagged.input_ids,
         ROLES_KEY: tagged.roles,
+        MESSAGE_WEIGHTS_KEY: tagged.message_weights,
         DROPPED_KEY: dropped_column(0, tagged.dropped_kinds),
     }
 
@@ -87,10 +98,12 @@ def tag_dataset(
     num_proc: int | None,
     name: str,
     drop_unrendered: bool = False,
+    weight_field: str = WeightKeys.weight,
 ) -> AnyDataset:
-    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids, roles and what
-    was dropped from each (``wit_dropped``: what the chat template does not render, when ``drop_unrendered``,
-    instead of refusing the row)."""
+    """Rows (chat ``messages``, ShareGPT ``conversations``, prompt/completion, alpaca, text) → ids, roles, each
+    token's multiplier from the data (``weight_field`` of its message, or of a plain row) and what was dropped from
+    each (``wit_dropped``: what the chat template does not render, when ``drop_unrendered``, instead of refusing
+    the row)."""
     first = next(iter(dataset))
     if is_conversational_from_value(first):  # ShareGPT from/value: TRL's own conversion to role/content
         kwargs = _map_kwargs(dataset, num_proc, f"Converting {name} dataset to ChatML")
@@ -99,7 +112,11 @@ def tag_dataset(
     check_row(first)
     custom_text = text_field != TEXT_FIELD and text_field in first
     tagger = RoleTagger(
-        tokenizer, row_format="text" if custom_text else None, field=text_field, drop_unrendered=drop_unrendered
+        tokenizer,
+        row_format="text" if custom_text else None,
+        field=text_field,
+        drop_unrendered=drop_unrendered,
+        weight_field=weight_field,
     )
     kwargs = _map_kwargs(dataset, num_proc, f"Role-tagging {name} dataset")
     columns = get_dataset_column_names(dataset)
@@ -126,13 +143,50 @@ def count_dropped(dataset: AnyDataset, name: str) -> dict[str, int | None]:
     return counts
 
 
+def columns_of(dataset: AnyDataset) -> list[str]:
+    return list(get_dataset_column_names(dataset) or [])
+
+
 def _truncate(row: Mapping[str, Any], cut: slice) -> dict[str, Any]:
-    return {column: row[column][cut] for column in TOKEN_COLUMNS}
+    return {column: row[column][cut] for column in TOKEN_COLUMNS if column in row}
 
 
 def _has_target(row: Mapping[str, Any], trained: np.ndarray) -> bool:
-    """Whether any token after the first (never a target) has a non-zero weight."""
-    return bool(trained[np.asarray(row[ROLES_KEY][1:], dtype=np.int64)].any())
+    """Whether any token after the first (never a target) has a non-zero weight (role weight × multiplier)."""
+    weighted = trained[np.asarray(row[ROLES_KEY][1:], dtype=np.int64)]
+    multipliers = row.get(MESSAGE_WEIGHTS_KEY)
+    if multipliers is not None and len(multipliers):
+        weighted &= np.asarray(multipliers[1:]) > 0
+    return bool(weighted.any())
+
+
+def _full_weights(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's multipliers as long as its ids (ones where it has none), as packing needs."""
+    weights = row[MESSAGE_WEIGHTS_KEY]
+    return {MESSAGE_WEIGHTS_KEY: weights if len(weights) else np.ones(len(row["input_ids"]), dtype=np.float32)}
+
+
+def has_message_weights(dataset: AnyDataset) -> bool:
+    """Whether some row has multipliers (a non-empty ``wit_message_weights``); always assumed for a stream."""
+    if not isinstance(dataset, Dataset):
+        return MESSAGE_WEIGHTS_KEY in (dataset.column_names or [])
+    if MESSAGE_WEIGHTS_KEY not in dataset.column_names:
+        return False
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow").select_columns([MESSAGE_WEIGHTS_KEY])[:][MESSAGE_WEIGHTS_KEY]
+    return bool(pc.max(pc.list_value_length(column)).as_py() or 0)
+
+
+def warn_unused_weight_field(dataset: AnyDataset, field: str, name: str) -> None:
+    """A weight key the user named (not the default) that weights no row is likely misspelt: one warning."""
+    if field != WeightKeys.weight and isinstance(dataset, Dataset) and not has_message_weights(dataset):
+        LOG.warning(
+            "wit: %s dataset: no row carries a weight other than 1 under wit_message_weight_field=%r: check the "
+            "key's name (every token keeps its role weight)",
+            name,
+            field,
+        )
 
 
 def _mark_sequence_starts(row: Mapping[str, Any]) -> dict[str, list[int]]:
@@ -176,7 +230,9 @@ def prepare_dataset(
                 args.dataset_num_proc,
                 name,
                 drop_unrendered=args.wit_drop_unrendered,
+                weight_field=args.wit_message_weight_field,
             )
+            warn_unused_weight_field(dataset, args.wit_message_weight_field, name)
             if args.wit_drop_unrendered:
                 counts = count_dropped(dataset, name)
                 if dropped is not None:
@@ -186,7 +242,7 @@ def prepare_dataset(
                 f"the {name} dataset is tokenised but has no '{ROLES_KEY}' column: pass raw rows, or tokenise them "
                 "with wit_plugin.tagging.RoleTagger"
             )
-        dataset = dataset.select_columns(list(TOKEN_COLUMNS))
+        dataset = dataset.select_columns([column for column in TOKEN_COLUMNS if column in columns_of(dataset)])
         if args.max_length is not None and not packing:  # packing truncates (bfd) or splits (bfd_split) itself
             cut = truncation_slice(args.truncation_mode, args.max_length)
             kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Truncating {name} dataset")
@@ -200,6 +256,11 @@ def prepare_dataset(
                 raise ValueError("packing needs max_length")
             if args.shuffle_dataset:  # shuffle before packing too, as TRL does, so packed rows mix sources
                 dataset = dataset.shuffle(seed=args.seed)
+            if has_message_weights(dataset):
+                kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Filling {name} message weights for packing")
+                dataset = dataset.map(_full_weights, **kwargs)
+            elif MESSAGE_WEIGHTS_KEY in columns_of(dataset):
+                dataset = dataset.remove_columns(MESSAGE_WEIGHTS_KEY)
             kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Packing {name} dataset")
             dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, kwargs)
             kwargs = _map_kwargs(dataset, args.dataset_num_proc, f"Marking sequence starts in {name} dataset")

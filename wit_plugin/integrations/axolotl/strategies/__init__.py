@@ -92,10 +92,10 @@ class ChunkedTextStrategy(RoleTaggingStrategy):
         for values in zip(*prompt.values()):
             tagged = self.tag(dict(zip(prompt, values)))
             pieces: list[list[int]] = []
+            starts = range(0, len(tagged.input_ids), self.sequence_len)
             for key, column in tagged.as_features().items():
-                pieces = [
-                    column[start : start + self.sequence_len] for start in range(0, len(column), self.sequence_len)
-                ]
+                # (message weights are empty when all 1: each piece's then too)
+                pieces = [column[start : start + self.sequence_len] for start in starts]
                 columns.setdefault(key, []).extend(pieces)
             first, rest = dropped_column(self.dataset, tagged.dropped_kinds), dropped_column(self.dataset, ())
             columns.setdefault(DROPPED_KEY, []).extend([first, *[rest] * len(pieces)][: len(pieces)])
