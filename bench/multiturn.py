@@ -1,6 +1,7 @@
 """Per-message weights on real multi-turn data: the earlier assistant turns of each conversation down-weighted
-(``"weight": 0.3`` on every assistant message but the last) against uniform weights, both under the ``it``
-preset (only responses train), then compared by ``wit compare`` on held-out conversations.
+(``"weight": 0.3`` on every assistant message but the last) against uniform weights, all under the ``it``
+preset (only responses train), normalised by the weighted tokens (``weighted``) or by the sum of the weights
+(``weighted_sum``), then compared by ``wit compare`` on held-out conversations.
 
     python bench/multiturn.py --data ../shared/data/lima_data.jsonl --out outputs/multiturn
     python bench/multiturn.py --data ... --runs uniform --seeds 1 --steps 2     # a quick check of the wiring
@@ -42,7 +43,14 @@ from experiment import Phase, base_config, finished, log, record_timings, timing
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGE_WEIGHT_KEY = "weight"  # the default field per-message weights are read from
-SETTINGS = ("uniform", "weighted")
+# setting -> (training file, extra keys). ``weighted`` keeps the WIT paper's N (weighted tokens), so its down-weighted
+# turns also shrink the step; ``weighted_sum`` divides by Σ w instead (wit_normalize: weights), so only the
+# relative emphasis of the turns changes.
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "uniform": ("uniform", {}),
+    "weighted": ("weighted", {}),
+    "weighted_sum": ("weighted", {"wit_normalize": "weights"}),
+}
 
 
 def assistant_indices(row: dict[str, Any]) -> list[int]:
@@ -106,18 +114,6 @@ def split(data: Path, out: Path, eval_rows: int, seed: int, weight: float) -> di
     log(f"{len(rows)} multi-turn conversations: {len(train)} train ({turns} assistant turns, "
         f"{turns - len(train)} weighted {weight:g}), {len(held_out)} held out")  # fmt: skip
     return paths
-
-
-def check_message_weights() -> None:
-    """Refuse to train the weighted setting with a wit_plugin that does not read per-message weights: its
-    ``weight`` keys would be ignored and the run would be a second uniform one under another name."""
-    from wit_plugin.options import OPTION_BY_NAME
-
-    if "wit_message_weight_field" not in OPTION_BY_NAME:
-        raise SystemExit(
-            "the 'weighted' run needs per-message weights (wit_message_weight_field, issue #18 §1), which this "
-            "wit_plugin does not have; run with --runs uniform, or after they are merged"
-        )
 
 
 def longest_row(paths: list[Path], model: Path) -> int:
@@ -207,8 +203,6 @@ def main() -> None:
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; known: {list(SETTINGS)}")
-    if "weighted" in settings:
-        check_message_weights()
     from wit_plugin.demo.model import prepare_default_model
 
     env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -224,7 +218,9 @@ def main() -> None:
         for seed in dict.fromkeys(int(s) for s in args.seeds.split(",") if s.strip()):
             name = f"{setting}_s{seed}"
             names.append(name)
-            phases.append(train(name, run_config(model, paths[setting], out, name, seed, args), out, env))
+            data, keys = SETTINGS[setting]
+            config = {**run_config(model, paths[data], out, name, seed, args), **keys}
+            phases.append(train(name, config, out, env))
     folders = [
         next(iter(sorted((out / "runs" / name).rglob("wit_run.json")))).parent
         for name in names
