@@ -24,7 +24,7 @@ DEFAULT_STUDY = "wit-tune"
 HEARTBEAT_S = 15  # a worker's heartbeat interval; its trial is stale after GRACE_FACTOR missed beats
 GRACE_FACTOR = 4
 MAX_RETRY = 2  # retries of a trial whose worker died (each one again stale: a trial that kills its worker)
-PRUNERS = ("median", "hyperband", "none")  # and threshold:X (prune above X, for a minimised objective)
+PRUNERS = ("median", "hyperband", "none")  # median:K (K trials before pruning), threshold:X (prune above X)
 STARTUP_TRIALS = 3  # random (or enqueued) trials before TPE models the results; a pruner's warm-up likewise
 META = "wit_tune"  # the study's user attribute: what it tunes, checked when a study is resumed
 
@@ -75,19 +75,22 @@ def check_pruner(spec: str) -> str:
             float(value)
         except ValueError:
             raise ValueError(f"--pruner {spec!r}: threshold needs a number, e.g. threshold:2.5") from None
+    elif name == "median" and value:
+        if not value.isdigit():
+            raise ValueError(f"--pruner {spec!r}: median:K needs a whole number of trials before pruning starts")
     elif name not in PRUNERS or value:
-        raise ValueError(f"--pruner {spec!r}: choose from {', '.join(PRUNERS)} or threshold:X")
+        raise ValueError(f"--pruner {spec!r}: choose from {', '.join(PRUNERS)}, median:K or threshold:X")
     return spec
 
 
 def make_pruner(spec: str) -> Any:
-    """median (Optuna's MedianPruner after :data:`STARTUP_TRIALS` trials), hyperband, none, or threshold:X
-    (prune a trial once its intermediate value exceeds X)."""
+    """median (Optuna's MedianPruner, once :data:`STARTUP_TRIALS` trials, or K for median:K, have ended),
+    hyperband, none, or threshold:X (prune a trial once its intermediate value exceeds X)."""
     import optuna
 
     name, _, value = check_pruner(spec).partition(":")
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=int(value or STARTUP_TRIALS), n_warmup_steps=0)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "threshold":
