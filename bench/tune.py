@@ -55,10 +55,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--sequence-len", type=int, default=128, help="training rows and held-out rows cut here")
     parser.add_argument("--grid-prompt", default="0,0.5,1")
-    parser.add_argument("--grid-response", default="0.5,1")
+    parser.add_argument("--grid-response", default="0.5,0.75,1")
     parser.add_argument("--report-every", type=int, default=2, help="steps between the search's pruning reports")
     parser.add_argument("--pruner", default="median:1", help="the search's pruner (median:1: from its second trial)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one: on a shared machine two were slower)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "httpx", "optuna", "datasets"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from wit_plugin import options
@@ -79,11 +80,19 @@ def run(args: argparse.Namespace) -> int:
         "posix": args.posix, "pool": args.pool, "targets": args.targets, "max_length": args.max_length,
         "device": args.device, "crosstask": {name: getattr(args, name) for name in CROSSTASK_FLAGS},
     }  # fmt: skip
-    result = tune_axolotl(
-        args.config, args.eval_data, args.trials, args.out, objective=args.objective, space=space, compare=compare,
-        storage=args.storage, study=args.study, pruner=args.pruner, seed=args.seed, report_every=args.report_every,
-        heartbeat_s=args.heartbeat,
-    )  # fmt: skip
+    try:
+        result = tune_axolotl(
+            args.config, args.eval_data, args.trials, args.out, objective=args.objective, space=space, compare=compare,
+            storage=args.storage, study=args.study, pruner=args.pruner, seed=args.seed, report_every=args.report_every,
+            heartbeat_s=args.heartbeat,
+        )  # fmt: skip
+    except KeyboardInterrupt:  # the study holds every finished trial; the interrupted one is failed and queued again
+        print(
+            f"wit tune: interrupted; the study ({args.storage or args.out / 'study.db'}) keeps every finished trial and "
+            "queues the interrupted one's weights again: the same command resumes",
+            file=sys.stderr,
+        )
+        return 130
     print(summary(result, args.out))
     return 0 if result["best"] is not None else 1
 

@@ -22,7 +22,8 @@ STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING
 
 
 def _objective(trial: Any, names: list[str]) -> Any:
-    if trial.values is None:
+    """A complete trial's score (Optuna gives a pruned trial its last intermediate value: not a score)."""
+    if trial.values is None or trial.state.name != "COMPLETE":
         return None
     return trial.values[0] if len(names) == 1 else dict(zip(names, trial.values))
 
@@ -38,7 +39,7 @@ def trial_entry(trial: Any, names: list[str], grace_s: int | None) -> dict[str, 
     }
     if trial.state.name == "FAIL":
         if attrs.get(studies.INTERRUPTED):
-            entry["error"] = "interrupted (Ctrl-C); its weights are run again when the tuning resumes"
+            entry["error"] = "interrupted (Ctrl-C); its weights are queued to run again when the tuning resumes"
         else:
             entry["error"] = attrs.get(studies.ERROR) or (
                 f"its worker stopped beating (no heartbeat for {grace_s} s: killed or lost); retried"

@@ -5,7 +5,7 @@
   stays there; its output goes to ``<run>/train.log``). The pruning callback joins through
   :mod:`.axolotl_plugin`, added to the config's ``plugins``: it does nothing outside a tuning.
 * :class:`TrlRunner`: a function building a trainer from a ``WITConfig`` (the user's config with the trial's
-  weights and ``output_dir``, recorded whole as ``<run>/config.json``), trained in this process.
+  weights and ``output_dir``, recorded whole as ``<run>/wit_config.json``), trained in this process.
 
 Weights are always written as floats: a weight whose config value was an integer (``wit_prompt_weight: 0``)
 gets the trial's 0.37, never 0.
@@ -29,7 +29,8 @@ from wit_plugin.tuning.pruning import TRIAL_ENV, PruningCallback, TrialLink, pru
 
 WIT_PLUGIN = "wit_plugin.WITPlugin"
 TUNE_PLUGIN = "wit_plugin.tuning.axolotl_plugin.TunePlugin"
-CONFIG_FILE = "config.yml"
+CONFIG_FILE = "config.yml"  # Axolotl's trial config
+TRL_CONFIG_FILE = "wit_config.json"  # a TRL trial's WITConfig (config.json is the model's, saved beside it)
 LOG_FILE = "train.log"
 
 
@@ -137,7 +138,7 @@ class TrlRunner:
 
         folder.mkdir(parents=True, exist_ok=True)
         config = dataclasses.replace(self.config, output_dir=str(folder), **with_weights({}, weights))
-        (folder / "config.json").write_text(config.to_json_string(), encoding="utf-8")
+        (folder / TRL_CONFIG_FILE).write_text(config.to_json_string(), encoding="utf-8")
         trainer = self.build(config)
         try:
             if not isinstance(trainer, WITTrainerMixin):

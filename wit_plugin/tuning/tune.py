@@ -124,7 +124,7 @@ def _trial_objective(runner: Any, tuning: Tuning, study: Any, pruner: str) -> Ca
             values, row = _train_and_score(runner, tuning, study, trial, weights, pruner, start)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # failed by Optuna; its weights come first when the tuning is resumed
+        except KeyboardInterrupt:  # failed by Optuna; its weights are queued for the resumed tuning
             trial.set_user_attr(studies.INTERRUPTED, True)
             if weights:
                 study.enqueue_trial(weights, user_attrs={studies.RETRY_OF: trial.number})
