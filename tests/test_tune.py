@@ -282,3 +282,55 @@ def test_two_workers_share_one_study_and_its_total(tmp_path, model_path):
     both = [sum(f"trial {n} (" in log for log in logs) for n in numbers]
     assert both == [1, 1, 1]  # each trial trained by one worker
     assert all(math.isfinite(t["objective"]) for t in result["trials"])
+
+
+# --- `wit tune` on an Axolotl config, end to end ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_path, tmp_path, capsys):
+    """Two 2-step Axolotl trials, each config recorded whole with float weights (the user's config has integer
+    ones), scored as `wit compare` scores the run; resumed to three with a pruner that prunes any value, which
+    the subprocess's callback applies at the first report."""
+    pytest.importorskip("axolotl")
+    from wit_plugin.cli import main
+    from wit_plugin.demo.data import write_dataset
+    from wit_plugin.training.records import read_record
+
+    config = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
+    config.update(
+        base_model=str(model_path), dataset_prepared_path=str(tmp_path / "prepared"), sequence_len=128,
+        micro_batch_size=2, gradient_accumulation_steps=1, max_steps=2, logging_steps=1,
+        wit_prompt_weight=0, wit_response_weight=1,  # integers: the trials' floats must not be cast to them
+    )  # fmt: skip
+    config["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=16, seed=1))
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    out = tmp_path / "tune"
+    common = [str(path), "--eval-data", str(held_out), "--out", str(out), "--seed", "0", "--heartbeat", "5"]
+    assert main(["tune", *common, "--trials", "2", "--pruner", "none"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete"]
+    for trial in result["trials"]:
+        run = Path(trial["run"])
+        recorded = yaml.safe_load((run / "config.yml").read_text())
+        assert {key: recorded[key] for key in config if key not in ("plugins",)} == {
+            **{key: value for key, value in config.items() if key != "plugins"}, **trial["weights"],
+            "output_dir": str(run),
+        }  # the whole config, with the trial's weights and folder
+        assert recorded["plugins"][0] == "wit_plugin.WITPlugin"
+        assert all(isinstance(recorded[key], float) for key in trial["weights"])
+        assert read_record(run)["weights"]["instruction"] == trial["weights"]["wit_prompt_weight"]
+        saved = tmp_path / f"compare_{trial['number']}.json"
+        assert main(["compare", str(run), "--eval-data", str(held_out), "--out", str(saved)]) == 0
+        assert json.loads(saved.read_text())["runs"][0]["eval"]["loss_response"] == trial["objective"]
+    assert main(["tune", *common, "--trials", "3", "--pruner", "threshold:0", "--report-every", "1"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    third = result["trials"][2]
+    assert third["state"] == "pruned" and third["pruned_at_step"] == 1 and list(third["intermediate"]) == ["1"]
+    assert "wit tune: 3 trial(s): 2 complete, 1 pruned" in capsys.readouterr().out
+    assert yaml.safe_load((out / "best.yml").read_text())["wit_prompt_weight"] == result["best"]["weights"][
+        "wit_prompt_weight"
+    ]
