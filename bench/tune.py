@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--grid-response", default="0.5,0.75,1")
     parser.add_argument("--report-every", type=int, default=2, help="steps between the search's pruning reports")
     parser.add_argument("--pruner", default="median:1", help="the search's pruner (median:1: from its second trial)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (one: on a shared machine two were slower)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (one: on a shared machine two were slower)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "httpx", "optuna", "datasets"):
@@ -104,29 +106,31 @@ def main() -> None:
         lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         return WITSFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
 
+    began_all = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     grid_values: dict[tuple[float, float], list[float]] = {}
     for seed in seeds:
-        start = time.perf_counter()
-        grid = []
+        grid, grid_s = [], 0.0
         for p in prompts:
             for r in responses:
                 folder = out / f"seed{seed}" / "grid" / f"p{p:g}_r{r:g}"
                 done = folder / "score.json"
                 if not done.is_file():
                     log(f"seed {seed}: grid λp={p:g} λr={r:g}")
+                    began = time.perf_counter()
                     trainer = build(config(folder, seed, wit_prompt_weight=p, wit_response_weight=r))
                     trainer.train()
                     trainer.save_model(str(folder))
                     steps = trainer.state.global_step
                     del trainer
                     value = score_run(folder, [OBJECTIVES["response_ce"]], settings)[0][0]
-                    done.write_text(json.dumps({"value": value, "steps": steps}))
+                    seconds = time.perf_counter() - began
+                    done.write_text(json.dumps({"value": value, "steps": steps, "seconds": seconds}))
                 score = json.loads(done.read_text())
                 grid.append((p, r, score["value"], score["steps"]))
+                grid_s += score.get("seconds", 0.0)  # training and scoring, also of points kept from an earlier run
                 grid_values.setdefault((p, r), []).append(score["value"])
-        grid_s = time.perf_counter() - start
         grid_steps = sum(g[3] for g in grid)
         budget = grid_steps // 3
         start = time.perf_counter()
@@ -157,7 +161,7 @@ def main() -> None:
         )  # fmt: skip
         log(json.dumps(rows[-1]))
     spread = sum(max(v) - min(v) for v in grid_values.values()) / len(grid_values) if len(seeds) > 1 else None
-    table = markdown(rows, spread, args)
+    table = markdown(rows, spread, args) + f"\nWhole bench: {(time.perf_counter() - began_all) / 60:.1f} min.\n"
     (out / "table.md").write_text(table)
     (out / "bench.json").write_text(json.dumps({"rows": rows, "spread": spread, "args": vars(args)}, default=str))
     print(table)
@@ -172,8 +176,10 @@ def _steps_used(result: dict[str, Any] | None) -> int:
 
 def markdown(rows: list[dict[str, Any]], spread: float | None, args: argparse.Namespace) -> str:
     lines = [
-        "| seed | grid: runs, steps | grid best (λp, λr) | search: trials (pruned), steps | search best (λp, λr) | "
-        "search − grid | within spread | wall grid / search |",
+        (
+            "| seed | grid: runs, steps | grid best (λp, λr) | search: trials (pruned), steps | search best (λp, λr) "
+            "| search − grid | within spread | wall grid / search |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -126,7 +126,9 @@ def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
 
     def default_build(config):
         model = AutoModelForCausalLM.from_pretrained(model_path)
-        return WITSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer)
+        return WITSFTTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer
+        )
 
     config = WITConfig(
         output_dir=str(out / "unused"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
@@ -163,7 +165,7 @@ def test_every_trial_is_scored_as_wit_compare_scores_its_run(tuned):
 def test_first_trial_is_the_rule_of_thumb_and_weights_stay_floats(tuned, tokenizer):
     from wit_plugin.training.records import read_record
 
-    out, result, _ = tuned
+    _, result, _ = tuned
     first, second = result["trials"]
     expected = length_ratio(TRAIN, tokenizer).prompt_weight
     assert first["weights"] == {"wit_prompt_weight": pytest.approx(expected), "wit_response_weight": 1.0}
@@ -266,12 +268,12 @@ trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed})
 def test_two_workers_share_one_study_and_its_total(tmp_path, model_path):
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    scripts = [WORKER.format(tests=str(REPO / "tests"), model=str(model_path), out=str(out), seed=s) for s in (0, 1)]
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER.format(tests=str(REPO / "tests"), model=str(model_path), out=str(out), seed=s)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        for s in (0, 1)
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for script in scripts
     ]
     logs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n".join(log[-3000:] for log in logs)
@@ -317,7 +319,8 @@ def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_p
         run = Path(trial["run"])
         recorded = yaml.safe_load((run / "config.yml").read_text())
         assert {key: recorded[key] for key in config if key not in ("plugins",)} == {
-            **{key: value for key, value in config.items() if key != "plugins"}, **trial["weights"],
+            **{key: value for key, value in config.items() if key != "plugins"},
+            **trial["weights"],
             "output_dir": str(run),
         }  # the whole config, with the trial's weights and folder
         assert recorded["plugins"][0] == "wit_plugin.WITPlugin"
@@ -331,6 +334,7 @@ def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_p
     third = result["trials"][2]
     assert third["state"] == "pruned" and third["pruned_at_step"] == 1 and list(third["intermediate"]) == ["1"]
     assert "wit tune: 3 trial(s): 2 complete, 1 pruned" in capsys.readouterr().out
-    assert yaml.safe_load((out / "best.yml").read_text())["wit_prompt_weight"] == result["best"]["weights"][
-        "wit_prompt_weight"
-    ]
+    assert (
+        yaml.safe_load((out / "best.yml").read_text())["wit_prompt_weight"]
+        == result["best"]["weights"]["wit_prompt_weight"]
+    )

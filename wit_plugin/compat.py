@@ -204,7 +204,9 @@ def optuna_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_s: int
 
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     parameters = inspect.signature(RDBStorage.__init__).parameters
-    keyword = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    keyword = (
+        "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    )
     return RDBStorage(
         url,
         engine_kwargs=engine_kwargs,

@@ -42,8 +42,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", help="an Optuna RDB URL shared by workers (default: sqlite:///DIR/study.db)")
     parser.add_argument("--study", default="wit-tune", help="the study's name in the storage (default wit-tune)")
     parser.add_argument(
-        "--pruner", default="median", help="median (default; median:K: pruning starts after K trials, default 3), hyperband, none, or threshold:X "
-        "(prune a trial once its intermediate score is above X)"
+        "--pruner",
+        default="median",
+        help="median (default; median:K: pruning starts after K trials, default 3), hyperband, none, or threshold:X "
+        "(prune a trial once its intermediate score is above X)",
     )
     parser.add_argument("--seed", type=int, default=None, help="the sampler's seed")
     parser.add_argument(

@@ -37,9 +37,7 @@ OBJECTIVES = {
         Objective("instruction_ce", "minimize", None, _ce(Role.INSTRUCTION), "held-out CE of instruction tokens"),
         Objective("eot_ce", "minimize", None, _ce(Role.EOT), "held-out CE of end-of-turn tokens"),
         Objective("posix", "minimize", "posix", lambda row: row.get("posix"), "POSIX prompt sensitivity (--posix)"),
-        Objective(
-            "crosstask", "maximize", "crosstask", _crosstask, "cross-task accuracy %, mean of the conditions"
-        ),
+        Objective("crosstask", "maximize", "crosstask", _crosstask, "cross-task accuracy %, mean of the conditions"),
     )
 }
 

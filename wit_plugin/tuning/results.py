@@ -11,7 +11,6 @@ first objective). ``best.yml``: the best trial's ``wit_*`` keys, ready to paste 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from wit_plugin.tuning import study as studies
@@ -93,7 +92,9 @@ def best_yaml(best: dict[str, Any], names: list[str]) -> str:
     import yaml
 
     objective = best["objective"]
-    score = f"{names[0]} {objective:.4f}" if len(names) == 1 else ", ".join(f"{k} {v:.4f}" for k, v in objective.items())
+    score = (
+        f"{names[0]} {objective:.4f}" if len(names) == 1 else ", ".join(f"{k} {v:.4f}" for k, v in objective.items())
+    )
     header = f"# wit tune: best trial {best['number']} ({score}), run {best['run']}\n"
     return header + yaml.safe_dump(best.get(studies.WIT_KEYS) or best["weights"], sort_keys=False)
 

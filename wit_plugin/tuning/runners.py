@@ -77,7 +77,7 @@ class AxolotlRunner:
         except yaml.YAMLError as error:
             raise ValueError(f"{self.path}: not valid YAML ({error})") from None
         if not isinstance(self.config, dict):
-            raise ValueError(f"{self.path}: an Axolotl config is a YAML mapping")
+            raise ValueError(f"{self.path}: an Axolotl config is a YAML mapping")  # noqa: TRY004 - bad input
         plugins = self.config.get("plugins") or []
         if WIT_PLUGIN not in plugins:
             raise ValueError(f"{self.path}: `plugins` lacks {WIT_PLUGIN}: its runs would not train with role weights")
@@ -106,7 +106,9 @@ class AxolotlRunner:
         }
         command = [self.python, "-m", "axolotl.cli.main", "train", str(config)]
         with open(folder / LOG_FILE, "w", encoding="utf-8") as log_file:
-            done = subprocess.run(command, cwd=self.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+            done = subprocess.run(
+                command, cwd=self.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False
+            )
         if done.returncode:
             raise TrialError(
                 f"axolotl train exited with {done.returncode}: {_error_lines(folder / LOG_FILE)} "

@@ -64,7 +64,7 @@ class _quiet_experimental:
         self._warnings.__enter__()
         warnings.simplefilter("ignore", self._category)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._warnings.__exit__(*exc)
 
 

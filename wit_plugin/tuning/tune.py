@@ -64,7 +64,6 @@ def _duration(seconds: float) -> str:
 
 def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
     """Runs trials until the study has ``tuning.trials`` (see :mod:`.study`); returns results.json's document."""
-    import optuna
 
     from wit_plugin.tuning.results import write_outputs
 
@@ -74,7 +73,10 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
     multi = len(tuning.objectives) > 1
     pruner = "none" if multi else tuning.pruner
     if multi and tuning.pruner != "none":
-        log.info("wit tune: %d objectives: Optuna prunes single-objective studies only, so no pruning", len(tuning.objectives))
+        log.info(
+            "wit tune: %d objectives: Optuna prunes single-objective studies only, so no pruning",
+            len(tuning.objectives),
+        )
     storage = studies.make_storage(tuning.storage_url, tuning.heartbeat_s)
     meta = {
         "objectives": [o.name for o in tuning.objectives],
