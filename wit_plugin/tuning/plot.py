@@ -26,6 +26,7 @@ def draw(results: dict[str, Any]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     objectives = results["objectives"]
     name, direction = objectives[0]["name"], objectives[0]["direction"]
@@ -50,6 +51,7 @@ def draw(results: dict[str, Any]) -> Any:
     if any(e["state"] == "failed" for e in trials):
         axis.plot([], [], color="tab:red", alpha=0.3, linewidth=4, label="failed")
     axis.set_xlabel("trial")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)")
     axis.set_title("objective per trial")
     if axis.get_legend_handles_labels()[0]:
@@ -81,7 +83,14 @@ def draw(results: dict[str, Any]) -> Any:
         axis.annotate(str(entry["number"]), (entry["weights"][x_key], y(entry)), fontsize=7, xytext=(4, 4),
                       textcoords="offset points")  # fmt: skip
     space = results["space"]
-    axis.set_xlim(space[x_key][0] - 0.05 * (space[x_key][1] - space[x_key][0]), space[x_key][1] * 1.05 + 0.01)
+
+    def span(key: str) -> tuple[float, float]:  # the whole range searched, a margin around it
+        low, high = space[key]
+        return low - 0.05 * (high - low), high + 0.05 * (high - low)
+
+    axis.set_xlim(*span(x_key))
+    if y_key:
+        axis.set_ylim(*span(y_key))
     axis.set_xlabel(LABELS.get(x_key, x_key))
     axis.set_ylabel(LABELS.get(y_key, y_key) if y_key else name)
     axis.set_title("trials on the weights (number beside each)")
