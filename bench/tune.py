@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--train-rows", type=int, default=64)
     parser.add_argument("--eval-rows", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--sequence-len", type=int, default=128, help="training rows and held-out rows cut here")
     parser.add_argument("--grid-prompt", default="0,0.5,1")
