@@ -210,6 +210,61 @@ def test_a_study_tuning_something_else_is_refused(tuned, model_path):
         trl_tune(model_path, out, trials=4, space=parse_space("wit_prompt_weight=0:1,wit_response_weight=0:1"))
 
 
+def test_several_objectives_give_a_pareto_front_and_no_pruning(tmp_path, model_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="wit_plugin")
+    result, _ = trl_tune(model_path, tmp_path / "study", trials=2, objective="response_ce,instruction_ce",
+                         pruner="median")  # fmt: skip
+    assert "Optuna prunes single-objective studies only" in caplog.text
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"]
+    for trial in trials:
+        assert trial["objective"] == {
+            "response_ce": trial["compare"]["eval"]["loss_response"],
+            "instruction_ce": trial["compare"]["eval"]["loss_instruction"],
+        }
+        assert "intermediate" not in trial  # nothing reported: no pruning
+
+    def dominated(a, b):  # b at least as good everywhere, better somewhere
+        pairs = [(a["objective"][k], b["objective"][k]) for k in a["objective"]]
+        return all(y <= x for x, y in pairs) and any(y < x for x, y in pairs)
+
+    front = [t["number"] for t in trials if not any(dominated(t, other) for other in trials)]
+    assert [t["number"] for t in result["pareto_front"]] == front
+    assert (
+        result["best"]["number"] == min(result["pareto_front"], key=lambda t: t["objective"]["response_ce"])["number"]
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"plugins": []}, "`plugins` lacks wit_plugin.WITPlugin"),
+        ({"space": "wit_prompt_weight=2:1"}, "--space entry 'wit_prompt_weight=2:1'"),
+        ({"pruner": "medain"}, "--pruner 'medain'"),
+        ({"objective": "posix"}, "--objective posix needs --posix"),
+        ({"eval": "missing.jsonl"}, "no eval data at"),
+    ],
+)
+def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change, message):
+    from wit_plugin.cli import main
+
+    config = {"base_model": "m", "plugins": change.get("plugins", ["wit_plugin.WITPlugin"]), "datasets": []}
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    argv = ["tune", str(path), "--eval-data", str(tmp_path / change.get("eval", "held_out.jsonl")), "--trials", "1",
+            "--out", str(tmp_path / "tune"), "--objective", change.get("objective", "response_ce"),
+            "--pruner", change.get("pruner", "median")]  # fmt: skip
+    if "space" in change:
+        argv += ["--space", change["space"]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "tune" / "runs").exists()
+
+
 def failing(config):
     raise RuntimeError(f"no trainer for λp={config.wit_prompt_weight}")
 

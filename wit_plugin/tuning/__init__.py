@@ -7,7 +7,8 @@ number). One module per job:
 * :mod:`.space`: the ``--space`` text, the default (literature) space and the first trials;
 * :mod:`.priors`: the completion/prompt length ratio of the training data and the prompt weight it suggests;
 * :mod:`.objective`: what a run scores (held-out CE per role, POSIX, cross-task accuracy) via ``wit compare``;
-* :mod:`.pruning`: the training callback reporting intermediate scores to the study and stopping pruned trials;
+* :mod:`.pruning`: the training callback reporting intermediate scores to the study and stopping pruned trials
+  (:mod:`.axolotl_plugin` adds it to an Axolotl trial's training subprocess);
 * :mod:`.study`: the Optuna study (storage, heartbeat, retries, the study's total of trials, resume);
 * :mod:`.runners`: one trial's training, Axolotl or TRL;
 * :mod:`.results`: ``results.json``, ``best.yml`` and the Pareto front, read from the study;
