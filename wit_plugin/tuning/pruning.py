@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,7 @@ class TrialLink:
     pruner: str
     objective: str
     settings: dict[str, Any]  # CompareSettings' fields, JSON-able
-    report_every: int | None = None
-    heartbeat_s: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    report_every: int | None = None  # None: REPORTS_PER_TRIAL reports per run; 0: none (no pruning)
 
     def save(self, folder: Path) -> Path:
         path = folder / TRIAL_FILE
