@@ -26,6 +26,8 @@ takes the right branch.
   ``//``; 5.25: the same with ``/``). The mixin uses the three ``get_*_size`` methods, which all of them have, and
   ``/`` (a sum of weights is no integer). Axolotl 0.21's own override (recounting labels under tensor parallelism,
   which the plugin refuses) comes after the mixin's in the trainer's MRO.
+* Optuna 4.9 renames ``RetryFailedTrialCallback`` (``RetryHeartbeatStaleTrialCallback``) and ``RDBStorage``'s
+  ``failed_trial_callback`` (``heartbeat_stale_trial_callback``).
 * Not between releases but kept here as well: model wrappers (:func:`unwrap_model`), the ``logits_to_keep``
   probe for models that may lack it, and the families the fused loss has been checked against.
 """
@@ -195,3 +197,27 @@ def transformers_isolates_packed_rows(implementation: str | None) -> bool:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     return implementation is not None and implementation in ALL_MASK_ATTENTION_FUNCTIONS
+
+
+# --- Optuna: the callback run on a trial whose heartbeat lapsed ---------------------------------------------------
+
+
+def optuna_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_s: int, grace_s: int, max_retry: int) -> Any:
+    """An Optuna ``RDBStorage`` with heartbeats whose stale trials are retried. Optuna 4.9 renames the retrying
+    callback ``RetryFailedTrialCallback`` → ``RetryHeartbeatStaleTrialCallback`` and its keyword
+    ``failed_trial_callback`` → ``heartbeat_stale_trial_callback`` (the old names warn, and go in 6.0)."""
+    from optuna import storages
+    from optuna.storages import RDBStorage
+
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    parameters = inspect.signature(RDBStorage.__init__).parameters
+    keyword = (
+        "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    )
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_s,
+        grace_period=grace_s,
+        **{keyword: retry(max_retry=max_retry)},
+    )

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import yaml
 
 from wit_plugin import __version__
-from wit_plugin.cli import compare, crosstask, inspect_rows, posix, prepare, tasks
+from wit_plugin.cli import compare, crosstask, inspect_rows, posix, prepare, tasks, tune
 
-SUBCOMMANDS = (prepare, inspect_rows, posix, crosstask, compare, tasks)
+SUBCOMMANDS = (prepare, inspect_rows, posix, crosstask, compare, tune, tasks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,395 @@
+"""``wit tune``: the search space and priors, and real studies on the real SmolLM2-135M (2-step trials through the
+TRL entry point; the Axolotl path end to end, ``slow``): objectives equal ``wit compare``'s numbers, best.yml is
+the lowest objective, resume runs only the missing trials, pruning stops a trial, errors and Ctrl-C are kept,
+a trial whose worker died is retried, and two workers share one study's total."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna  # the `tune` extra, in `dev` too: never skipped
+import pytest
+import yaml
+
+from wit_plugin.tuning import study as studies
+from wit_plugin.tuning.priors import length_ratio, rule_of_thumb
+from wit_plugin.tuning.space import DEFAULT_SPACE, Range, default_space, first_trials, parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {a} plus {b}? Answer with the number only."},
+            {"role": "assistant", "content": f"{a + b}."},
+        ]
+    }
+    for a, b in [(2, 3), (4, 1), (7, 2), (5, 5)]
+]
+HELD_OUT = [
+    {"messages": [{"role": "user", "content": "Name a colour of the sky."}, {"role": "assistant", "content": "Blue."}]},
+    {"messages": [{"role": "user", "content": "Say hi in Spanish."}, {"role": "assistant", "content": "Hola."}]},
+]
+
+
+# --- space and priors --------------------------------------------------------------------------------------------
+
+
+def test_space_ranges_are_floats_whatever_the_text_looks_like():
+    space = parse_space("wit_prompt_weight=0:1, wit_response_weight=0.5:1")
+    assert space == {"wit_prompt_weight": Range(0.0, 1.0), "wit_response_weight": Range(0.5, 1.0)}
+    assert all(isinstance(bound, float) for r in space.values() for bound in (r.low, r.high))
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("wit_prompt_wieght=0:1", "'wit_prompt_wieght' is not a weight"),
+        ("wit_prompt_weight=1:0", "need 0 <= low < high"),
+        ("wit_prompt_weight=-1:1", "need 0 <= low < high"),
+        ("wit_prompt_weight=0:x", "expected two numbers"),
+        ("wit_prompt_weight", "expected key=low:high"),
+        ("wit_prompt_weight=0:1,wit_prompt_weight=0:1", "names wit_prompt_weight twice"),
+    ],
+)
+def test_a_bad_space_entry_is_named(text, named):
+    with pytest.raises(ValueError, match="--space") as error:
+        parse_space(text)
+    assert named in str(error.value)
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word: an independent count for the length ratio."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+
+def test_length_ratio_counts_each_side_of_every_row_shape():
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b c d"},
+                      {"role": "assistant", "content": "x"}]},
+        {"prompt": "one two", "completion": "three four five six"},
+        {"instruction": "do it", "input": "now", "output": "done"},
+        {"unknown": "shape"},
+    ]  # fmt: skip
+    ratio = length_ratio(rows, WordTokenizer())
+    assert (ratio.prompt_tokens, ratio.completion_tokens, ratio.rows) == (2 + 4 + 2 + 3, 1 + 4 + 1, 3)
+    assert ratio.prompt_weight == pytest.approx(0.1 * 6 / 11)
+    assert "rule-of-thumb prompt weight" in ratio.describe()
+
+
+def test_rule_of_thumb_follows_the_two_regimes_and_shapes_the_first_trials():
+    assert rule_of_thumb(0.05) == 0.01 and rule_of_thumb(1.0) == pytest.approx(0.1) and rule_of_thumb(50) == 1.0
+    assert default_space(0.1) == DEFAULT_SPACE
+    widened = default_space(0.8)  # long generation: λp's range reaches the rule's point
+    assert widened["wit_prompt_weight"] == Range(0.0, 0.8) and widened["wit_response_weight"] == Range(0.5, 1.0)
+    assert first_trials(widened, 0.8) == [
+        {"wit_prompt_weight": 0.8, "wit_response_weight": 1.0},
+        {"wit_prompt_weight": 0.0, "wit_response_weight": 1.0},
+    ]
+    # a space that excludes λr = 1 gets the points clipped into it, duplicates dropped
+    narrow = parse_space("wit_prompt_weight=0.2:0.3,wit_response_weight=0.5:0.9")
+    assert first_trials(narrow, 0.01) == [{"wit_prompt_weight": 0.2, "wit_response_weight": 0.9}]
+
+
+@pytest.mark.parametrize("spec", ["median", "median:1", "hyperband", "none", "threshold:2.5"])
+def test_pruner_specs(spec):
+    assert studies.make_pruner(spec) is not None
+
+
+@pytest.mark.parametrize("spec", ["mediann", "threshold:x", "median:a", "none:1"])
+def test_a_bad_pruner_is_refused_before_anything_runs(spec):
+    with pytest.raises(ValueError, match="--pruner"):
+        studies.check_pruner(spec)
+
+
+# --- studies through the TRL entry point ------------------------------------------------------------------------
+
+
+def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
+    """A study of 2-step trials on four rows, scored on two held-out rows."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from wit_plugin import WITConfig, WITSFTTrainer
+    from wit_plugin.tuning.tune import tune_trl
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    held_out = out.parent / f"{out.name}_held_out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+
+    def default_build(config):
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+        return WITSFTTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer
+        )
+
+    config = WITConfig(
+        output_dir=str(out / "unused"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
+        learning_rate=1e-3, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+        wit_prompt_weight=0,  # an integer in the user's config: the trials' weights must stay floats
+    )  # fmt: skip
+    options.setdefault("seed", 0)
+    options.setdefault("pruner", "none")
+    result = tune_trl(
+        build or default_build, config, held_out, trials, out, train_rows=TRAIN, tokenizer=tokenizer, **options
+    )
+    return result, held_out
+
+
+@pytest.fixture(scope="module")
+def tuned(model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "study"
+    result, held_out = trl_tune(model_path, out, trials=2)
+    return out, result, held_out
+
+
+def test_every_trial_is_scored_as_wit_compare_scores_its_run(tuned):
+    from wit_plugin.cli import main
+
+    out, result, held_out = tuned
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete"]
+    for trial in result["trials"]:
+        saved = out / f"compare_{trial['number']}.json"
+        assert main(["compare", trial["run"], "--eval-data", str(held_out), "--out", str(saved)]) == 0
+        row = json.loads(saved.read_text())["runs"][0]
+        assert trial["objective"] == row["eval"]["loss_response"]  # the same number, not merely close
+
+
+def test_first_trial_is_the_rule_of_thumb_and_weights_stay_floats(tuned, tokenizer):
+    from wit_plugin.training.records import read_record
+
+    _, result, _ = tuned
+    first, second = result["trials"]
+    expected = length_ratio(TRAIN, tokenizer).prompt_weight
+    assert first["weights"] == {"wit_prompt_weight": pytest.approx(expected), "wit_response_weight": 1.0}
+    assert 0 < expected < 1 and second["weights"] == {"wit_prompt_weight": 0.0, "wit_response_weight": 1.0}
+    config = json.loads((Path(first["run"]) / "wit_config.json").read_text())  # the trial's whole config
+    assert config["wit_prompt_weight"] == first["weights"]["wit_prompt_weight"]
+    assert config["output_dir"] == first["run"] and config["max_steps"] == 2 and config["learning_rate"] == 1e-3
+    record = read_record(first["run"])
+    assert record["weights"]["instruction"] == first["weights"]["wit_prompt_weight"]  # trained with it, not 0
+
+
+def test_best_yml_holds_the_lowest_objective(tuned):
+    out, result, _ = tuned
+    lowest = min(result["trials"], key=lambda t: t["objective"])
+    assert result["best"]["number"] == lowest["number"]
+    best = yaml.safe_load((out / "best.yml").read_text())
+    assert {key: best[key] for key in lowest["weights"]} == lowest["weights"]
+    assert (out / "best.yml").read_text().startswith(f"# wit tune: best trial {lowest['number']}")
+    assert json.loads((out / "results.json").read_text())["best"] == result["best"]
+    assert (out / "tune.png").stat().st_size > 10_000
+
+
+def test_resume_runs_only_the_missing_trials_and_a_pruner_stops_one(tuned, model_path):
+    """The same study asked for 3 trials runs one more; a pruner that prunes any value (threshold:0) stops it at
+    its first report, where the study records it, and leaves the best as it was."""
+    out, before, _ = tuned
+    stamps = [os.stat(Path(t["run"]) / "wit_run.json").st_mtime_ns for t in before["trials"]]
+    result, _ = trl_tune(model_path, out, trials=3, pruner="threshold:0", report_every=1)
+    assert [t["number"] for t in result["trials"]] == [0, 1, 2]
+    assert [os.stat(Path(t["run"]) / "wit_run.json").st_mtime_ns for t in result["trials"][:2]] == stamps
+    pruned = result["trials"][2]
+    assert pruned["state"] == "pruned" and pruned["pruned_at_step"] == 1 and pruned["steps"] == 1
+    assert list(pruned["intermediate"]) == ["1"] and pruned["objective"] is None
+    assert result["best"]["number"] == before["best"]["number"]
+    again, _ = trl_tune(model_path, out, trials=3)  # nothing missing: nothing trained
+    assert [t["number"] for t in again["trials"]] == [0, 1, 2]
+
+
+def test_a_study_tuning_something_else_is_refused(tuned, model_path):
+    out, _, _ = tuned
+    with pytest.raises(ValueError, match="tunes something else.*space"):
+        trl_tune(model_path, out, trials=4, space=parse_space("wit_prompt_weight=0:1,wit_response_weight=0:1"))
+
+
+def test_several_objectives_give_a_pareto_front_and_no_pruning(tmp_path, model_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="wit_plugin")
+    result, _ = trl_tune(model_path, tmp_path / "study", trials=2, objective="response_ce,instruction_ce",
+                         pruner="median")  # fmt: skip
+    assert "Optuna prunes single-objective studies only" in caplog.text
+    trials = result["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"]
+    for trial in trials:
+        assert trial["objective"] == {
+            "response_ce": trial["compare"]["eval"]["loss_response"],
+            "instruction_ce": trial["compare"]["eval"]["loss_instruction"],
+        }
+        assert "intermediate" not in trial  # nothing reported: no pruning
+
+    def dominated(a, b):  # b at least as good everywhere, better somewhere
+        pairs = [(a["objective"][k], b["objective"][k]) for k in a["objective"]]
+        return all(y <= x for x, y in pairs) and any(y < x for x, y in pairs)
+
+    front = [t["number"] for t in trials if not any(dominated(t, other) for other in trials)]
+    assert [t["number"] for t in result["pareto_front"]] == front
+    assert (
+        result["best"]["number"] == min(result["pareto_front"], key=lambda t: t["objective"]["response_ce"])["number"]
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"plugins": []}, "`plugins` lacks wit_plugin.WITPlugin"),
+        ({"space": "wit_prompt_weight=2:1"}, "--space entry 'wit_prompt_weight=2:1'"),
+        ({"pruner": "medain"}, "--pruner 'medain'"),
+        ({"objective": "posix"}, "--objective posix needs --posix"),
+        ({"eval": "missing.jsonl"}, "no eval data at"),
+    ],
+)
+def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change, message):
+    from wit_plugin.cli import main
+
+    config = {"base_model": "m", "plugins": change.get("plugins", ["wit_plugin.WITPlugin"]), "datasets": []}
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    argv = ["tune", str(path), "--eval-data", str(tmp_path / change.get("eval", "held_out.jsonl")), "--trials", "1",
+            "--out", str(tmp_path / "tune"), "--objective", change.get("objective", "response_ce"),
+            "--pruner", change.get("pruner", "median")]  # fmt: skip
+    if "space" in change:
+        argv += ["--space", change["space"]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "tune" / "runs").exists()
+
+
+def failing(config):
+    raise RuntimeError(f"no trainer for λp={config.wit_prompt_weight}")
+
+
+def test_a_failed_trial_keeps_its_error_and_counts(tmp_path, model_path):
+    result, _ = trl_tune(model_path, tmp_path / "study", trials=2, build=failing)
+    assert [t["state"] for t in result["trials"]] == ["failed", "failed"]  # two failures fill the two places
+    assert result["trials"][0]["error"].startswith("RuntimeError: no trainer for λp=")
+    assert result["best"] is None and not (tmp_path / "study" / "best.yml").exists()
+
+
+def test_ctrl_c_fails_the_trial_and_its_weights_run_again_on_resume(tmp_path, model_path):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        trl_tune(model_path, out, trials=1, build=interrupted)
+    saved = json.loads((out / "results.json").read_text())
+    assert [(t["state"], "interrupted" in t["error"]) for t in saved["trials"]] == [("failed", True)]
+    result, _ = trl_tune(model_path, out, trials=2, build=failing)  # the interrupted trial did not count
+    first, queued, retry = result["trials"]  # the second literature point was queued before the retry
+    assert queued["weights"] == {"wit_prompt_weight": 0.0, "wit_response_weight": 1.0}
+    assert retry["retry_of"] == 0 and retry["weights"] == first["weights"] and retry["state"] == "failed"
+
+
+def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
+    """A RUNNING trial whose heartbeat stopped (its worker was killed) is failed once its grace period is over,
+    and retried with the same weights; it does not count towards the total, its retry does."""
+    from optuna.distributions import FloatDistribution
+
+    out = tmp_path / "study"
+    out.mkdir()
+    storage = studies.make_storage(f"sqlite:///{out / studies.STORAGE_FILE}", heartbeat_s=1)
+    study = optuna.create_study(study_name=studies.DEFAULT_STUDY, storage=storage)
+    lost = study.ask({key: FloatDistribution(r.low, r.high) for key, r in DEFAULT_SPACE.items()})
+    storage.record_heartbeat(lost._trial_id)  # one beat, then the worker is gone
+    time.sleep(studies.GRACE_FACTOR * 1 + 1)
+    result, _ = trl_tune(model_path, out, trials=1, build=failing, heartbeat_s=1)
+    first, retry = result["trials"]
+    assert first["state"] == "failed" and "heartbeat" in first["error"]
+    assert retry["retry_of"] == 0 and retry["weights"] == lost.params
+
+
+WORKER = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_tune import trl_tune
+trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed})
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_its_total(tmp_path, model_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    scripts = [WORKER.format(tests=str(REPO / "tests"), model=str(model_path), out=str(out), seed=s) for s in (0, 1)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for script in scripts
+    ]
+    logs = [worker.communicate(timeout=900)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    result = json.loads((out / "results.json").read_text())
+    numbers = [t["number"] for t in result["trials"]]
+    assert len(numbers) == len(set(numbers)) == 3 and [t["state"] for t in result["trials"]] == ["complete"] * 3
+    assert len({t["run"] for t in result["trials"]}) == 3
+    both = [sum(f"trial {n} (" in log for log in logs) for n in numbers]
+    assert both == [1, 1, 1]  # each trial trained by one worker
+    assert all(math.isfinite(t["objective"]) for t in result["trials"])
+
+
+# --- `wit tune` on an Axolotl config, end to end ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_path, tmp_path, capsys):
+    """Two 2-step Axolotl trials, each config recorded whole with float weights (the user's config has integer
+    ones), scored as `wit compare` scores the run; resumed to three with a pruner that prunes any value, which
+    the subprocess's callback applies at the first report."""
+    pytest.importorskip("axolotl")
+    from wit_plugin.cli import main
+    from wit_plugin.demo.data import write_dataset
+    from wit_plugin.training.records import read_record
+
+    config = yaml.safe_load((REPO / "yaml_examples" / "wit_smollm2_cpu.yml").read_text())
+    config.update(
+        base_model=str(model_path), dataset_prepared_path=str(tmp_path / "prepared"), sequence_len=128,
+        micro_batch_size=2, gradient_accumulation_steps=1, max_steps=2, logging_steps=1,
+        wit_prompt_weight=0, wit_response_weight=1,  # integers: the trials' floats must not be cast to them
+    )  # fmt: skip
+    config["datasets"][0]["path"] = str(write_dataset(tmp_path / "data.jsonl", count=16, seed=1))
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    out = tmp_path / "tune"
+    common = [str(path), "--eval-data", str(held_out), "--out", str(out), "--seed", "0", "--heartbeat", "5"]
+    assert main(["tune", *common, "--trials", "2", "--pruner", "none"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete"]
+    for trial in result["trials"]:
+        run = Path(trial["run"])
+        recorded = yaml.safe_load((run / "config.yml").read_text())
+        assert {key: recorded[key] for key in config if key not in ("plugins",)} == {
+            **{key: value for key, value in config.items() if key != "plugins"},
+            **trial["weights"],
+            "output_dir": str(run),
+        }  # the whole config, with the trial's weights and folder
+        assert recorded["plugins"][0] == "wit_plugin.WITPlugin"
+        assert all(isinstance(recorded[key], float) for key in trial["weights"])
+        assert read_record(run)["weights"]["instruction"] == trial["weights"]["wit_prompt_weight"]
+        saved = tmp_path / f"compare_{trial['number']}.json"
+        assert main(["compare", str(run), "--eval-data", str(held_out), "--out", str(saved)]) == 0
+        assert json.loads(saved.read_text())["runs"][0]["eval"]["loss_response"] == trial["objective"]
+    assert main(["tune", *common, "--trials", "3", "--pruner", "threshold:0", "--report-every", "1"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    third = result["trials"][2]
+    assert third["state"] == "pruned" and third["pruned_at_step"] == 1 and list(third["intermediate"]) == ["1"]
+    assert "wit tune: 3 trial(s): 2 complete, 1 pruned" in capsys.readouterr().out
+    assert (
+        yaml.safe_load((out / "best.yml").read_text())["wit_prompt_weight"]
+        == result["best"]["weights"]["wit_prompt_weight"]
+    )

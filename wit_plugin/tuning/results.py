@@ -1,0 +1,117 @@
+"""``results.json``, ``best.yml`` and the plot, read from the study (the one record of the trials, which any
+worker may have run).
+
+``results.json``: ``{"study", "storage", "objectives": [{"name", "direction"}], "space", "trials": [{"number",
+"state", "weights", "objective", "run", ...}], "best": {...}}``; ``state`` is ``complete``, ``pruned``,
+``failed`` (with its ``error``) or ``running``; ``objective`` is a number (a dict by name for several
+objectives, whose ``pareto_front`` lists the non-dominated trials, and whose ``best`` is the front's best on the
+first objective). ``best.yml``: the best trial's ``wit_*`` keys, ready to paste into a config.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from wit_plugin.tuning import study as studies
+
+log = logging.getLogger(__name__)
+RESULTS, BEST, PLOT = "results.json", "best.yml", "tune.png"
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+
+def _objective(trial: Any, names: list[str]) -> Any:
+    """A complete trial's score (Optuna gives a pruned trial its last intermediate value: not a score)."""
+    if trial.values is None or trial.state.name != "COMPLETE":
+        return None
+    return trial.values[0] if len(names) == 1 else dict(zip(names, trial.values))
+
+
+def trial_entry(trial: Any, names: list[str], grace_s: int | None) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    entry: dict[str, Any] = {
+        "number": trial.number,
+        "state": STATES[trial.state.name],
+        "weights": dict(trial.params),
+        "objective": _objective(trial, names),
+        "run": attrs.get(studies.RUN),
+    }
+    if trial.state.name == "FAIL":
+        if attrs.get(studies.INTERRUPTED):
+            entry["error"] = "interrupted (Ctrl-C); its weights are queued to run again when the tuning resumes"
+        else:
+            entry["error"] = attrs.get(studies.ERROR) or (
+                f"its worker stopped beating (no heartbeat for {grace_s} s: killed or lost); retried"
+            )
+    if trial.state.name == "PRUNED":
+        entry["pruned_at_step"] = attrs.get(studies.PRUNED_AT)
+    if trial.intermediate_values:
+        entry["intermediate"] = {str(step): value for step, value in sorted(trial.intermediate_values.items())}
+    retry_of = studies.retry_of(trial)
+    if retry_of is not None:
+        entry["retry_of"] = retry_of
+    for key in (studies.STEPS, studies.ROW, studies.WIT_KEYS):
+        if attrs.get(key) is not None:
+            entry[key] = attrs[key]
+    if trial.datetime_start and trial.datetime_complete:
+        entry["seconds"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
+    return entry
+
+
+def document(study: Any, tuning: Any) -> dict[str, Any]:
+    names = [o.name for o in tuning.objectives]
+    grace = studies.GRACE_FACTOR * tuning.heartbeat_s if tuning.heartbeat_s else None
+    trials = [
+        trial_entry(t, names, grace)
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name in STATES and not t.user_attrs.get(studies.SURPLUS)
+    ]
+    result: dict[str, Any] = {
+        "study": tuning.study,
+        "storage": tuning.storage_url,
+        "objectives": [{"name": o.name, "direction": o.direction} for o in tuning.objectives],
+        "space": {key: [r.low, r.high] for key, r in tuning.space.items()},
+        "trials": trials,
+        "best": None,
+    }
+    by_number = {entry["number"]: entry for entry in trials}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        return result
+    if len(names) == 1:
+        result["best"] = by_number[study.best_trial.number]
+    else:
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        result["pareto_front"] = [by_number[t.number] for t in front]
+        sign = 1 if tuning.objectives[0].direction == "minimize" else -1
+        result["best"] = by_number[min(front, key=lambda t: sign * t.values[0]).number]
+    return result
+
+
+def best_yaml(best: dict[str, Any], names: list[str]) -> str:
+    import yaml
+
+    objective = best["objective"]
+    score = (
+        f"{names[0]} {objective:.4f}" if len(names) == 1 else ", ".join(f"{k} {v:.4f}" for k, v in objective.items())
+    )
+    header = f"# wit tune: best trial {best['number']} ({score}), run {best['run']}\n"
+    return header + yaml.safe_dump(best.get(studies.WIT_KEYS) or best["weights"], sort_keys=False)
+
+
+def write_outputs(study: Any, tuning: Any) -> dict[str, Any]:
+    """Rewrites results.json, best.yml (once a trial completed) and the plot; returns results.json's document."""
+    from wit_plugin.evaluation.resume import write_json
+
+    result = document(study, tuning)
+    write_json(tuning.out / RESULTS, result)
+    if result["best"] is not None:
+        (tuning.out / BEST).write_text(best_yaml(result["best"], [o.name for o in tuning.objectives]), encoding="utf-8")
+    if tuning.plot:
+        try:
+            from wit_plugin.tuning.plot import plot
+
+            plot(result, tuning.out / PLOT)
+        except ImportError as error:  # matplotlib is the `eval` extra
+            log.info("wit tune: no plot (%s; pip install 'wit_plugin[eval]')", error)
+    return result
