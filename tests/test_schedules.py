@@ -242,6 +242,9 @@ def test_the_run_record_and_wit_compare_show_the_schedule(model_path, tmp_path):
     linear = {**record["weights"], "instruction": {"start": 0.5, "end": 0.1, "schedule": "linear", "warmup": 0.0}}
     assert _weights({"weights": linear}) == "λp=0.5→0.1 (linear) λr=0.6 tpl=1→0.2 (cosine, warmup 0.25)"
     assert _weights({"weights": RoleWeights.preset("wit").__dict__}) == "λp=0.4 λr=0.6"  # a number stays a number
+    wit = RoleWeights.preset("wit").__dict__
+    assert _weights({"weights": wit, "normalize": "weights"}) == "λp=0.4 λr=0.6 N=Σw"  # wit_normalize: weights shown
+    assert _weights({"weights": wit, "normalize": "tokens"}) == "λp=0.4 λr=0.6"
 
 
 @pytest.mark.slow

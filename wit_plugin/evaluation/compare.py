@@ -297,6 +297,7 @@ def compare_runs(
         entry.update(
             weights=record["weights"],
             preset=(record.get("options") or {}).get("wit_preset"),
+            normalize=(record.get("options") or {}).get("wit_normalize"),
             framework=record["framework"],
             train={k: v for k, v in (record.get("train") or {}).items() if k in ("loss", "step") or "wit/" in k},
             finished=record.get("finished", False),
