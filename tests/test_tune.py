@@ -309,6 +309,47 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
     assert retry["retry_of"] == 0 and retry["weights"] == lost.params
 
 
+def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_path, monkeypatch):
+    """Optuna takes a queued trial by reading it WAITING, then setting it RUNNING under SELECT ... FOR UPDATE, which
+    SQLite ignores: with the gap between the two widened, two unlocked workers both take trial 0 (the lost race
+    that failed a two-worker study: "Cannot tell a COMPLETE trial"); under the worker lock the second takes a new one."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / studies.STORAGE_FILE}"
+    optuna.create_study(study_name="s", storage=studies.make_storage(url, None)).enqueue_trial({"x": 0.5})
+
+    from optuna.storages._rdb import models
+
+    find = models.TrialModel.find_or_raise_by_id
+
+    def slow_find(*args, **kwargs):
+        trial = find(*args, **kwargs)
+        time.sleep(0.5)  # between reading the queued trial WAITING and setting it RUNNING
+        return trial
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", staticmethod(slow_find))
+
+    def take(locked: bool) -> list[int]:
+        numbers: list[int] = []
+
+        def worker() -> None:
+            study = optuna.load_study(study_name="s", storage=studies.make_storage(url, None))
+            if locked:
+                studies.serialise_ask(study, url)
+            numbers.append(study.ask().number)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sorted(numbers)
+
+    assert take(locked=False) == [0, 0]  # the race, reproduced: both hold trial 0
+    optuna.load_study(study_name="s", storage=studies.make_storage(url, None)).enqueue_trial({"x": 0.25})
+    assert take(locked=True) == [1, 2]  # the queued trial 1 to one worker, a new trial 2 to the other
+
+
 WORKER = """
 import logging, sys
 logging.basicConfig(level=logging.INFO)

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,35 @@ def make_storage(url: str, heartbeat_s: int | None = HEARTBEAT_S) -> Any:
         return RDBStorage(url, engine_kwargs=engine)
     with _quiet_experimental(optuna):
         return optuna_rdb_storage(url, engine, heartbeat_s, GRACE_FACTOR * heartbeat_s, MAX_RETRY)
+
+
+@contextmanager
+def _sqlite_file_lock(database: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def worker_lock(url: str) -> Any:
+    """A lock the workers of one SQLite study hold while they create the study or take a trial; nothing for server
+    databases. Optuna takes a queued trial (``enqueue_trial``: the priors, retries) by reading it WAITING and setting
+    it RUNNING under ``SELECT ... FOR UPDATE``, which PostgreSQL and MySQL honour and SQLite ignores: two workers on
+    one SQLite file could both take the same queued trial, train it twice, and the second fails to report it."""
+    prefix = "sqlite:///"
+    return _sqlite_file_lock(Path(url[len(prefix) :])) if url.startswith(prefix) else nullcontext()
+
+
+def serialise_ask(study: Any, url: str) -> None:
+    """``study.optimize`` takes each trial through ``study.ask()``: take it under :func:`worker_lock`."""
+    ask: Callable[..., Any] = study.ask
+
+    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+        with worker_lock(url):
+            return ask(*args, **kwargs)
+
+    study.ask = locked_ask
 
 
 class _quiet_experimental:

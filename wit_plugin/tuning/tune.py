@@ -84,15 +84,17 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
         "framework": runner.framework,
         **tuning.meta,
     }
-    study, new = studies.open_study(
-        tuning.study, storage, [o.direction for o in tuning.objectives], meta,
-        studies.make_sampler(tuning.seed, len(tuning.objectives)), studies.make_pruner(pruner),
-    )  # fmt: skip
-    if new:
-        for point in tuning.first:
-            study.enqueue_trial(point, skip_if_exists=True)
-        if tuning.first:
-            log.info("wit tune: first trials (literature priors): %s", "; ".join(map(_weights_text, tuning.first)))
+    with studies.worker_lock(tuning.storage_url):  # one worker creates the study and queues its first trials
+        study, new = studies.open_study(
+            tuning.study, storage, [o.direction for o in tuning.objectives], meta,
+            studies.make_sampler(tuning.seed, len(tuning.objectives)), studies.make_pruner(pruner),
+        )  # fmt: skip
+        if new:
+            for point in tuning.first:
+                study.enqueue_trial(point, skip_if_exists=True)
+            if tuning.first:
+                log.info("wit tune: first trials (literature priors): %s", "; ".join(map(_weights_text, tuning.first)))
+    studies.serialise_ask(study, tuning.storage_url)
     log.info("wit tune: study %r in %s, %d trial(s) in all", tuning.study, tuning.storage_url, tuning.trials)
     objective = _trial_objective(runner, tuning, study, pruner)
     try:
