@@ -175,10 +175,9 @@ def two_gloo_processes(model_path, tmp_path_factory) -> dict:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port: the Python 3.12 stacks' suites run side by side in CI
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
         "tests/trainer_case.py",
         str(model_path),
         str(out),
