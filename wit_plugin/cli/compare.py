@@ -68,7 +68,9 @@ def _weights(entry: dict[str, Any]) -> str:
     if not weights:
         return "reference" if entry.get("kind") == "reference" else "–"
     prompt, response, template = weights[PROMPT], weights[RESPONSE], weights[TEMPLATE]
-    described = f"λp={_weight(prompt)} λr={_weight(response)}" + ("" if template == prompt else f" tpl={_weight(template)}")
+    described = f"λp={_weight(prompt)} λr={_weight(response)}" + (
+        "" if template == prompt else f" tpl={_weight(template)}"
+    )
     return described + (" N=Σw" if entry.get("normalize") == "weights" else "")  # tokens (the paper's N) unmarked
 
 

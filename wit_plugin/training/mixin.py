@@ -189,9 +189,7 @@ class WITTrainerMixin:
         input_ids, roles, message_weights = self._wit_batch
         self._wit_batch = None
         if num_items_in_batch is None:  # a caller that counted nothing (evaluation outside prediction_step)
-            num_items_in_batch = denominator(
-                input_ids, roles, self._wit_table, self._wit_normalize, message_weights
-            )
+            num_items_in_batch = denominator(input_ids, roles, self._wit_table, self._wit_normalize, message_weights)
         if isinstance(outputs, HiddenStatesOutput):
             assert self._wit_forward is not None, "only the installed hidden-states forward returns these"
             head = self._wit_forward.head()
