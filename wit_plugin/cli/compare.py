@@ -168,10 +168,9 @@ def draw(results: dict[str, Any]) -> Any:
     """The figure: held-out loss per role for each row; POSIX and cross-task accuracy (%, per condition, the
     table's numbers) against λp, trained runs as points (POSIX coloured by λr; a run whose λp or λr follows a
     schedule has no point), reference models as dashed lines."""
-    import matplotlib
+    from wit_plugin.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     from wit_plugin.evaluation.crosstask.report import wrap_label
@@ -257,12 +256,9 @@ def draw(results: dict[str, Any]) -> Any:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from wit_plugin.figures import save_png
 
-    figure = draw(results)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_png(draw(results), path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,10 +106,9 @@ def psi_figure(series: Mapping[str, PsiSeries]) -> Figure:
     """ψ per prompt set as bars, a group per set with one bar per condition, and each condition's POSIX (the
     mean) as a dashed line in its colour: which intents the model is most sensitive on, and what exemplars change.
     The legend sits above the axes, clear of the bars."""
-    import matplotlib
+    from wit_plugin.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     count = max((max(indices, default=-1) + 1 for indices, _, _ in series.values()), default=0)
@@ -134,12 +133,9 @@ def psi_figure(series: Mapping[str, PsiSeries]) -> Figure:
 
 def plot_psi(series: Mapping[str, PsiSeries], path: Path) -> Path:
     """:func:`psi_figure` as a PNG at ``path``."""
-    import matplotlib.pyplot as plt
+    from wit_plugin.figures import save_png
 
-    figure = psi_figure(series)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_png(psi_figure(series), path)
 
 
 def exemplar_table(outcome: ExemplarPOSIX) -> Table:

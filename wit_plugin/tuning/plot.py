@@ -22,10 +22,9 @@ def _last_reported(entry: dict[str, Any]) -> float | None:
 
 
 def draw(results: dict[str, Any]) -> Any:
-    import matplotlib
+    from wit_plugin.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     objectives = results["objectives"]
@@ -112,9 +111,6 @@ def draw(results: dict[str, Any]) -> Any:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from wit_plugin.figures import save_png
 
-    figure = draw(results)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_png(draw(results), path)

@@ -129,8 +129,9 @@ def figure(result: CrossTaskResult) -> Figure:
     """Accuracy per task and condition (bars with 95% intervals) beside the source x target gain heat map."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from wit_plugin.figures import pyplot
+
+    plt = pyplot()
     import numpy as np
 
     tasks = list(dict.fromkeys(row["task"] for row in result.results))
@@ -189,9 +190,6 @@ def figure(result: CrossTaskResult) -> Figure:
 
 def plot(result: CrossTaskResult, path: Path) -> Path:
     """The :func:`figure` as a PNG at ``path``."""
-    import matplotlib.pyplot as plt
+    from wit_plugin.figures import save_png
 
-    drawn = figure(result)
-    drawn.savefig(path)
-    plt.close(drawn)
-    return path
+    return save_png(figure(result), path)
