@@ -9,13 +9,12 @@ This module imports no framework (not even torch): the ``wit`` CLI reads it befo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from wit_plugin.schedules import Schedule, ScheduleError, parse_schedule
+from wit_plugin.schedules import Schedule, WeightError, check_weight, parse_schedule
 
 if TYPE_CHECKING:
     import torch
@@ -75,20 +74,6 @@ MESSAGE_ROLES: dict[str, Role] = {
 # and the field of a raw-text row (Axolotl's ``field``, TRL's ``dataset_text_field``).
 MESSAGES_FIELD, ROLE_FIELD, CONTENT_FIELD, TOOLS_FIELD = "messages", "role", "content", "tools"
 TEXT_FIELD = "text"
-
-
-class WeightError(ValueError):
-    """Raised for weights that would make training silently wrong."""
-
-
-def check_weight(value: Any, name: str) -> None:
-    """A weight must be a finite number ≥ 0; the error names the key the user wrote."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WeightError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise WeightError(f"{name} must be finite, got {value}")
-    if value < 0:
-        raise WeightError(f"{name} must be >= 0, got {value}")
 
 
 PRESETS: tuple[str, ...] = ("it", "im", "wit", "cpt")
@@ -204,10 +189,7 @@ class RoleSchedules:
         parsed: dict[str, Schedule] = {}
         for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
             if options.get(key) is not None:
-                try:
-                    parsed[key] = parse_schedule(options[key], key)
-                except ScheduleError as error:
-                    raise WeightError(str(error)) from None
+                parsed[key] = parse_schedule(options[key], key)  # a ScheduleError is a WeightError
         for key, group in zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP)):
             if key in parsed:
                 schedules.update({role.label: parsed[key] for role in group})

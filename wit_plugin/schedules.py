@@ -24,17 +24,29 @@ SCHEDULE_KINDS: tuple[str, ...] = ("constant", "linear", "cosine", "step")
 SCHEDULE_FIELDS: tuple[str, ...] = ("start", "end", "schedule", "warmup")
 
 
-class ScheduleError(ValueError):
+class WeightError(ValueError):
+    """Raised for weights that would make training silently wrong."""
+
+
+class ScheduleError(WeightError):
     """A schedule that cannot be followed; the message names the key the user wrote."""
 
 
-def _number(value: Any, where: str) -> float:
+def check_weight(value: Any, name: str) -> None:
+    """A weight must be a finite number ≥ 0; the error names the key the user wrote."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ScheduleError(f"{where} must be a number, got {value!r}")
+        raise WeightError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ScheduleError(f"{where} must be finite, got {value}")
+        raise WeightError(f"{name} must be finite, got {value}")
     if value < 0:
-        raise ScheduleError(f"{where} must be >= 0, got {value}")
+        raise WeightError(f"{name} must be >= 0, got {value}")
+
+
+def _number(value: Any, where: str) -> float:
+    try:
+        check_weight(value, where)
+    except WeightError as error:
+        raise ScheduleError(str(error)) from None
     return float(value)
 
 
