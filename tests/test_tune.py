@@ -5,6 +5,7 @@ a trial whose worker died is retried, and two workers share one study's total.""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -112,23 +113,27 @@ def test_a_bad_pruner_is_refused_before_anything_runs(spec):
 # --- studies through the TRL entry point ------------------------------------------------------------------------
 
 
-def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
-    """A study of 2-step trials on four rows, scored on two held-out rows."""
+def default_trainer(model_path: Path, config):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wit_plugin import WITConfig, WITSFTTrainer
+    from wit_plugin import WITSFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return WITSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer)
+
+
+def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
+    """A study of 2-step trials on four rows, scored on two held-out rows."""
+    from transformers import AutoTokenizer
+
+    from wit_plugin import WITConfig
     from wit_plugin.tuning.tune import tune_trl
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     held_out = out.parent / f"{out.name}_held_out.jsonl"
     held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
-
-    def default_build(config):
-        model = AutoModelForCausalLM.from_pretrained(model_path)
-        return WITSFTTrainer(
-            model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer
-        )
 
     config = WITConfig(
         output_dir=str(out / "unused"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
@@ -138,7 +143,14 @@ def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
     options.setdefault("seed", 0)
     options.setdefault("pruner", "none")
     result = tune_trl(
-        build or default_build, config, held_out, trials, out, train_rows=TRAIN, tokenizer=tokenizer, **options
+        build or functools.partial(default_trainer, model_path),
+        config,
+        held_out,
+        trials,
+        out,
+        train_rows=TRAIN,
+        tokenizer=tokenizer,
+        **options,
     )
     return result, held_out
 
@@ -351,12 +363,16 @@ def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_pat
 
 
 WORKER = """
-import logging, sys
-logging.basicConfig(level=logging.INFO)
+import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from test_tune import trl_tune
-trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed})
+from test_tune import default_trainer, trl_tune
+
+def build(config):
+    print("built", config.output_dir, flush=True)  # which worker trained which trial
+    return default_trainer(Path({model!r}), config)
+
+trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed}, build=build)
 """
 
 
@@ -377,8 +393,8 @@ def test_two_workers_share_one_study_and_its_total(tmp_path, model_path):
     numbers = [t["number"] for t in result["trials"]]
     assert len(numbers) == len(set(numbers)) == 3 and [t["state"] for t in result["trials"]] == ["complete"] * 3
     assert len({t["run"] for t in result["trials"]}) == 3
-    both = [sum(f"trial {n} (" in log for log in logs) for n in numbers]
-    assert both == [1, 1, 1]  # each trial trained by one worker
+    built = [line.removeprefix("built ") for log in logs for line in log.splitlines() if line.startswith("built ")]
+    assert sorted(built) == sorted(t["run"] for t in result["trials"])  # each trial trained once, by one worker
     assert all(math.isfinite(t["objective"]) for t in result["trials"])
 
 
