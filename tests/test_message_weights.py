@@ -234,6 +234,25 @@ def test_all_ones_weights_are_exactly_no_weights_and_a_zero_weight_is_a_masked_t
         torch.testing.assert_close(weighted, pad, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("include_zero_weight", [True, False])
+def test_eager_and_fused_report_the_same_role_stats_with_message_masked_tokens(include_zero_weight):
+    """``wit_role_metrics: weighted`` reports the trained tokens only: a trained role's tokens masked by a message
+    weight of 0 are left out by both implementations alike, ``all`` keeps every scored token in both."""
+    batch = random_batch()
+    args = (batch["input_ids"], batch["roles"], TABLE)
+    flags = {"message_weights": batch["message_weights"], "include_zero_weight": include_zero_weight}
+    eager = weighted_token_loss(batch["hidden"] @ batch["head"].T, *args, **flags).stats
+    fused = weighted_linear_cross_entropy(batch["hidden"], batch["head"], *args, chunk_rows=7, **flags).stats
+    roles = batch["roles"][:, 1:].long()
+    final = TABLE[roles] * batch["message_weights"][:, 1:]
+    reported = roles != Role.PAD if include_zero_weight else final > 0
+    expected = torch.bincount(roles[reported], minlength=len(Role))
+    assert torch.equal(eager.tokens, expected) and torch.equal(fused.tokens, expected)
+    masked = (roles != Role.PAD) & (TABLE[roles] > 0) & (batch["message_weights"][:, 1:] == 0)
+    assert masked.any()  # the case at stake: trained roles' tokens masked by their message
+    torch.testing.assert_close(fused.loss_sum, eager.loss_sum, rtol=1e-5, atol=1e-4)
+
+
 # --- collation ------------------------------------------------------------------------------------------------
 
 axolotl_collators = pytest.importorskip("axolotl.utils.collators")

@@ -173,7 +173,7 @@ OPTIONS: tuple[Option, ...] = (
         "wit_role_metrics",
         str,
         "all",
-        "per-role metrics for every role, or only for trained ones (cheaper with fused losses)",
+        "per-role metrics over every scored token, or only over trained ones (weight > 0; cheaper with fused losses)",
         "loss",
         choices=ROLE_METRICS,
     ),

@@ -290,8 +290,8 @@ def weighted_linear_cross_entropy(
     """:func:`~wit_plugin.loss.weighted.weighted_token_loss` from ``[B, T, H]`` final hidden states.
 
     Same targets, PAD masking, normaliser and loss; the per-role stats cover the rows computed: by default
-    only roles with weight > 0 (zero-weight roles show 0 tokens), with ``include_zero_weight`` every scored
-    token, exactly as the eager path reports them.
+    only the tokens with weight > 0 (zero-weight roles show 0 tokens), with ``include_zero_weight`` every scored
+    token, exactly as the eager path reports them with the same flag.
     """
     targets = flat_targets(input_ids, roles, weight_table, message_weights)
     n = normaliser(targets.weights, num_items_in_batch)

@@ -108,11 +108,14 @@ def weighted_token_loss(
     weight_table: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
     message_weights: torch.Tensor | None = None,
+    include_zero_weight: bool = True,
 ) -> WeightedLoss:
     """Weighted CE over ``[B, T, V]`` logits; targets are ``input_ids`` shifted, roles say their weight (times
     ``message_weights``, the multipliers from the data, when given).
 
-    Tokens with role ``PAD`` (padding, packed-sequence starts) are never scored. CE runs in fp32.
+    Tokens with role ``PAD`` (padding, packed-sequence starts) are never scored. CE runs in fp32. The per-role stats
+    cover every scored token, or with ``include_zero_weight=False`` only the trained ones (final weight > 0, a
+    message weight of 0 included): the tokens the fused implementations compute, so both report the same.
     """
     targets = flat_targets(input_ids, roles, weight_table, message_weights)
     token_loss = F.cross_entropy(
@@ -122,5 +125,5 @@ def weighted_token_loss(
         ignore_index=IGNORE_INDEX,
     )
     loss = (targets.weights * token_loss).sum() / normaliser(targets.weights, num_items_in_batch)
-    scored = targets.roles != Role.PAD
-    return WeightedLoss(loss, role_stats(token_loss[scored], targets.roles[scored]))
+    reported = targets.roles != Role.PAD if include_zero_weight else targets.weights > 0
+    return WeightedLoss(loss, role_stats(token_loss[reported], targets.roles[reported]))

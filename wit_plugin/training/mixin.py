@@ -219,7 +219,13 @@ class WITTrainerMixin:
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             result = weighted_token_loss(
-                logits, input_ids, roles, self._wit_table, num_items_in_batch, message_weights=message_weights
+                logits,
+                input_ids,
+                roles,
+                self._wit_table,
+                num_items_in_batch,
+                message_weights=message_weights,
+                include_zero_weight=self._wit_all_roles,
             )
         model = self.model  # type: ignore[attr-defined]
         self._wit_metrics["train" if model.training else "eval"].add(result.stats)
