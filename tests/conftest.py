@@ -25,6 +25,7 @@ STACK_NEUTRAL = (
     "test_gpu_check.py",  # bench/gpu_check.py's wiring; the losses and trainer it calls are tested on every stack
     "test_multiturn_bench.py",  # bench/multiturn.py's data split (pure Python and JSON)
     "test_tune.py::test_two_workers",  # Optuna's storage shared by two workers; trials train as the TRL tests do
+    "test_tune.py::test_a_pruned_trial_stops_on_every_rank",  # a torch.distributed broadcast and a Trainer flag
     "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
 )
 

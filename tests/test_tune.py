@@ -362,6 +362,19 @@ def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_pat
     assert take(locked=True) == [1, 2]  # the queued trial 1 to one worker, a new trial 2 to the other
 
 
+def test_a_pruned_trial_stops_on_every_rank(tmp_path):
+    """Under torchrun (two gloo processes) rank 0 decides and every rank stops at the same step; a rank left training
+    would hang in its next all-reduce (the timeout fails the test then)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "tests/pruning_case.py", str(tmp_path)], check=True, env=env, cwd=REPO, timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks == [
+        {"step": 2, "reports": [1, 2], "pruned": True},
+        {"step": 2, "reports": [], "pruned": True},  # rank 1 reports nothing: rank 0 speaks for the run
+    ]
+
+
 WORKER = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -82,11 +82,29 @@ def pruned_step(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def rank_zero_decides(stop: bool, device: Any) -> bool:
+    """Rank 0's decision, on every rank of a distributed run: a rank that went on training alone would wait forever
+    in its next gradient all-reduce. ``device``: where the backend's tensors live (CUDA for NCCL)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stop
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 class PruningCallback(TrainerCallback):
     """Reports the objective every ``report_every`` steps (default: :data:`REPORTS_PER_TRIAL` times per run, never
-    at the last step, whose score is the trial's objective) and stops a trial the pruner prunes."""
+    at the last step, whose score is the trial's objective) and stops a trial the pruner prunes, on every rank.
 
-    def __init__(self, link: TrialLink, trial: Any | None = None, score: Callable[..., float] | None = None) -> None:
+    Every rank scores (a sharded model's forward needs them all); rank 0 reports and decides. ``score(model,
+    tokenizer, run folder)`` replaces the objective's own code on the held-out rows (for tests)."""
+
+    def __init__(
+        self, link: TrialLink, trial: Any | None = None, score: Callable[[Any, Any, Path], float] | None = None
+    ) -> None:
         self.link = link
         self._trial = trial
         self._score = score
@@ -118,22 +136,26 @@ class PruningCallback(TrainerCallback):
         step = state.global_step
         if not self.every or step % self.every or step >= state.max_steps:
             return
-        from wit_plugin.tuning.objective import OBJECTIVES, score_model
-
         folder = Path(args.output_dir)
-        if self._rows is None:
-            self._prepare(folder)
         tokenizer = kw.get("processing_class") or kw.get("tokenizer")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        value = score_model(
-            kw["model"], tokenizer, self._taggings, OBJECTIVES[self.link.objective], self._settings, self._rows
-        )
-        if not state.is_world_process_zero:
-            return
-        self.trial.report(value, step)
-        if self.trial.should_prune():
-            (folder / PRUNED_FILE).write_text(json.dumps({"step": step, "value": value}) + "\n", encoding="utf-8")
-            log.info("wit tune: step %d, %s %.4f: pruned, training stops", step, self.link.objective, value)
+        value = (self._score or self._objective)(kw["model"], tokenizer, folder)
+        stop = False
+        if state.is_world_process_zero:
+            self.trial.report(value, step)
+            stop = self.trial.should_prune()
+            if stop:
+                (folder / PRUNED_FILE).write_text(json.dumps({"step": step, "value": value}) + "\n", encoding="utf-8")
+            verdict = "pruned, training stops" if stop else "reported"
+            log.info("wit tune: step %d, %s %.4f %s", step, self.link.objective, value, verdict)
+        if rank_zero_decides(stop, args.device):
             control.should_training_stop = True
-        else:
-            log.info("wit tune: step %d, %s %.4f reported", step, self.link.objective, value)
+
+    def _objective(self, model: Any, tokenizer: Any, folder: Path) -> float:
+        from wit_plugin.tuning.objective import OBJECTIVES, score_model
+
+        if self._rows is None:
+            self._prepare(folder)
+        return score_model(
+            model, tokenizer, self._taggings, OBJECTIVES[self.link.objective], self._settings, self._rows
+        )
