@@ -431,6 +431,28 @@ def test_a_datasets_message_weight_field_survives_axolotls_schema(base_cfg, toke
         map_dataset_types(copy.deepcopy(base_cfg))
 
 
+def test_the_configs_message_weight_field_is_in_the_prepared_datasets_hash(base_cfg, tokenizer):
+    """A top-level ``wit_message_weight_field`` reaches every dataset that maps no weight key of its own, so the
+    prepared dataset's hash changes with it: a dataset tagged under another key is tagged again, not reused with
+    the old key's weights. A dataset's own key still wins."""
+    from axolotl.prompt_strategies import load
+    from axolotl.utils.data.shared import generate_dataset_hash_from_config
+
+    def prepared(**top: str) -> tuple[str, DictDefault]:
+        cfg = load_cfg(DictDefault({**copy.deepcopy(base_cfg), **top}))
+        return generate_dataset_hash_from_config(cfg, cfg.datasets, tokenizer.name_or_path), cfg
+
+    default, _ = prepared()
+    loss_weight, cfg = prepared(wit_message_weight_field="loss_weight")
+    assert len({default, loss_weight, prepared(wit_message_weight_field="loss_scale")[0]}) == 3
+    strategy = load(cfg.datasets[0]["type"], tokenizer, cfg, cfg.datasets[0])
+    row = {"messages": [{"role": "user", "content": "hi", "loss_weight": 0}, {"role": "assistant", "content": "yo"}]}
+    assert 0 in strategy.tokenize_prompt(row)["wit_message_weights"]
+    base_cfg["datasets"][0]["wit_message_weight_field"] = "own"
+    _, cfg = prepared(wit_message_weight_field="loss_weight")
+    assert cfg.datasets[0]["message_property_mappings"]["weight"] == "own"
+
+
 def test_a_datasets_wit_drop_unrendered_survives_axolotls_schema_and_loads_its_strategy(base_cfg, tokenizer):
     from axolotl.prompt_strategies import load
 

@@ -83,7 +83,7 @@ def map_dataset_types(cfg: Any) -> None:
                     f"{sorted(STOCK_TYPES)} or {sorted(OWN_TYPES)}"
                 )
             dataset["type"] = f"{STRATEGIES}.{module}"
-            _map_weight_field(dataset, f"{key}[{index}]")
+            _map_weight_field(dataset, f"{key}[{index}]", cfg.get("wit_message_weight_field"))
             drop = dataset.get("wit_drop_unrendered")
             if drop is None:
                 drop = cfg.get("wit_drop_unrendered")
@@ -96,13 +96,16 @@ def map_dataset_types(cfg: Any) -> None:
                 )
 
 
-def _map_weight_field(dataset: dict[str, Any], where: str) -> None:
-    """A dataset's ``wit_message_weight_field`` becomes its ``message_property_mappings: {weight: <key>}``, which
-    Axolotl keeps (and hashes with the prepared dataset)."""
+def _map_weight_field(dataset: dict[str, Any], where: str, config_field: str | None) -> None:
+    """A dataset's ``wit_message_weight_field`` (else the config's, for a dataset that maps no weight key) becomes
+    its ``message_property_mappings: {weight: <key>}``, which Axolotl keeps and hashes with the prepared dataset:
+    a dataset tagged under another key is tagged again, not reused with the old key's weights."""
     field = dataset.get("wit_message_weight_field")
-    if field is None:
-        return
     mappings = dict(dataset.get("message_property_mappings") or {})
+    if field is None:
+        if config_field is None or WEIGHT_PROPERTY in mappings:
+            return
+        field = config_field
     if mappings.get(WEIGHT_PROPERTY, field) != field:
         raise WITConfigError(
             f"{where}: wit_message_weight_field {field!r} and message_property_mappings.{WEIGHT_PROPERTY} "
