@@ -403,6 +403,9 @@ def test_tool_calls_the_template_drops_are_refused_by_file_and_line_or_dropped_w
     strategy = chat_strategy.load(tokenizer, cfg, {"type": "chat_template", "path": str(data)})
     with pytest.raises(ValueError, match=rf"^{data}:1: the chat template \(`chatml`\) does not render messages\[1\]"):
         strategy.tokenize_prompt(copy.deepcopy(TOOL_ROW))
+    tokenizers_own = chat_strategy.load(tokenizer, DictDefault({"sequence_len": 256}), {"type": "chat_template"})
+    with pytest.raises(ValueError, match=rf"the chat template \(the tokenizer's, {tokenizer.name_or_path}\) does not"):
+        tokenizers_own.tokenize_prompt(copy.deepcopy(TOOL_ROW))
     cfg_map = {"datasets": [{"path": str(data), "type": "chat_template", "wit_drop_unrendered": True}]}
     map_dataset_types(cfg_map)
     ds_cfg = {"type": cfg_map["datasets"][0]["type"], "path": str(data)}  # what survives Axolotl's schema

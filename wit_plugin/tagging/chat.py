@@ -250,7 +250,9 @@ class ChatRenderer:
         if self.template_name:
             return f"`{self.template_name}`"
         source = getattr(self.tokenizer, "name_or_path", "")
-        return "a template given as chat_template" if self.chat_template else f"the tokenizer's, {source}"
+        # Axolotl hands over the tokenizer's own template as text when its config names none
+        given = self.chat_template and self.chat_template != getattr(self.tokenizer, "chat_template", None)
+        return "a template given as chat_template" if given else f"the tokenizer's, {source}"
 
     def _refuse_or_drop(self, kind: str, what: str) -> None:
         """Refuse the row (the default) for a field the template does not render, naming it and the fix; when opted
