@@ -18,6 +18,6 @@ if (($#)); then
 fi
 phase "tests $py, quick and slow side by side"
 export OMP_NUM_THREADS=1
-quick() { timed "quick tests $py" python -m pytest -q -p no:cacheprovider -m "not slow" tests; }
-slow() { timed "slow tests $py" python -m pytest -q -p no:cacheprovider -m slow tests; }
+quick() { timed "quick tests $py" python -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" tests; }
+slow() { timed "slow tests $py" python -m pytest -q -p no:cacheprovider --durations=15 -m slow tests; }
 side_by_side "quick tests" quick "slow tests" slow

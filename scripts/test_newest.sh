@@ -28,7 +28,7 @@ run_tests() {
   local venv=$1
   shift
   (export WIT_CACHE=$venv/wit_cache HF_DATASETS_CACHE=$venv/hf_datasets PATH="$venv/bin:$PATH"
-   "$venv/bin/python" -m pytest -q -p no:cacheprovider -m stack_sensitive "$@" tests)
+   "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 -m stack_sensitive "$@" tests)
 }
 
 demo_a() {  # the README's demo command on stack A (the YAML reads .wit_cache/, which `wit prepare` fills), 3 of its
