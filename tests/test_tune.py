@@ -277,6 +277,87 @@ def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change,
     assert not (tmp_path / "tune" / "runs").exists()
 
 
+def tune_cli(tmp_path, *extra, config=None):
+    """`wit tune` on a config that cannot train (no model): only what happens before training can be seen."""
+    from wit_plugin.cli import main
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"base_model": "m", "plugins": ["wit_plugin.WITPlugin"], "datasets": [],
+                                    **(config or {})}))  # fmt: skip
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    return main(["tune", str(path), "--eval-data", str(held_out), "--trials", "1", "--out", str(tmp_path / "tune"),
+                 *extra])  # fmt: skip
+
+
+SHADOW = {"wit_template_weight": 0, "wit_system_weight": 0.2, "wit_instruction_weight": 0.2}
+
+
+@pytest.mark.parametrize("space", [None, "wit_prompt_weight=0:1"])
+def test_a_searched_key_that_per_role_keys_override_is_refused(tmp_path, capsys, space):
+    """λp with its three roles set by their own keys: every trial would train the same weights."""
+    assert tune_cli(tmp_path, *(["--space", space] if space else []), config=SHADOW) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'config.yml'} sets wit_instruction_weight, wit_system_weight, wit_template_weight" in error
+    assert "searches wit_prompt_weight" in error and not (tmp_path / "tune").exists()
+
+
+def test_which_key_sets_a_role_is_the_weights_own_resolution(caplog):
+    """The check agrees with RoleSchedules.from_options (the keys' precedence): a key decides a role exactly when
+    changing its value changes that role's resolved weight."""
+    import logging
+
+    from wit_plugin.roles import KEY_ROLES, TRAINABLE_ROLES, RoleWeights, deciding_keys
+    from wit_plugin.tuning.space import check_space_applies
+
+    values = {"wit_prompt_weight": 0.3, "wit_response_weight": 0.7, "wit_template_weight": 0.1, "wit_eot_weight": 1}
+    deciding = deciding_keys(values)
+    base = RoleWeights.from_options(values).as_tuple()
+    for key in values:
+        moved = RoleWeights.from_options({**values, key: 0.55}).as_tuple()
+        changed = {role for role, a, b in zip(TRAINABLE_ROLES, base, moved) if a != b}
+        assert changed == {role for role, k in deciding.items() if k == key} <= set(KEY_ROLES[key]), key
+    caplog.set_level(logging.INFO, logger="wit_plugin")
+    check_space_applies(None, {"wit_template_weight": 0}, "cfg.yml")  # λp still weights system and instruction
+    assert "wit_prompt_weight weights system, instruction only: cfg.yml sets wit_template_weight" in caplog.text
+    with pytest.raises(ValueError, match="--space also searches wit_instruction_weight, wit_system_weight"):
+        check_space_applies(parse_space("wit_prompt_weight=0:1,wit_system_weight=0:1,wit_instruction_weight=0:1"),
+                            {"wit_template_weight": 0}, "cfg.yml")  # fmt: skip
+
+
+def test_tune_trl_refuses_a_searched_key_its_config_overrides(tmp_path):
+    from wit_plugin import WITConfig
+    from wit_plugin.tuning.tune import tune_trl
+
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    config = WITConfig(output_dir=str(tmp_path / "unused"), report_to="none", bf16=False, **SHADOW)
+    with pytest.raises(ValueError, match="the WITConfig sets wit_instruction_weight, wit_system_weight, wit_templ"):
+        tune_trl(failing, config, held_out, 1, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--space", ""], "--space is empty"),
+        (["--objective", "response_cee"], "--objective 'response_cee': unknown ['response_cee']"),
+        (["--objective", "posix"], "--objective posix needs --posix"),
+        (["--pruner", "medain"], "--pruner 'medain'"),
+    ],
+)
+def test_cli_arguments_are_checked_before_anything_heavy_loads(tmp_path, extra, message):
+    """Refused before transformers (the tokenizer of the length ratio, the trial code) is even imported."""
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, {tests!r}); from test_tune import tune_cli; "
+        "rc = tune_cli(Path({tmp!r}), *{extra!r}); print('rc', rc, 'transformers' in sys.modules)"
+    ).format(tests=str(REPO / "tests"), tmp=str(tmp_path), extra=extra)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "rc 2 False", done.stderr[-2000:]
+    assert message in done.stderr
+
+
 def failing(config):
     raise RuntimeError(f"no trainer for λp={config.wit_prompt_weight}")
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from wit_plugin.tuning.tune import tune_axolotl
 
     check_pruner(args.pruner)
-    space = parse_space(args.space) if args.space else None
+    space = parse_space(args.space) if args.space is not None else None  # --space "": refused, not the default
     if not args.eval_data.is_file():
         raise FileNotFoundError(f"no eval data at {args.eval_data}")
     if bool(args.pool) != bool(args.targets):
