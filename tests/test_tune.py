@@ -402,6 +402,37 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
     assert retry["retry_of"] == 0 and retry["weights"] == lost.params
 
 
+def test_a_lost_trial_says_retried_only_once_its_retry_ran_and_every_field_is_written(tmp_path):
+    """A stale trial's retry is queued at once; until it runs (a study already at its total) the error says it is
+    queued, not retried. results.json writes error, pruned_at_step and retry_of on every trial (None if empty)."""
+    from optuna.distributions import FloatDistribution
+
+    from wit_plugin.tuning.objective import parse_objectives
+    from wit_plugin.tuning.results import document
+    from wit_plugin.tuning.tune import Tuning
+
+    url = f"sqlite:///{tmp_path / studies.STORAGE_FILE}"
+    study = optuna.create_study(study_name=studies.DEFAULT_STUDY, storage=studies.make_storage(url, heartbeat_s=1))
+    lost = study.ask({key: FloatDistribution(r.low, r.high) for key, r in DEFAULT_SPACE.items()})
+    study._storage.record_heartbeat(lost._trial_id)  # one beat, then the worker is gone
+    time.sleep(studies.GRACE_FACTOR * 1 + 1)
+    studies.slots_left(study, 1)  # fails the stale trial: Optuna queues its retry, trial 1
+    tuning = Tuning(out=tmp_path, trials=1, settings=None, objectives=parse_objectives("response_ce"),
+                    space=DEFAULT_SPACE, storage=url, heartbeat_s=1)  # fmt: skip
+    (first,) = document(study, tuning)["trials"]
+    assert first["error"].endswith("killed or lost); its weights are queued again (trial 1), to run when the "
+                                   "tuning resumes or --trials grows")  # fmt: skip
+    assert (first["pruned_at_step"], first["retry_of"]) == (None, None)
+    retry = study.ask()
+    assert retry.number == 1 and retry.params == lost.params
+    study.tell(retry, 2.5)
+    first, second = document(study, tuning)["trials"]
+    assert first["error"].endswith("killed or lost); retried as trial 1")
+    assert {key: second[key] for key in ("error", "pruned_at_step", "retry_of")} == {
+        "error": None, "pruned_at_step": None, "retry_of": 0
+    }  # fmt: skip
+
+
 def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_path, monkeypatch):
     """Optuna takes a queued trial by reading it WAITING, then setting it RUNNING under SELECT ... FOR UPDATE, which
     SQLite ignores: with the gap between the two widened, two unlocked workers both take trial 0 (the lost race
