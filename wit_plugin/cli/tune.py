@@ -108,6 +108,10 @@ def summary(result: dict, out: Path) -> str:
     if best is None:
         lines.append("no trial completed: see the errors in " + str(out / "results.json"))
     else:
-        lines.append(f"best: trial {best['number']}, {best['objective']}, {best['weights']}")
+        from wit_plugin.tuning.results import score_text, weights_text
+
+        names = [objective["name"] for objective in result["objectives"]]
+        score, weights = score_text(best["objective"], names), weights_text(best["weights"])
+        lines.append(f"best: trial {best['number']}, {score}, {weights}")
         lines.append(f"results: {out / 'results.json'}  best keys: {out / 'best.yml'}  plot: {out / 'tune.png'}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ first objective). ``best.yml``: the best trial's ``wit_*`` keys, ready to paste 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from wit_plugin.tuning import study as studies
@@ -102,14 +103,25 @@ def document(study: Any, tuning: Any) -> dict[str, Any]:
     return result
 
 
+def weights_text(weights: Mapping[str, float]) -> str:
+    """Weights for people (4 significant digits, λp/λr for the group keys): the console and best.yml's comment."""
+    short = {"wit_prompt_weight": "λp", "wit_response_weight": "λr"}
+    return " ".join(f"{short.get(key, key)}={value:.4g}" for key, value in weights.items())
+
+
+def score_text(objective: float | Mapping[str, float], names: list[str]) -> str:
+    """A trial's objective(s) for people: ``response_ce 2.6922``."""
+    values = objective if isinstance(objective, Mapping) else {names[0]: objective}
+    return ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+
+
 def best_yaml(best: dict[str, Any], names: list[str]) -> str:
     import yaml
 
-    objective = best["objective"]
-    score = (
-        f"{names[0]} {objective:.4f}" if len(names) == 1 else ", ".join(f"{k} {v:.4f}" for k, v in objective.items())
+    header = (
+        f"# wit tune: best trial {best['number']} ({score_text(best['objective'], names)}), run {best['run']}\n"
+        f"# {weights_text(best['weights'])} (the keys below hold the exact values trained)\n"
     )
-    header = f"# wit tune: best trial {best['number']} ({score}), run {best['run']}\n"
     return header + yaml.safe_dump(best.get(studies.WIT_KEYS) or best["weights"], sort_keys=False)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from wit_plugin.tuning import study as studies
 from wit_plugin.tuning.objective import Objective, check_inputs, parse_objectives, score_run
+from wit_plugin.tuning.results import score_text, weights_text, write_outputs
 from wit_plugin.tuning.space import Space, check_space_applies, default_space, first_trials, format_space
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ class Tuning:
         return self.storage or f"sqlite:///{(self.out / studies.STORAGE_FILE).resolve()}"
 
 
-def _weights_text(weights: Mapping[str, float]) -> str:
-    short = {"wit_prompt_weight": "λp", "wit_response_weight": "λr"}
-    return " ".join(f"{short.get(key, key)}={value:.3g}" for key, value in weights.items())
-
-
 def _duration(seconds: float) -> str:
     from wit_plugin.cli.progress import duration
 
@@ -64,8 +60,6 @@ def _duration(seconds: float) -> str:
 
 def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
     """Runs trials until the study has ``tuning.trials`` (see :mod:`.study`); returns results.json's document."""
-
-    from wit_plugin.tuning.results import write_outputs
 
     check_inputs(tuning.objectives, vars(tuning.settings))
     studies.check_pruner(tuning.pruner)
@@ -93,7 +87,7 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
             for point in tuning.first:
                 study.enqueue_trial(point, skip_if_exists=True)
             if tuning.first:
-                log.info("wit tune: first trials (literature priors): %s", "; ".join(map(_weights_text, tuning.first)))
+                log.info("wit tune: first trials (literature priors): %s", "; ".join(map(weights_text, tuning.first)))
     studies.serialise_ask(study, tuning.storage_url)
     log.info("wit tune: study %r in %s, %d trial(s) in all", tuning.study, tuning.storage_url, tuning.trials)
     objective = _trial_objective(runner, tuning, study, pruner)
@@ -139,7 +133,7 @@ def _trial_objective(runner: Any, tuning: Tuning, study: Any, pruner: str) -> Ca
             log.error("wit tune: trial %d failed: %s", trial.number, message)
             raise
         trial.set_user_attr(studies.ROW, {k: row[k] for k in ("eval", "posix", "crosstask_pct") if k in row})
-        scores = ", ".join(f"{o.name} {v:.4f}" for o, v in zip(tuning.objectives, values))
+        scores = score_text(dict(zip([o.name for o in tuning.objectives], values)), [])
         log.info("wit tune: trial %d complete: %s, %s", trial.number, scores, _duration(time.monotonic() - start))
         return values[0] if len(values) == 1 else values
 
@@ -161,7 +155,7 @@ def _train_and_score(
     trial.set_user_attr(studies.WIT_KEYS, runner.wit_keys(weights))
     done = sum(t.state.is_finished() and studies.counts(t) for t in study.get_trials(deepcopy=False))
     log.info(
-        "wit tune: trial %d (%d of %d done): %s%s → %s", trial.number, done, tuning.trials, _weights_text(weights),
+        "wit tune: trial %d (%d of %d done): %s%s → %s", trial.number, done, tuning.trials, weights_text(weights),
         "" if retry_of is None else f" (retry of trial {retry_of})", folder,
     )  # fmt: skip
     link = TrialLink(
