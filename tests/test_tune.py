@@ -403,6 +403,32 @@ def test_ctrl_c_fails_the_trial_and_its_weights_run_again_on_resume(tmp_path, mo
     assert retry["retry_of"] == 0 and retry["weights"] == first["weights"] and retry["state"] == "failed"
 
 
+def test_cli_ctrl_c_prints_one_line_not_optunas_traceback(tmp_path, capsys, monkeypatch):
+    """Optuna logs a trial that raised KeyboardInterrupt with its traceback; `wit tune` drops that record (and its
+    "failed with value None" line) and prints its own line. Records are caught on Optuna's logger, where its own
+    handler writes them (it does not propagate to the root logger)."""
+    import logging
+
+    from wit_plugin.tuning.runners import AxolotlRunner
+
+    def interrupted(self, weights, folder, link, trial):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AxolotlRunner, "train", interrupted)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        assert tune_cli(tmp_path) == 130
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert "wit tune: interrupted;" in capsys.readouterr().err
+    assert [record.getMessage() for record in records if "Trial 0" in record.getMessage()] == []
+    saved = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert saved["trials"][0]["error"].startswith("interrupted (Ctrl-C); its weights are queued again (trial 1)")
+
+
 def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
     """A RUNNING trial whose heartbeat stopped (its worker was killed) is failed once its grace period is over,
     and retried with the same weights; it does not count towards the total, its retry does."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from wit_plugin import options
 from wit_plugin.cli.args import positive_int
 from wit_plugin.cli.compare import CROSSTASK_FLAGS
 
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"  # where Optuna logs a failed trial, with its traceback
 OBJECTIVE_NAMES = "response_ce, instruction_ce, eot_ce, posix, crosstask"  # wit_plugin.tuning.objective.OBJECTIVES
 
 
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # wit tune logs each trial itself
+    optuna_trials = logging.getLogger(OPTUNA_TRIAL_LOGGER)
+    quiet = QuietInterrupt()
+    optuna_trials.addFilter(quiet)
     compare = {
         "posix": args.posix, "pool": args.pool, "targets": args.targets, "max_length": args.max_length,
         "device": args.device, "crosstask": {name: getattr(args, name) for name in CROSSTASK_FLAGS},
@@ -95,8 +100,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        optuna_trials.removeFilter(quiet)
     print(summary(result, args.out))
     return 0 if result["best"] is not None else 1
+
+
+class QuietInterrupt(logging.Filter):
+    """Drops Optuna's report of a trial stopped by Ctrl-C (its ~25-line traceback, then "Trial N failed with value
+    None."): ``wit tune`` says in one line what happened and how to resume. Other failures are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False  # the traceback was dropped: its "failed with value" line follows
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        if self.interrupted and "failed with value" in record.getMessage():
+            self.interrupted = False
+            return False
+        return True
 
 
 def summary(result: dict, out: Path) -> str:
