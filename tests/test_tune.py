@@ -110,6 +110,23 @@ def test_a_bad_pruner_is_refused_before_anything_runs(spec):
         studies.check_pruner(spec)
 
 
+def test_the_summary_and_best_yml_print_weights_readably_and_keep_them_exact():
+    from wit_plugin.cli.tune import summary
+    from wit_plugin.tuning.results import best_yaml
+
+    weights = {"wit_prompt_weight": 0.052777777777777785, "wit_response_weight": 1.0}
+    best = {"number": 0, "objective": 2.6921702490912542, "weights": weights, "run": "r/trial_0000"}
+    result = {"objectives": [{"name": "response_ce", "direction": "minimize"}], "trials": [{"state": "complete"}],
+              "best": best}  # fmt: skip
+    assert "best: trial 0, response_ce 2.6922, λp=0.05278 λr=1\n" in summary(result, Path("tune"))
+    text = best_yaml(best, ["response_ce"])
+    assert text.splitlines()[:2] == [
+        "# wit tune: best trial 0 (response_ce 2.6922), run r/trial_0000",
+        "# λp=0.05278 λr=1 (the keys below hold the exact values trained)",
+    ]
+    assert yaml.safe_load(text) == weights
+
+
 # --- studies through the TRL entry point ------------------------------------------------------------------------
 
 
@@ -277,6 +294,89 @@ def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change,
     assert not (tmp_path / "tune" / "runs").exists()
 
 
+def tune_cli(tmp_path, *extra, config=None):
+    """`wit tune` on a config that cannot train (no model): only what happens before training can be seen."""
+    from wit_plugin.cli import main
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"base_model": "m", "plugins": ["wit_plugin.WITPlugin"], "datasets": [],
+                                    **(config or {})}))  # fmt: skip
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    return main(["tune", str(path), "--eval-data", str(held_out), "--trials", "1", "--out", str(tmp_path / "tune"),
+                 *extra])  # fmt: skip
+
+
+SHADOW = {"wit_template_weight": 0, "wit_system_weight": 0.2, "wit_instruction_weight": 0.2}
+
+
+@pytest.mark.parametrize("space", [None, "wit_prompt_weight=0:1"])
+def test_a_searched_key_that_per_role_keys_override_is_refused(tmp_path, capsys, space):
+    """λp with its three roles set by their own keys: every trial would train the same weights."""
+    assert tune_cli(tmp_path, *(["--space", space] if space else []), config=SHADOW) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'config.yml'} sets wit_instruction_weight, wit_system_weight, wit_template_weight" in error
+    assert "searches wit_prompt_weight" in error and not (tmp_path / "tune").exists()
+
+
+def test_which_key_sets_a_role_is_the_weights_own_resolution(caplog):
+    """The check agrees with RoleSchedules.from_options (the keys' precedence): a key decides a role exactly when
+    changing its value changes that role's resolved weight."""
+    import logging
+
+    from wit_plugin.roles import KEY_ROLES, TRAINABLE_ROLES, RoleWeights, deciding_keys
+    from wit_plugin.tuning.space import check_space_applies
+
+    values = {"wit_prompt_weight": 0.3, "wit_response_weight": 0.7, "wit_template_weight": 0.1, "wit_eot_weight": 1}
+    deciding = deciding_keys(values)
+    base = RoleWeights.from_options(values).as_tuple()
+    for key in values:
+        moved = RoleWeights.from_options({**values, key: 0.55}).as_tuple()
+        changed = {role for role, a, b in zip(TRAINABLE_ROLES, base, moved) if a != b}
+        assert changed == {role for role, k in deciding.items() if k == key} <= set(KEY_ROLES[key]), key
+    caplog.set_level(logging.INFO, logger="wit_plugin")
+    check_space_applies(None, {"wit_template_weight": 0}, "cfg.yml")  # λp still weights system and instruction
+    assert "wit_prompt_weight weights system, instruction only: cfg.yml sets wit_template_weight" in caplog.text
+    with pytest.raises(ValueError, match="--space also searches wit_instruction_weight, wit_system_weight"):
+        check_space_applies(parse_space("wit_prompt_weight=0:1,wit_system_weight=0:1,wit_instruction_weight=0:1"),
+                            {"wit_template_weight": 0}, "cfg.yml")  # fmt: skip
+
+
+def test_tune_trl_refuses_a_searched_key_its_config_overrides(tmp_path):
+    from wit_plugin import WITConfig
+    from wit_plugin.tuning.tune import tune_trl
+
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    config = WITConfig(output_dir=str(tmp_path / "unused"), report_to="none", bf16=False, **SHADOW)
+    with pytest.raises(ValueError, match="the WITConfig sets wit_instruction_weight, wit_system_weight, wit_templ"):
+        tune_trl(failing, config, held_out, 1, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--space", ""], "--space is empty"),
+        (["--objective", "response_cee"], "--objective 'response_cee': unknown ['response_cee']"),
+        (["--objective", "posix"], "--objective posix needs --posix"),
+        (["--pruner", "medain"], "--pruner 'medain'"),
+    ],
+)
+def test_cli_arguments_are_checked_before_anything_heavy_loads(tmp_path, extra, message):
+    """Refused before transformers (the tokenizer of the length ratio, the trial code) is even imported."""
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, {tests!r}); from test_tune import tune_cli; "
+        "rc = tune_cli(Path({tmp!r}), *{extra!r}); print('rc', rc, 'transformers' in sys.modules)"
+    ).format(tests=str(REPO / "tests"), tmp=str(tmp_path), extra=extra)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.splitlines()[-1] == "rc 2 False", done.stderr[-2000:]
+    assert message in done.stderr
+
+
 def failing(config):
     raise RuntimeError(f"no trainer for λp={config.wit_prompt_weight}")
 
@@ -303,6 +403,32 @@ def test_ctrl_c_fails_the_trial_and_its_weights_run_again_on_resume(tmp_path, mo
     assert retry["retry_of"] == 0 and retry["weights"] == first["weights"] and retry["state"] == "failed"
 
 
+def test_cli_ctrl_c_prints_one_line_not_optunas_traceback(tmp_path, capsys, monkeypatch):
+    """Optuna logs a trial that raised KeyboardInterrupt with its traceback; `wit tune` drops that record (and its
+    "failed with value None" line) and prints its own line. Records are caught on Optuna's logger, where its own
+    handler writes them (it does not propagate to the root logger)."""
+    import logging
+
+    from wit_plugin.tuning.runners import AxolotlRunner
+
+    def interrupted(self, weights, folder, link, trial):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AxolotlRunner, "train", interrupted)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        assert tune_cli(tmp_path) == 130
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert "wit tune: interrupted;" in capsys.readouterr().err
+    assert [record.getMessage() for record in records if "Trial 0" in record.getMessage()] == []
+    saved = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert saved["trials"][0]["error"].startswith("interrupted (Ctrl-C); its weights are queued again (trial 1)")
+
+
 def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
     """A RUNNING trial whose heartbeat stopped (its worker was killed) is failed once its grace period is over,
     and retried with the same weights; it does not count towards the total, its retry does."""
@@ -319,6 +445,37 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(tmp_path, model_path):
     first, retry = result["trials"]
     assert first["state"] == "failed" and "heartbeat" in first["error"]
     assert retry["retry_of"] == 0 and retry["weights"] == lost.params
+
+
+def test_a_lost_trial_says_retried_only_once_its_retry_ran_and_every_field_is_written(tmp_path):
+    """A stale trial's retry is queued at once; until it runs (a study already at its total) the error says it is
+    queued, not retried. results.json writes error, pruned_at_step and retry_of on every trial (None if empty)."""
+    from optuna.distributions import FloatDistribution
+
+    from wit_plugin.tuning.objective import parse_objectives
+    from wit_plugin.tuning.results import document
+    from wit_plugin.tuning.tune import Tuning
+
+    url = f"sqlite:///{tmp_path / studies.STORAGE_FILE}"
+    study = optuna.create_study(study_name=studies.DEFAULT_STUDY, storage=studies.make_storage(url, heartbeat_s=1))
+    lost = study.ask({key: FloatDistribution(r.low, r.high) for key, r in DEFAULT_SPACE.items()})
+    study._storage.record_heartbeat(lost._trial_id)  # one beat, then the worker is gone
+    time.sleep(studies.GRACE_FACTOR * 1 + 1)
+    studies.slots_left(study, 1)  # fails the stale trial: Optuna queues its retry, trial 1
+    tuning = Tuning(out=tmp_path, trials=1, settings=None, objectives=parse_objectives("response_ce"),
+                    space=DEFAULT_SPACE, storage=url, heartbeat_s=1)  # fmt: skip
+    (first,) = document(study, tuning)["trials"]
+    assert first["error"].endswith("killed or lost); its weights are queued again (trial 1), to run when the "
+                                   "tuning resumes or --trials grows")  # fmt: skip
+    assert (first["pruned_at_step"], first["retry_of"]) == (None, None)
+    retry = study.ask()
+    assert retry.number == 1 and retry.params == lost.params
+    study.tell(retry, 2.5)
+    first, second = document(study, tuning)["trials"]
+    assert first["error"].endswith("killed or lost); retried as trial 1")
+    assert {key: second[key] for key in ("error", "pruned_at_step", "retry_of")} == {
+        "error": None, "pruned_at_step": None, "retry_of": 0
+    }  # fmt: skip
 
 
 def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_path, monkeypatch):

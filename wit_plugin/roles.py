@@ -9,7 +9,7 @@ This module imports no framework (not even torch): the ``wit`` CLI reads it befo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -152,6 +152,22 @@ def weight_key(role: Role) -> str:
 GROUP_KEYS: tuple[str, ...] = ("wit_prompt_weight", weight_key(Role.RESPONSE))
 ROLE_KEYS: tuple[str, ...] = tuple(key for key in map(weight_key, TRAINABLE_ROLES) if key not in GROUP_KEYS)
 WEIGHT_KEYS: tuple[str, ...] = ("wit_preset", *GROUP_KEYS, *ROLE_KEYS)
+# The roles each weight key sets, least specific first: a later key set for a role replaces an earlier one's value.
+KEY_ROLES: dict[str, tuple[Role, ...]] = {
+    **dict(zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP))),
+    **{key: (role,) for role in TRAINABLE_ROLES if (key := weight_key(role)) in ROLE_KEYS},
+}
+
+
+def deciding_keys(keys: Collection[str]) -> dict[Role, str]:
+    """The key of ``keys`` (the weight keys that are set) whose value each role takes: the most specific one, per
+    :data:`KEY_ROLES`; a role no key sets is absent (it takes ``wit_preset``'s weight). The one definition of
+    the precedence: :meth:`RoleSchedules.from_options` resolves with it, ``wit tune`` checks its space with it."""
+    deciding: dict[Role, str] = {}
+    for key, roles in KEY_ROLES.items():
+        if key in keys:
+            deciding.update(dict.fromkeys(roles, key))
+    return deciding
 
 
 @dataclass(frozen=True)
@@ -190,13 +206,8 @@ class RoleSchedules:
         for key in (*GROUP_KEYS, *ROLE_KEYS):  # checked under the key the user wrote, before it fans out to roles
             if options.get(key) is not None:
                 parsed[key] = parse_schedule(options[key], key)  # a ScheduleError is a WeightError
-        for key, group in zip(GROUP_KEYS, (PROMPT_GROUP, RESPONSE_GROUP)):
-            if key in parsed:
-                schedules.update({role.label: parsed[key] for role in group})
-        for role in TRAINABLE_ROLES:
-            key = weight_key(role)
-            if key not in GROUP_KEYS and key in parsed:
-                schedules[role.label] = parsed[key]
+        for role, key in deciding_keys(parsed).items():
+            schedules[role.label] = parsed[key]
         return cls(tuple(schedules[role.label] for role in TRAINABLE_ROLES))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from wit_plugin import options
 from wit_plugin.cli.args import positive_int
 from wit_plugin.cli.compare import CROSSTASK_FLAGS
 
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"  # where Optuna logs a failed trial, with its traceback
 OBJECTIVE_NAMES = "response_ce, instruction_ce, eot_ce, posix, crosstask"  # wit_plugin.tuning.objective.OBJECTIVES
 
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from wit_plugin.tuning.tune import tune_axolotl
 
     check_pruner(args.pruner)
-    space = parse_space(args.space) if args.space else None
+    space = parse_space(args.space) if args.space is not None else None  # --space "": refused, not the default
     if not args.eval_data.is_file():
         raise FileNotFoundError(f"no eval data at {args.eval_data}")
     if bool(args.pool) != bool(args.targets):
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # wit tune logs each trial itself
+    optuna_trials = logging.getLogger(OPTUNA_TRIAL_LOGGER)
+    quiet = QuietInterrupt()
+    optuna_trials.addFilter(quiet)
     compare = {
         "posix": args.posix, "pool": args.pool, "targets": args.targets, "max_length": args.max_length,
         "device": args.device, "crosstask": {name: getattr(args, name) for name in CROSSTASK_FLAGS},
@@ -95,8 +100,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        optuna_trials.removeFilter(quiet)
     print(summary(result, args.out))
     return 0 if result["best"] is not None else 1
+
+
+class QuietInterrupt(logging.Filter):
+    """Drops Optuna's report of a trial stopped by Ctrl-C (its ~25-line traceback, then "Trial N failed with value
+    None."): ``wit tune`` says in one line what happened and how to resume. Other failures are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False  # the traceback was dropped: its "failed with value" line follows
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        if self.interrupted and "failed with value" in record.getMessage():
+            self.interrupted = False
+            return False
+        return True
 
 
 def summary(result: dict, out: Path) -> str:
@@ -108,6 +133,10 @@ def summary(result: dict, out: Path) -> str:
     if best is None:
         lines.append("no trial completed: see the errors in " + str(out / "results.json"))
     else:
-        lines.append(f"best: trial {best['number']}, {best['objective']}, {best['weights']}")
+        from wit_plugin.tuning.results import score_text, weights_text
+
+        names = [objective["name"] for objective in result["objectives"]]
+        score, weights = score_text(best["objective"], names), weights_text(best["weights"])
+        lines.append(f"best: trial {best['number']}, {score}, {weights}")
         lines.append(f"results: {out / 'results.json'}  best keys: {out / 'best.yml'}  plot: {out / 'tune.png'}")
     return "\n".join(lines)

@@ -53,12 +53,13 @@ def parse_objectives(text: str) -> list[Objective]:
     return [OBJECTIVES[name] for name in names]
 
 
-def check_inputs(objectives: Sequence[Objective], settings: Any) -> None:
-    """Each objective's compare inputs are given (POSIX sets for ``posix``, a pool and targets for ``crosstask``)."""
+def check_inputs(objectives: Sequence[Objective], given: Mapping[str, Any]) -> None:
+    """Each objective's compare inputs are given (POSIX sets for ``posix``, a pool and targets for ``crosstask``);
+    ``given``: CompareSettings' fields by name (those set)."""
     for objective in objectives:
-        if objective.needs == "posix" and not settings.posix:
+        if objective.needs == "posix" and not given.get("posix"):
             raise ValueError(f"--objective {objective.name} needs --posix (the prompt sets POSIX is measured on)")
-        if objective.needs == "crosstask" and not (settings.pool and settings.targets):
+        if objective.needs == "crosstask" and not (given.get("pool") and given.get("targets")):
             raise ValueError(f"--objective {objective.name} needs --pool and --targets")
 
 

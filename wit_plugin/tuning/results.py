@@ -11,6 +11,7 @@ first objective). ``best.yml``: the best trial's ``wit_*`` keys, ready to paste 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from wit_plugin.tuning import study as studies
@@ -27,7 +28,18 @@ def _objective(trial: Any, names: list[str]) -> Any:
     return trial.values[0] if len(names) == 1 else dict(zip(names, trial.values))
 
 
-def trial_entry(trial: Any, names: list[str], grace_s: int | None) -> dict[str, Any]:
+def _fate(retry: Any) -> str:
+    """What became of a trial failed without an error of its own, from the trial that repeats it (if any)."""
+    if retry is None:
+        return "not queued again"
+    if retry.state.name == "WAITING":
+        return f"its weights are queued again (trial {retry.number}), to run when the tuning resumes or --trials grows"
+    return f"retried as trial {retry.number}"
+
+
+def trial_entry(trial: Any, names: list[str], grace_s: int | None, retry: Any = None) -> dict[str, Any]:
+    """One trial of results.json; ``retry``: the trial that runs it again, if any (queued or run). ``error``,
+    ``pruned_at_step`` and ``retry_of`` are always there (None when they do not apply)."""
     attrs = trial.user_attrs
     entry: dict[str, Any] = {
         "number": trial.number,
@@ -35,21 +47,19 @@ def trial_entry(trial: Any, names: list[str], grace_s: int | None) -> dict[str, 
         "weights": dict(trial.params),
         "objective": _objective(trial, names),
         "run": attrs.get(studies.RUN),
+        "error": None,
+        "pruned_at_step": attrs.get(studies.PRUNED_AT) if trial.state.name == "PRUNED" else None,
+        "retry_of": studies.retry_of(trial),
     }
     if trial.state.name == "FAIL":
         if attrs.get(studies.INTERRUPTED):
-            entry["error"] = "interrupted (Ctrl-C); its weights are queued to run again when the tuning resumes"
+            entry["error"] = f"interrupted (Ctrl-C); {_fate(retry)}"
         else:
             entry["error"] = attrs.get(studies.ERROR) or (
-                f"its worker stopped beating (no heartbeat for {grace_s} s: killed or lost); retried"
+                f"its worker stopped beating (no heartbeat for {grace_s} s: killed or lost); {_fate(retry)}"
             )
-    if trial.state.name == "PRUNED":
-        entry["pruned_at_step"] = attrs.get(studies.PRUNED_AT)
     if trial.intermediate_values:
         entry["intermediate"] = {str(step): value for step, value in sorted(trial.intermediate_values.items())}
-    retry_of = studies.retry_of(trial)
-    if retry_of is not None:
-        entry["retry_of"] = retry_of
     for key in (studies.STEPS, studies.ROW, studies.WIT_KEYS):
         if attrs.get(key) is not None:
             entry[key] = attrs[key]
@@ -61,9 +71,14 @@ def trial_entry(trial: Any, names: list[str], grace_s: int | None) -> dict[str, 
 def document(study: Any, tuning: Any) -> dict[str, Any]:
     names = [o.name for o in tuning.objectives]
     grace = studies.GRACE_FACTOR * tuning.heartbeat_s if tuning.heartbeat_s else None
+    every = study.get_trials(deepcopy=False)
+    retries: dict[int, Any] = {}  # trial number -> the trial repeating it (queued ones too)
+    for trial in every:
+        if studies.repeats(trial) is not None:
+            retries.setdefault(studies.repeats(trial), trial)
     trials = [
-        trial_entry(t, names, grace)
-        for t in study.get_trials(deepcopy=False)
+        trial_entry(t, names, grace, retries.get(t.number))
+        for t in every
         if t.state.name in STATES and not t.user_attrs.get(studies.SURPLUS)
     ]
     result: dict[str, Any] = {
@@ -88,14 +103,25 @@ def document(study: Any, tuning: Any) -> dict[str, Any]:
     return result
 
 
+def weights_text(weights: Mapping[str, float]) -> str:
+    """Weights for people (4 significant digits, λp/λr for the group keys): the console and best.yml's comment."""
+    short = {"wit_prompt_weight": "λp", "wit_response_weight": "λr"}
+    return " ".join(f"{short.get(key, key)}={value:.4g}" for key, value in weights.items())
+
+
+def score_text(objective: float | Mapping[str, float], names: list[str]) -> str:
+    """A trial's objective(s) for people: ``response_ce 2.6922``."""
+    values = objective if isinstance(objective, Mapping) else {names[0]: objective}
+    return ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+
+
 def best_yaml(best: dict[str, Any], names: list[str]) -> str:
     import yaml
 
-    objective = best["objective"]
-    score = (
-        f"{names[0]} {objective:.4f}" if len(names) == 1 else ", ".join(f"{k} {v:.4f}" for k, v in objective.items())
+    header = (
+        f"# wit tune: best trial {best['number']} ({score_text(best['objective'], names)}), run {best['run']}\n"
+        f"# {weights_text(best['weights'])} (the keys below hold the exact values trained)\n"
     )
-    header = f"# wit tune: best trial {best['number']} ({score}), run {best['run']}\n"
     return header + yaml.safe_dump(best.get(studies.WIT_KEYS) or best["weights"], sort_keys=False)
 
 

@@ -23,9 +23,10 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wit_plugin.tuning.pruning import TRIAL_ENV, PruningCallback, TrialLink, pruned_step
+if TYPE_CHECKING:  # pruning imports transformers: loaded by a trial, not before `wit tune` has checked its inputs
+    from wit_plugin.tuning.pruning import TrialLink
 
 WIT_PLUGIN = "wit_plugin.WITPlugin"
 TUNE_PLUGIN = "wit_plugin.tuning.axolotl_plugin.TunePlugin"
@@ -82,6 +83,15 @@ class AxolotlRunner:
         if WIT_PLUGIN not in plugins:
             raise ValueError(f"{self.path}: `plugins` lacks {WIT_PLUGIN}: its runs would not train with role weights")
 
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    @property
+    def wit_values(self) -> Mapping[str, Any]:
+        """The option values the user's set-up gives (before the trial's weights)."""
+        return self.config
+
     def wit_keys(self, weights: Mapping[str, float]) -> dict[str, Any]:
         """The trial's ``wit_*`` keys: the config's, with the trial's weights."""
         return with_weights({k: v for k, v in self.config.items() if str(k).startswith("wit_")}, weights)
@@ -94,6 +104,8 @@ class AxolotlRunner:
 
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         import yaml
+
+        from wit_plugin.tuning.pruning import TRIAL_ENV, pruned_step
 
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
@@ -129,6 +141,13 @@ class TrlRunner:
             raise TypeError(f"tune_trl needs a WITConfig, got {type(config).__name__}")
         self.build, self.config = build, config
 
+    where = "the WITConfig"
+
+    @property
+    def wit_values(self) -> Mapping[str, Any]:
+        """The option values the user's set-up gives (before the trial's weights)."""
+        return self.config.wit_options
+
     def wit_keys(self, weights: Mapping[str, float]) -> dict[str, Any]:
         from wit_plugin import options
 
@@ -137,6 +156,7 @@ class TrlRunner:
 
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         from wit_plugin.training.mixin import WITTrainerMixin
+        from wit_plugin.tuning.pruning import PruningCallback, pruned_step
 
         folder.mkdir(parents=True, exist_ok=True)
         config = dataclasses.replace(self.config, output_dir=str(folder), **with_weights({}, weights))

@@ -9,11 +9,17 @@ data's rule-of-thumb point when that lies above it, see :mod:`.priors`).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from wit_plugin import options
 from wit_plugin.options import PROMPT_WEIGHT, RESPONSE_WEIGHT
+from wit_plugin.roles import KEY_ROLES, deciding_keys
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,3 +98,31 @@ def first_trials(space: Space, rule_of_thumb: float | None) -> list[dict[str, fl
         if point and len(point) == len(space) and point not in points:
             points.append(point)
     return points
+
+
+def check_space_applies(space: Space | None, values: Mapping[str, Any], where: str) -> None:
+    """Every key the search varies (``space``, None: the default) decides the weight of at least one role, given
+    the weight keys the set-up itself sets (``values``; ``where`` names it, e.g. the config file). A group key
+    whose roles all have their own key set (``wit_prompt_weight`` with ``wit_template/system/instruction_weight``)
+    would be suggested, recorded and plotted while every trial trained the same weights: refused, naming the
+    keys. A group key overridden for some of its roles only is logged."""
+    varied = list(space or DEFAULT_SPACE)
+    fixed = {key for key in KEY_ROLES if values.get(key) is not None and key not in varied}
+    deciding = deciding_keys(fixed | set(varied))
+    for key in varied:
+        roles = KEY_ROLES[key]
+        overriding = {role: deciding[role] for role in roles if deciding[role] != key}
+        if not overriding:
+            continue
+        winners = set(overriding.values())
+        parts = [f"{where} sets {', '.join(sorted(winners & fixed))}"] if winners & fixed else []
+        parts += [f"--space also searches {', '.join(sorted(winners - fixed))}"] if winners - fixed else []
+        why = " and ".join(parts)
+        if len(overriding) == len(roles):
+            raise ValueError(
+                f"{'--space' if space else 'the default space'} searches {key}, but {why}, which replace it for every role it weights "
+                f"({', '.join(role.label for role in roles)}): every trial would train the same weights while the "
+                f"results report different {key} values; drop {', '.join(sorted(winners))} or search them instead"
+            )
+        kept = ", ".join(role.label for role in roles if role not in overriding)
+        log.info("wit tune: %s weights %s only: %s (the more specific keys win)", key, kept, why)

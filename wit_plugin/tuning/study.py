@@ -194,6 +194,13 @@ def retry_of(trial: Any) -> int | None:
     return trial.system_attrs.get("failed_trial", trial.user_attrs.get(RETRY_OF))
 
 
+def repeats(trial: Any) -> int | None:
+    """The trial number ``trial`` runs again directly (a retry of a retry: the last one, where :func:`retry_of`
+    names the first)."""
+    history = trial.system_attrs.get("retry_history")
+    return history[-1] if history else trial.user_attrs.get(RETRY_OF)
+
+
 def is_surplus(study: Any, number: int, total: int) -> bool:
     """Whether trial ``number`` (just started) is past the total: N counted trials have lower numbers."""
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < number and counts(t)]

@@ -9,6 +9,7 @@ after every trial, from the study itself (:mod:`.results`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -19,8 +20,8 @@ from typing import Any
 
 from wit_plugin.tuning import study as studies
 from wit_plugin.tuning.objective import Objective, check_inputs, parse_objectives, score_run
-from wit_plugin.tuning.pruning import TrialLink, settings_dict
-from wit_plugin.tuning.space import Space, default_space, first_trials, format_space
+from wit_plugin.tuning.results import score_text, weights_text, write_outputs
+from wit_plugin.tuning.space import Space, check_space_applies, default_space, first_trials, format_space
 
 log = logging.getLogger(__name__)
 RUNS = "runs"
@@ -51,11 +52,6 @@ class Tuning:
         return self.storage or f"sqlite:///{(self.out / studies.STORAGE_FILE).resolve()}"
 
 
-def _weights_text(weights: Mapping[str, float]) -> str:
-    short = {"wit_prompt_weight": "λp", "wit_response_weight": "λr"}
-    return " ".join(f"{short.get(key, key)}={value:.3g}" for key, value in weights.items())
-
-
 def _duration(seconds: float) -> str:
     from wit_plugin.cli.progress import duration
 
@@ -65,9 +61,7 @@ def _duration(seconds: float) -> str:
 def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
     """Runs trials until the study has ``tuning.trials`` (see :mod:`.study`); returns results.json's document."""
 
-    from wit_plugin.tuning.results import write_outputs
-
-    check_inputs(tuning.objectives, tuning.settings)
+    check_inputs(tuning.objectives, vars(tuning.settings))
     studies.check_pruner(tuning.pruner)
     tuning.out.mkdir(parents=True, exist_ok=True)
     multi = len(tuning.objectives) > 1
@@ -93,7 +87,7 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
             for point in tuning.first:
                 study.enqueue_trial(point, skip_if_exists=True)
             if tuning.first:
-                log.info("wit tune: first trials (literature priors): %s", "; ".join(map(_weights_text, tuning.first)))
+                log.info("wit tune: first trials (literature priors): %s", "; ".join(map(weights_text, tuning.first)))
     studies.serialise_ask(study, tuning.storage_url)
     log.info("wit tune: study %r in %s, %d trial(s) in all", tuning.study, tuning.storage_url, tuning.trials)
     objective = _trial_objective(runner, tuning, study, pruner)
@@ -139,7 +133,7 @@ def _trial_objective(runner: Any, tuning: Tuning, study: Any, pruner: str) -> Ca
             log.error("wit tune: trial %d failed: %s", trial.number, message)
             raise
         trial.set_user_attr(studies.ROW, {k: row[k] for k in ("eval", "posix", "crosstask_pct") if k in row})
-        scores = ", ".join(f"{o.name} {v:.4f}" for o, v in zip(tuning.objectives, values))
+        scores = score_text(dict(zip([o.name for o in tuning.objectives], values)), [])
         log.info("wit tune: trial %d complete: %s, %s", trial.number, scores, _duration(time.monotonic() - start))
         return values[0] if len(values) == 1 else values
 
@@ -152,6 +146,8 @@ def _train_and_score(
     """Trains the trial's run (raising ``TrialPruned`` if the pruner stopped it) and scores it."""
     import optuna
 
+    from wit_plugin.tuning.pruning import TrialLink, settings_dict  # transformers: after every input is checked
+
     folder = (tuning.out / RUNS / f"trial_{trial.number:04d}").resolve()
     shutil.rmtree(folder, ignore_errors=True)  # a half-written run of the same number (a lost worker)
     retry_of = studies.retry_of(studies.frozen(study, trial.number))
@@ -159,7 +155,7 @@ def _train_and_score(
     trial.set_user_attr(studies.WIT_KEYS, runner.wit_keys(weights))
     done = sum(t.state.is_finished() and studies.counts(t) for t in study.get_trials(deepcopy=False))
     log.info(
-        "wit tune: trial %d (%d of %d done): %s%s → %s", trial.number, done, tuning.trials, _weights_text(weights),
+        "wit tune: trial %d (%d of %d done): %s%s → %s", trial.number, done, tuning.trials, weights_text(weights),
         "" if retry_of is None else f" (retry of trial {retry_of})", folder,
     )  # fmt: skip
     link = TrialLink(
@@ -204,7 +200,7 @@ def tune_axolotl(
     from wit_plugin.tuning.runners import AxolotlRunner
 
     runner = AxolotlRunner(config, cwd=cwd)
-    ratio = _axolotl_length_ratio(runner.config, cwd or Path.cwd())
+    ratio = functools.partial(_axolotl_length_ratio, runner.config, cwd or Path.cwd())
     return _tune(runner, eval_data, trials, out, objective, space, compare, ratio, {"config": str(config)}, options)
 
 
@@ -228,7 +224,8 @@ def tune_trl(
     from wit_plugin.tuning.runners import TrlRunner
 
     runner = TrlRunner(build, config)
-    ratio = length_ratio(train_rows, tokenizer) if train_rows is not None and tokenizer is not None else None
+    measured = train_rows is not None and tokenizer is not None
+    ratio = functools.partial(length_ratio, train_rows, tokenizer) if measured else lambda: None
     return _tune(runner, eval_data, trials, out, objective, space, compare, ratio, {}, options)
 
 
@@ -240,12 +237,21 @@ def _tune(
     objective: str,
     space: Space | None,
     compare: Mapping[str, Any] | None,
-    ratio: Any,
+    measure: Callable[[], Any],
     meta: dict[str, Any],
     options: dict[str, Any],
 ) -> dict[str, Any]:
+    """Checks every input (cheap) before ``measure`` (the length ratio: a tokenizer, the training rows) runs."""
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
+    if not Path(eval_data).is_file():
+        raise FileNotFoundError(f"no eval data at {eval_data}")
+    objectives = parse_objectives(objective)
+    check_inputs(objectives, compare or {})
+    studies.check_pruner(options.get("pruner", "median"))
+    check_space_applies(space, runner.wit_values, runner.where)
+    settings = _settings(eval_data, **(compare or {}))  # imports transformers
+    ratio = measure()
     rule = None
     if ratio is not None:
         rule = ratio.prompt_weight
@@ -256,8 +262,7 @@ def _tune(
     if space is None:
         log.info("wit tune: default space (literature priors): %s", format_space(chosen))
     tuning = Tuning(
-        out=Path(out), trials=trials, settings=_settings(eval_data, **(compare or {})),
-        objectives=parse_objectives(objective), space=chosen, first=first_trials(chosen, rule), meta=meta, **options,
+        out=Path(out), trials=trials, settings=settings, objectives=objectives, space=chosen, first=first_trials(chosen, rule), meta=meta, **options,
     )  # fmt: skip
     return run_tuning(runner, tuning)
 
