@@ -518,6 +518,37 @@ def test_users_trainer_with_the_mixin_trains_the_witsfttrainer_step(
         torch.testing.assert_close(param, wit_params[name], rtol=1e-5, atol=1e-7)
 
 
+def test_mixin_directly_on_sfttrainer_trains_the_witsfttrainer_step(
+    tmp_path: Path, model_path: Path, tokenizer: Any
+) -> None:
+    """The documented form ``class T(WITSFTMixin, SFTTrainer)`` (it raised an MRO TypeError when the class was made)
+    is WITSFTTrainer: same MRO below the class, and its own compute_loss calling super() gives WITSFTTrainer's
+    logged loss and update over one SGD step."""
+
+    def compute_loss(self: Any, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+        self.loss_calls += 1
+        return super(direct, self).compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    direct = type("DirectWITTrainer", (WITSFTMixin, SFTTrainer), {"loss_calls": 0, "compute_loss": compute_loss})
+    assert direct.__mro__[1:] == WITSFTTrainer.__mro__[1:]
+    rows = Dataset.from_list(CHAT)
+    models, logs = {}, {}
+    for name, trainer_class in (("wit", WITSFTTrainer), ("direct", direct)):
+        models[name] = fresh_model(model_path)
+        args = wit_config(
+            tmp_path / name, **WIT, per_device_train_batch_size=len(CHAT), **ONE_SGD_STEP, logging_steps=1
+        )
+        trainer = trainer_class(model=models[name], args=args, train_dataset=rows, processing_class=tokenizer)
+        trainer.train()
+        logs[name] = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert trainer.loss_calls == 1
+    for key in ("loss", "wit/loss_response", "wit/tokens_response", "num_tokens"):
+        assert logs["direct"][key] == pytest.approx(logs["wit"][key], rel=1e-6), key
+    wit_params = dict(models["wit"].named_parameters())
+    for name, param in models["direct"].named_parameters():
+        torch.testing.assert_close(param, wit_params[name], rtol=1e-6, atol=1e-8)
+
+
 def test_mixin_refuses_what_would_train_without_it(tmp_path: Path, model: Any, tokenizer: Any) -> None:
     with pytest.raises(TypeError, match=r"WITSFTMixin must come before UserSFTTrainer .*class Bad\(WITSFTMixin, "):
         type("Bad", (UserSFTTrainer, WITSFTMixin), {})

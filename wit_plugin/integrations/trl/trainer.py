@@ -84,7 +84,7 @@ class LogitsSFTTrainer(SFTTrainer):
 class WITSFTMixin(WITTrainerMixin):
     """Weighted Instruction Tuning for an ``SFTTrainer`` subclass of your own, configured by :class:`WITConfig`::
 
-        class MyTrainer(WITSFTMixin, MySFTTrainer): ...
+        class MyTrainer(WITSFTMixin, MySFTTrainer): ...  # or WITSFTMixin, SFTTrainer
 
     The mixin goes first, so that it sees every batch before your hooks do and their ``super()`` calls reach
     TRL. What it changes of SFTTrainer: the config is checked, datasets are prepared with their roles
@@ -183,7 +183,8 @@ class WITSFTMixin(WITTrainerMixin):
 
 def add_logits_loss(cls: type) -> None:
     """Make ``cls`` (a subclass of :class:`WITSFTMixin`) compute its loss through :class:`LogitsSFTTrainer`,
-    appending it to the bases when missing, so it stands between the user's classes and ``SFTTrainer``; refuse
+    putting it in the bases when missing (in place of ``SFTTrainer`` when that is a base, else last), so it stands
+    between the user's classes and ``SFTTrainer``; refuse
     a class where the mixin would not run first, or would silently replace one of the user's hooks."""
     mro = cls.__mro__
     if not issubclass(cls, SFTTrainer):
@@ -207,7 +208,14 @@ def add_logits_loss(cls: type) -> None:
             "datasets itself, so that roles survive tokenisation and packing; prepare the rows before passing them"
         )
     if LogitsSFTTrainer not in mro:
-        cls.__bases__ = (*cls.__bases__, LogitsSFTTrainer)
+        # SFTTrainer itself among the bases (class T(WITSFTMixin, SFTTrainer)) is replaced: appending its subclass
+        # after it has no consistent MRO. Otherwise appended: after the user's classes, above SFTTrainer.
+        bases = cls.__bases__
+        cls.__bases__ = (
+            tuple(LogitsSFTTrainer if base is SFTTrainer else base for base in bases)
+            if SFTTrainer in bases
+            else (*bases, LogitsSFTTrainer)
+        )
         LOG.info("wit: %s computes its loss through LogitsSFTTrainer (the weighted loss on the logits)", cls.__name__)
 
 
