@@ -26,6 +26,28 @@ STACK_NEUTRAL = (
     "test_multiturn_bench.py",  # bench/multiturn.py's data split (pure Python and JSON)
     "test_tune.py::test_two_workers",  # Optuna's storage shared by two workers; trials train as the TRL tests do
     "test_tune.py::test_a_pruned_trial_stops_on_every_rank",  # a torch.distributed broadcast and a Trainer flag
+    # wit tune's own logic (spaces, priors, pruners, the study's bookkeeping, failures, Ctrl-C, lost workers, its
+    # output): Optuna and plain Python; the trials' training and scoring run on every stack in the other tune tests
+    *(
+        f"test_tune.py::test_{name}"
+        for name in (
+            "space_",
+            "a_bad_space",
+            "rule_of_thumb",
+            "pruner_specs",
+            "a_bad_pruner",
+            "the_summary",
+            "several_objectives",
+            "a_searched_key",
+            "which_key",
+            "cli_arguments_are_checked",
+            "a_failed_trial",
+            "ctrl_c",
+            "cli_ctrl_c",
+            "a_trial_whose_worker_died",
+            "a_lost_trial",
+        )
+    ),
     "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
 )
 
