@@ -293,3 +293,29 @@ def test_output_folders_are_made_or_refused_before_a_model_loads(command, tmp_pa
     assert main([*argv, "--plot", str(tmp_path)]) == 2
     assert f"{tmp_path} is a folder: give the name of the file to write" in capsys.readouterr().err
     assert not seen  # refused before any model loads
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_written():
+    """`wit`'s log handler follows sys.stderr: a stderr redirected after start-up gets the lines, and one closed
+    since (a finished test's capture) is not written to ("--- Logging error ---")."""
+    import contextlib
+    import io
+    import logging
+
+    from wit_plugin.cli import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging()
+        log = logging.getLogger("wit_plugin.test")
+        first = io.StringIO()
+        with contextlib.redirect_stderr(first):
+            log.info("one")
+        first.close()
+        second = io.StringIO()
+        with contextlib.redirect_stderr(second):
+            log.info("two")
+        assert second.getvalue() == "INFO wit_plugin.test: two\n"
+    finally:
+        root.handlers, root.level = saved

@@ -183,7 +183,7 @@ def test_every_trial_is_scored_as_wit_compare_scores_its_run(tuned):
     from wit_plugin.cli import main
 
     out, result, held_out = tuned
-    assert [t["state"] for t in result["trials"]] == ["complete"]
+    assert [t["state"] for t in result["trials"]] == ["complete", "complete"]
     for trial in result["trials"]:
         saved = out / f"compare_{trial['number']}.json"
         assert main(["compare", trial["run"], "--eval-data", str(held_out), "--out", str(saved)]) == 0

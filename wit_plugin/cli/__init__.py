@@ -36,8 +36,22 @@ class _OursOrWarnings(logging.Filter):
         return record.name.startswith("wit_plugin") or record.levelno >= logging.WARNING
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when ``wit`` started: a stderr
+    redirected or captured later (``contextlib.redirect_stderr``, a test's capture) gets the lines, and a closed
+    one is never written to."""
+
+    @property
+    def stream(self) -> object:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:  # StreamHandler.__init__ assigns one: ignored
+        pass
+
+
 def configure_logging() -> None:
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_OursOrWarnings())
     root = logging.getLogger()
