@@ -493,14 +493,14 @@ def test_users_trainer_with_the_mixin_computes_the_wit_loss(
     torch.testing.assert_close(loss - OFFSET, wit_loss, rtol=1e-6, atol=0)
 
 
-def test_users_trainer_with_the_mixin_trains_the_witsfttrainer_step(
-    tmp_path: Path, model_path: Path, tokenizer: Any
-) -> None:
-    """One SGD step with the default (fused, logit-free) loss: the user's hooks ran, the logged loss is
-    WITSFTTrainer's plus the user's constant, and the update (the gradient) is WITSFTTrainer's."""
+def one_sgd_step_each(
+    classes: dict[str, type], tmp_path: Path, model_path: Path, tokenizer: Any
+) -> tuple[dict[str, Any], dict[str, dict], Any]:
+    """One SGD step on the CHAT rows per trainer class, each on a fresh model: the models, each one's logged step,
+    and the last trainer."""
     rows = Dataset.from_list(CHAT)
     models, logs = {}, {}
-    for name, trainer_class in (("wit", WITSFTTrainer), ("user", UserWITTrainer)):
+    for name, trainer_class in classes.items():
         models[name] = fresh_model(model_path)
         args = wit_config(
             tmp_path / name, **WIT, per_device_train_batch_size=len(CHAT), **ONE_SGD_STEP, logging_steps=1
@@ -508,6 +508,17 @@ def test_users_trainer_with_the_mixin_trains_the_witsfttrainer_step(
         trainer = trainer_class(model=models[name], args=args, train_dataset=rows, processing_class=tokenizer)
         trainer.train()
         logs[name] = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return models, logs, trainer
+
+
+def test_users_trainer_with_the_mixin_trains_the_witsfttrainer_step(
+    tmp_path: Path, model_path: Path, tokenizer: Any
+) -> None:
+    """One SGD step with the default (fused, logit-free) loss: the user's hooks ran, the logged loss is
+    WITSFTTrainer's plus the user's constant, and the update (the gradient) is WITSFTTrainer's."""
+    models, logs, trainer = one_sgd_step_each(
+        {"wit": WITSFTTrainer, "user": UserWITTrainer}, tmp_path, model_path, tokenizer
+    )
     assert trainer.wit_loss_impl != "eager" and trainer.loss_calls == 1
     assert logs["user"]["user/loss_calls"] == 1.0 and "user/loss_calls" not in logs["wit"]
     assert logs["user"]["loss"] == pytest.approx(logs["wit"]["loss"] + OFFSET, rel=1e-5)
@@ -531,16 +542,7 @@ def test_mixin_directly_on_sfttrainer_trains_the_witsfttrainer_step(
 
     direct = type("DirectWITTrainer", (WITSFTMixin, SFTTrainer), {"loss_calls": 0, "compute_loss": compute_loss})
     assert direct.__mro__[1:] == WITSFTTrainer.__mro__[1:]
-    rows = Dataset.from_list(CHAT)
-    models, logs = {}, {}
-    for name, trainer_class in (("wit", WITSFTTrainer), ("direct", direct)):
-        models[name] = fresh_model(model_path)
-        args = wit_config(
-            tmp_path / name, **WIT, per_device_train_batch_size=len(CHAT), **ONE_SGD_STEP, logging_steps=1
-        )
-        trainer = trainer_class(model=models[name], args=args, train_dataset=rows, processing_class=tokenizer)
-        trainer.train()
-        logs[name] = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    models, logs, trainer = one_sgd_step_each({"wit": WITSFTTrainer, "direct": direct}, tmp_path, model_path, tokenizer)
     assert trainer.loss_calls == 1
     for key in ("loss", "wit/loss_response", "wit/tokens_response", "num_tokens"):
         assert logs["direct"][key] == pytest.approx(logs["wit"][key], rel=1e-6), key

@@ -68,13 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wit_plugin.tuning.space import parse_space
-    from wit_plugin.tuning.study import check_pruner
     from wit_plugin.tuning.tune import tune_axolotl
 
-    check_pruner(args.pruner)
     space = parse_space(args.space) if args.space is not None else None  # --space "": refused, not the default
-    if not args.eval_data.is_file():
-        raise FileNotFoundError(f"no eval data at {args.eval_data}")
     if bool(args.pool) != bool(args.targets):
         raise ValueError("--pool and --targets go together")
     import optuna

@@ -59,10 +59,8 @@ def _duration(seconds: float) -> str:
 
 
 def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
-    """Runs trials until the study has ``tuning.trials`` (see :mod:`.study`); returns results.json's document."""
-
-    check_inputs(tuning.objectives, vars(tuning.settings))
-    studies.check_pruner(tuning.pruner)
+    """Runs trials until the study has ``tuning.trials`` (see :mod:`.study`); returns results.json's document.
+    The inputs were checked by :func:`_tune`, before anything heavy loaded."""
     tuning.out.mkdir(parents=True, exist_ok=True)
     multi = len(tuning.objectives) > 1
     pruner = "none" if multi else tuning.pruner
@@ -178,8 +176,6 @@ def _train_and_score(
 def _settings(eval_data: Path, **compare: Any) -> Any:
     from wit_plugin.evaluation.compare import CompareSettings
 
-    if not Path(eval_data).is_file():
-        raise FileNotFoundError(f"no eval data at {eval_data}")
     return CompareSettings(eval_data=Path(eval_data), **compare)
 
 
