@@ -43,6 +43,7 @@ STACK_NEUTRAL = (
             "cli_arguments_are_checked",
             "a_failed_trial",
             "ctrl_c",
+            "workers_opening",
             "cli_ctrl_c",
             "a_trial_whose_worker_died",
             "a_lost_trial",

@@ -361,6 +361,9 @@ def test_tune_trl_refuses_a_searched_key_its_config_overrides(tmp_path):
         (["--objective", "response_cee"], "--objective 'response_cee': unknown ['response_cee']"),
         (["--objective", "posix"], "--objective posix needs --posix"),
         (["--pruner", "medain"], "--pruner 'medain'"),
+        (["--storage", "study.db"], "--storage 'study.db' is not a database URL"),
+        (["--storage", "sqlite://"], "an in-memory database is not shared"),
+        (["--storage", "sqlite:///no_such_folder/study.db"], "the folder no_such_folder does not exist"),
     ],
 )
 def test_cli_arguments_are_checked_before_anything_heavy_loads(tmp_path, extra, message):
@@ -517,6 +520,49 @@ def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_pat
     assert take(locked=False) == [0, 0]  # the race, reproduced: both hold trial 0
     optuna.load_study(study_name="s", storage=studies.make_storage(url, None)).enqueue_trial({"x": 0.25})
     assert take(locked=True) == [1, 2]  # the queued trial 1 to one worker, a new trial 2 to the other
+
+
+def test_workers_opening_a_new_study_database_together_all_open_it(tmp_path, monkeypatch):
+    """A new database's first open creates its tables and stamps its schema version: with the gap between finding
+    no version and stamping one widened, of two plain opens one fails (the race that failed a two-worker study:
+    UNIQUE constraint failed: alembic_version.version_num; or both create a table: table ... already exists).
+    make_storage opens under the worker lock (SQLite); retry_schema_race (server databases, which have no such
+    lock) opens again after a lost race."""
+    import threading
+
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import storage as rdb
+
+    stamp = rdb._VersionManager._set_alembic_revision
+
+    def slow_stamp(self, revision):
+        time.sleep(0.5)  # between finding the database without a version and stamping one
+        return stamp(self, revision)
+
+    monkeypatch.setattr(rdb._VersionManager, "_set_alembic_revision", slow_stamp)
+
+    def open_together(open_storage) -> list[str]:
+        outcomes: list[str] = []
+
+        def worker() -> None:
+            try:
+                open_storage()
+                outcomes.append("opened")
+            except Exception as error:  # noqa: BLE001 - the outcome is what the test compares
+                outcomes.append(type(error).__name__)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sorted(outcomes)
+
+    plain, locked, retried = (f"sqlite:///{tmp_path / name}" for name in ("plain.db", "locked.db", "retried.db"))
+    lost, won = open_together(lambda: RDBStorage(plain))  # the race, reproduced: one open fails
+    assert won == "opened" and lost in ("IntegrityError", "OperationalError")
+    assert open_together(lambda: studies.make_storage(locked, None)) == ["opened", "opened"]
+    assert open_together(lambda: studies.retry_schema_race(lambda: RDBStorage(retried))) == ["opened", "opened"]
 
 
 def test_a_pruned_trial_stops_on_every_rank(tmp_path):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -38,17 +39,42 @@ RUN, ERROR, INTERRUPTED, SURPLUS, RETRY_OF, WIT_KEYS, PRUNED_AT, ROW, STEPS = (
 
 def make_storage(url: str, heartbeat_s: int | None = HEARTBEAT_S) -> Any:
     """An ``RDBStorage`` for ``url`` (SQLite waits up to a minute for another worker's write instead of failing
-    at once); with heartbeats and retries of stale trials unless ``heartbeat_s`` is None."""
+    at once); with heartbeats and retries of stale trials unless ``heartbeat_s`` is None. Opened under
+    :func:`worker_lock`, with :func:`retry_schema_race` for server databases: the first open of a new database
+    creates its tables and stamps its schema version, and of two workers started together one fails (UNIQUE
+    constraint failed: alembic_version.version_num, or table ... already exists)."""
     import optuna
     from optuna.storages import RDBStorage
 
     from wit_plugin.compat import optuna_rdb_storage
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    if heartbeat_s is None:
-        return RDBStorage(url, engine_kwargs=engine)
-    with _quiet_experimental(optuna):
-        return optuna_rdb_storage(url, engine, heartbeat_s, GRACE_FACTOR * heartbeat_s, MAX_RETRY)
+
+    def open_storage() -> Any:
+        if heartbeat_s is None:
+            return RDBStorage(url, engine_kwargs=engine)
+        with _quiet_experimental(optuna):
+            return optuna_rdb_storage(url, engine, heartbeat_s, GRACE_FACTOR * heartbeat_s, MAX_RETRY)
+
+    with worker_lock(url):
+        return retry_schema_race(open_storage)
+
+
+def retry_schema_race(open_storage: Callable[[], Any], attempts: int = 5) -> Any:
+    """``open_storage()``, again (up to ``attempts`` times, a second in all) if the database refused it: a worker
+    that lost the race to create a new database's tables or stamp its version ("table ... already exists", a
+    duplicate version row) finds the winner's schema on the next open. Any other error is raised by the last try."""
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts):
+        try:
+            return open_storage()
+        except sqlalchemy.exc.DatabaseError as error:
+            reason = str(error.orig).splitlines()[0] if error.orig else type(error).__name__
+            log.info("wit tune: opening the study's database failed (%s); trying again, another worker may be "
+                     "creating it", reason)  # fmt: skip
+            time.sleep(0.1 * attempt)
+    return open_storage()
 
 
 @contextmanager
@@ -97,6 +123,30 @@ class _quiet_experimental:
 
     def __exit__(self, *exc: object) -> None:
         self._warnings.__exit__(*exc)
+
+
+def check_storage(url: str | None) -> None:
+    """Refuses, before anything trains, a ``--storage`` that is no database URL, an in-memory SQLite database (the
+    trials' training processes report to the study through its URL: each would see a database of its own), or a
+    SQLite file in a folder that does not exist (SQLite makes the file, not its folder)."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"--storage {url!r} is not a database URL (e.g. sqlite:///study.db, "
+                         "postgresql://user@host/db)") from None  # fmt: skip
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if not parsed.database or parsed.database == ":memory:":
+        raise ValueError(f"--storage {url!r}: an in-memory database is not shared with the trials' processes; "
+                         "name a file, e.g. sqlite:///study.db")  # fmt: skip
+    folder = Path(parsed.database).parent
+    if not folder.is_dir():
+        raise ValueError(f"--storage {url!r}: the folder {folder} does not exist")
 
 
 def check_pruner(spec: str) -> str:

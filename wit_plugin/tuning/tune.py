@@ -245,6 +245,7 @@ def _tune(
     objectives = parse_objectives(objective)
     check_inputs(objectives, compare or {})
     studies.check_pruner(options.get("pruner", "median"))
+    studies.check_storage(options.get("storage"))
     check_space_applies(space, runner.wit_values, runner.where)
     settings = _settings(eval_data, **(compare or {}))  # imports transformers
     ratio = measure()
