@@ -1,7 +1,8 @@
 """``wit tune``: the search space and priors, and real studies on the real SmolLM2-135M (2-step trials through the
 TRL entry point; the Axolotl path end to end, ``slow``): objectives equal ``wit compare``'s numbers, best.yml is
 the lowest objective, resume runs only the missing trials, pruning stops a trial, errors and Ctrl-C are kept,
-a trial whose worker died is retried, and two workers share one study's total."""
+a trial whose worker died is retried, and two workers share one study's total, on a SQLite file and on a
+PostgreSQL server (pgserver's bundled binaries: the storage of workers on several machines)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +39,30 @@ HELD_OUT = [
     {"messages": [{"role": "user", "content": "Name a colour of the sky."}, {"role": "assistant", "content": "Blue."}]},
     {"messages": [{"role": "user", "content": "Say hi in Spanish."}, {"role": "assistant", "content": "Hola."}]},
 ]
+
+
+@pytest.fixture(scope="module")
+def postgresql():
+    """A PostgreSQL server on this machine (pgserver ships its binaries; a `dev` dependency: never skipped)."""
+    folder = Path(tempfile.mkdtemp(prefix="wit-pg-"))  # short: the server's socket lives in it (108 bytes at most)
+    folder.chmod(0o755)  # run as root, pgserver runs the server as a user of its own
+    (folder / "run").mkdir(mode=0o700)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = runtime or str(folder / "run")  # pgserver's lock files (unset on CI: a warning)
+    import pgserver  # reads XDG_RUNTIME_DIR when imported
+
+    server = pgserver.get_server(folder / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+    if runtime is None:
+        del os.environ["XDG_RUNTIME_DIR"]
+
+
+def new_database(server, name: str) -> str:
+    """The URL of a new, empty database ``name`` on ``server``, with the driver docs/tune.md names."""
+    server.psql(f"CREATE DATABASE {name};")
+    return server.get_uri(name).replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 # --- space and priors --------------------------------------------------------------------------------------------
@@ -362,6 +389,8 @@ def test_tune_trl_refuses_a_searched_key_its_config_overrides(tmp_path):
         (["--objective", "posix"], "--objective posix needs --posix"),
         (["--pruner", "medain"], "--pruner 'medain'"),
         (["--storage", "study.db"], "--storage 'study.db' is not a database URL"),
+        (["--storage", "mysql+nosuchdriver://h/db"], "is not a database URL SQLAlchemy knows"),
+        (["--storage", "postgresql+pg8000://h/db"], "the database driver is not installed (No module named 'pg8000')"),
         (["--storage", "sqlite://"], "an in-memory database is not shared"),
         (["--storage", "sqlite:///no_such_folder/study.db"], "the folder no_such_folder does not exist"),
     ],
@@ -522,14 +551,16 @@ def test_two_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_pat
     assert take(locked=True) == [1, 2]  # the queued trial 1 to one worker, a new trial 2 to the other
 
 
-def test_workers_opening_a_new_study_database_together_all_open_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("server", [False, True], ids=["sqlite", "postgresql"])
+def test_workers_opening_a_new_study_database_together_all_open_it(tmp_path, monkeypatch, request, server):
     """A new database's first open creates its tables and stamps its schema version: with the gap between finding
-    no version and stamping one widened, of two plain opens one fails (the race that failed a two-worker study:
+    no version and stamping one widened, of two plain opens one or both fail (the race that failed a two-worker study:
     UNIQUE constraint failed: alembic_version.version_num; or both create a table: table ... already exists).
-    make_storage opens under the worker lock (SQLite); retry_schema_race (server databases, which have no such
-    lock) opens again after a lost race."""
+    make_storage opens under the worker lock (SQLite) and, on a server database (no such lock), opens again after a
+    lost race (retry_schema_race)."""
     import threading
 
+    import sqlalchemy.exc
     from optuna.storages import RDBStorage
     from optuna.storages._rdb import storage as rdb
 
@@ -541,28 +572,30 @@ def test_workers_opening_a_new_study_database_together_all_open_it(tmp_path, mon
 
     monkeypatch.setattr(rdb._VersionManager, "_set_alembic_revision", slow_stamp)
 
-    def open_together(open_storage) -> list[str]:
-        outcomes: list[str] = []
+    def open_together(open_storage) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []  # None: opened
 
         def worker() -> None:
             try:
                 open_storage()
-                outcomes.append("opened")
+                outcomes.append(None)
             except Exception as error:  # noqa: BLE001 - the outcome is what the test compares
-                outcomes.append(type(error).__name__)
+                outcomes.append(error)
 
         threads = [threading.Thread(target=worker) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return sorted(outcomes)
+        return outcomes
 
-    plain, locked, retried = (f"sqlite:///{tmp_path / name}" for name in ("plain.db", "locked.db", "retried.db"))
-    lost, won = open_together(lambda: RDBStorage(plain))  # the race, reproduced: one open fails
-    assert won == "opened" and lost in ("IntegrityError", "OperationalError")
-    assert open_together(lambda: studies.make_storage(locked, None)) == ["opened", "opened"]
-    assert open_together(lambda: studies.retry_schema_race(lambda: RDBStorage(retried))) == ["opened", "opened"]
+    if server:
+        plain, made = (new_database(request.getfixturevalue("postgresql"), name) for name in ("plain", "made"))
+    else:
+        plain, made = (f"sqlite:///{tmp_path / name}" for name in ("plain.db", "made.db"))
+    lost = [error for error in open_together(lambda: RDBStorage(plain)) if error is not None]
+    assert lost and all(isinstance(error, sqlalchemy.exc.DatabaseError) for error in lost), lost  # the race
+    assert open_together(lambda: studies.make_storage(made, None)) == [None, None]
 
 
 def test_a_pruned_trial_stops_on_every_rank(tmp_path):
@@ -588,15 +621,22 @@ def build(config):
     print("built", config.output_dir, flush=True)  # which worker trained which trial
     return default_trainer(Path({model!r}), config)
 
-trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed}, build=build)
+trl_tune(Path({model!r}), Path({out!r}), trials=3, seed={seed}, build=build, storage={storage!r})
 """
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_and_its_total(tmp_path, model_path):
+@pytest.mark.parametrize("server", [False, True], ids=["sqlite", "postgresql"])
+def test_two_workers_share_one_study_and_its_total(tmp_path, model_path, request, server):
+    """Two workers started together on one new study (the default SQLite file, or a PostgreSQL database: the
+    storage of workers on several machines) train three trials between them, each once."""
     out = tmp_path / "study"
+    storage = new_database(request.getfixturevalue("postgresql"), "two_workers") if server else None
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    scripts = [WORKER.format(tests=str(REPO / "tests"), model=str(model_path), out=str(out), seed=s) for s in (0, 1)]
+    scripts = [
+        WORKER.format(tests=str(REPO / "tests"), model=str(model_path), out=str(out), seed=seed, storage=storage)
+        for seed in (0, 1)
+    ]
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -41,7 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="key=low:high,... over the wit_*_weight keys (default: wit_prompt_weight=0:0.5,wit_response_weight=0.5:1, "
         "λp widened to the data's rule-of-thumb point)",
     )
-    parser.add_argument("--storage", help="an Optuna RDB URL shared by workers (default: sqlite:///DIR/study.db)")
+    parser.add_argument(
+        "--storage",
+        help="an Optuna RDB URL shared by workers, e.g. postgresql+psycopg://USER@HOST/DB "
+        "(default: sqlite:///DIR/study.db)",
+    )
     parser.add_argument("--study", default="wit-tune", help="the study's name in the storage (default wit-tune)")
     parser.add_argument(
         "--pruner",

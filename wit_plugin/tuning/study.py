@@ -1,8 +1,8 @@
 """The Optuna study of a tuning: its storage, sampler and pruner, and the study's total of trials.
 
-* Storage: a SQLite file in the output folder by default, or any Optuna RDB URL (``postgresql://...``) shared by
-  workers on several machines. Heartbeats are on: a trial whose worker died (killed, machine lost) stops beating,
-  is marked failed by the next worker that starts a trial (Optuna's ``fail_stale_trials``), and Optuna's
+* Storage: a SQLite file in the output folder by default, or any Optuna RDB URL (``postgresql+psycopg://...``)
+  shared by workers on several machines. Heartbeats are on: a trial whose worker died (killed, machine lost) stops
+  beating, is marked failed by the next worker that starts a trial (Optuna's ``fail_stale_trials``), and Optuna's
   ``RetryFailedTrialCallback`` enqueues it again with the same weights.
 * The total (``--trials N``) counts the trials that ended (complete, pruned, or failed with an error) and those
   running; a failed trial without an error of its own (its worker died, or Ctrl-C) does not count, its retry does.
@@ -126,7 +126,8 @@ class _quiet_experimental:
 
 
 def check_storage(url: str | None) -> None:
-    """Refuses, before anything trains, a ``--storage`` that is no database URL, an in-memory SQLite database (the
+    """Refuses, before anything trains, a ``--storage`` that is no database URL, one whose driver is not installed
+    (Optuna would say "Failed to import DB access module" once the study opens), an in-memory SQLite database (the
     trials' training processes report to the study through its URL: each would see a database of its own), or a
     SQLite file in a folder that does not exist (SQLite makes the file, not its folder)."""
     if url is None:
@@ -136,9 +137,13 @@ def check_storage(url: str | None) -> None:
 
     try:
         parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
     except ArgumentError:
-        raise ValueError(f"--storage {url!r} is not a database URL (e.g. sqlite:///study.db, "
-                         "postgresql://user@host/db)") from None  # fmt: skip
+        raise ValueError(f"--storage {url!r} is not a database URL SQLAlchemy knows (e.g. sqlite:///study.db, "
+                         "postgresql+psycopg://user@host/db)") from None  # fmt: skip
+    except ImportError as error:
+        raise ValueError(f"--storage {url!r}: the database driver is not installed ({error}); for PostgreSQL, "
+                         "pip install 'psycopg[binary]' and write postgresql+psycopg://...") from None  # fmt: skip
     if parsed.get_backend_name() != "sqlite":
         return
     if not parsed.database or parsed.database == ":memory:":
