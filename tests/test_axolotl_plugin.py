@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,11 @@ def test_valid_config_maps_the_stock_type_and_keeps_the_weights(base_cfg):
         ({"wit_loss_impl": "liger"}, ValueError, "wit_loss_impl"),
     ],
 )
-def test_bad_wit_keys_are_errors(base_cfg, override, error, message):
-    with pytest.raises(error, match=message):
-        load_cfg(DictDefault({**copy.deepcopy(base_cfg), **override}))
+def test_bad_wit_keys_are_errors_that_name_the_config_file(base_cfg, tmp_path, override, error, message):
+    config = tmp_path / "bad.yml"
+    config.write_text(yaml.safe_dump({**copy.deepcopy(base_cfg), **override}))
+    with pytest.raises(error, match=f"^config {re.escape(str(config))}: .*{message}"):
+        load_cfg(str(config))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ from wit_plugin.integrations.axolotl.dataset_types import (
     truncates,
 )
 from wit_plugin.jsonl import check_jsonl
-from wit_plugin.roles import RoleSchedules
+from wit_plugin.roles import RoleSchedules, WeightError
 from wit_plugin.tagging import TAGGING_VERSION
 
 if TYPE_CHECKING:
@@ -199,14 +201,26 @@ def _check_json(path: str) -> None:
         check_jsonl(path)
 
 
+@contextmanager
+def config_file_named(path: str | None) -> Iterator[None]:
+    """A config error names the YAML file it is in: Axolotl prints it under a traceback that does not."""
+    try:
+        yield
+    except (options.OptionError, WeightError, WITConfigError) as error:
+        if path and error.args:
+            error.args = (f"config {path}: {error.args[0]}", *error.args[1:])
+        raise
+
+
 class WITPlugin(BasePlugin):
     """Weighted Instruction Tuning: per-role token weights in the SFT loss."""
 
     def register(self, cfg: dict) -> None:
-        check_config(cfg)
-        choose_packing_attention(cfg)
-        disable_lora_kernels_on_cpu(cfg)
-        map_dataset_types(cfg)
+        with config_file_named(cfg.get("axolotl_config_path")):
+            check_config(cfg)
+            choose_packing_attention(cfg)
+            disable_lora_kernels_on_cpu(cfg)
+            map_dataset_types(cfg)
         version_prepared_path(cfg)
         check_dataset_files(cfg)
         LOG.info("wit_plugin: role weights %s", RoleSchedules.from_options(cfg).describe())
