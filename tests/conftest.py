@@ -44,6 +44,7 @@ STACK_NEUTRAL = (
             "a_failed_trial",
             "ctrl_c",
             "workers_opening",
+            "a_storage_password",
             "cli_ctrl_c",
             "a_trial_whose_worker_died",
             "a_lost_trial",

@@ -598,6 +598,27 @@ def test_workers_opening_a_new_study_database_together_all_open_it(tmp_path, mon
     assert open_together(lambda: studies.make_storage(made, None)) == [None, None]
 
 
+def test_a_storage_password_is_written_nowhere(tmp_path, model_path, postgresql, caplog, monkeypatch):
+    """A password in --storage is masked in the log, results.json and an Axolotl trial's link file (run folders and
+    results get shared); the trial's training process gets the URL whole through its environment."""
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    from wit_plugin.tuning.pruning import STORAGE_ENV, TrialLink
+
+    url = new_database(postgresql, "secret").replace("postgres:@", "postgres:s3cret@")  # the server trusts any
+    with caplog.at_level(logging.INFO):
+        trl_tune(model_path, tmp_path / "study", trials=1, build=failing, storage=url)
+    saved = (tmp_path / "study" / "results.json").read_text()
+    assert make_url(json.loads(saved)["storage"]) == make_url(url).set(password="***")
+    assert "s3cret" not in saved and "s3cret" not in caplog.text and "postgres:***@" in caplog.text
+    link = TrialLink(storage=url, study="s", trial_id=0, pruner="none", objective="response_ce", settings={})
+    assert "s3cret" not in link.save(tmp_path).read_text()
+    monkeypatch.setenv(STORAGE_ENV, url)
+    assert TrialLink.load(tmp_path / "wit_tune_trial.json") == link
+
+
 def test_a_pruned_trial_stops_on_every_rank(tmp_path):
     """Under torchrun (two gloo processes) rank 0 decides and every rank stops at the same step; a rank left training
     would hang in its next all-reduce (the timeout fails the test then)."""

@@ -72,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wit_plugin.tuning.space import parse_space
+    from wit_plugin.tuning.study import shown_url
     from wit_plugin.tuning.tune import tune_axolotl
 
     space = parse_space(args.space) if args.space is not None else None  # --space "": refused, not the default
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except KeyboardInterrupt:  # the study holds every finished trial; the interrupted one is failed and queued again
         print(
-            f"wit tune: interrupted; the study ({args.storage or args.out / 'study.db'}) keeps every finished trial and "
+            f"wit tune: interrupted; the study ({shown_url(args.storage) if args.storage else args.out / 'study.db'}) "
+            "keeps every finished trial and "
             "queues the interrupted one's weights again: the same command resumes",
             file=sys.stderr,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 PRUNED_FILE = "wit_tune_pruned.json"
 TRIAL_FILE = "wit_tune_trial.json"  # what the Axolotl subprocess's callback needs (TrialLink)
 TRIAL_ENV = "WIT_TUNE_TRIAL"  # the path of TRIAL_FILE, in the subprocess's environment
+STORAGE_ENV = "WIT_TUNE_STORAGE"  # the storage URL, password included, which TRIAL_FILE masks
 REPORTS_PER_TRIAL = 4  # default: report at a quarter, half and three quarters of the steps
 
 
@@ -41,13 +43,17 @@ class TrialLink:
     report_every: int | None = None  # None: REPORTS_PER_TRIAL reports per run; 0: none (no pruning)
 
     def save(self, folder: Path) -> Path:
+        """Written with the storage's password masked: the subprocess gets the URL from :data:`STORAGE_ENV`."""
+        from wit_plugin.tuning.study import shown_url
+
         path = folder / TRIAL_FILE
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        path.write_text(json.dumps({**asdict(self), "storage": shown_url(self.storage)}, indent=1) + "\n", "utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> TrialLink:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(**{**saved, "storage": os.environ.get(STORAGE_ENV) or saved["storage"]})
 
     def compare_settings(self) -> Any:
         from wit_plugin.evaluation.compare import CompareSettings

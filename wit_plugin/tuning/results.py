@@ -83,7 +83,7 @@ def document(study: Any, tuning: Any) -> dict[str, Any]:
     ]
     result: dict[str, Any] = {
         "study": tuning.study,
-        "storage": tuning.storage_url,
+        "storage": studies.shown_url(tuning.storage_url),
         "objectives": [{"name": o.name, "direction": o.direction} for o in tuning.objectives],
         "space": {key: [r.low, r.high] for key, r in tuning.space.items()},
         "trials": trials,

@@ -105,7 +105,7 @@ class AxolotlRunner:
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         import yaml
 
-        from wit_plugin.tuning.pruning import TRIAL_ENV, pruned_step
+        from wit_plugin.tuning.pruning import STORAGE_ENV, TRIAL_ENV, pruned_step
 
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
@@ -113,6 +113,7 @@ class AxolotlRunner:
         env = {
             **os.environ,
             TRIAL_ENV: str(link.save(folder)),
+            STORAGE_ENV: link.storage,
             # `axolotl train` starts `accelerate` from PATH: this interpreter's scripts first
             "PATH": f"{Path(self.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }

@@ -125,6 +125,17 @@ class _quiet_experimental:
         self._warnings.__exit__(*exc)
 
 
+def shown_url(url: str) -> str:
+    """``url`` as logs, messages and files show it: its password masked (run folders and results get shared)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def check_storage(url: str | None) -> None:
     """Refuses, before anything trains, a ``--storage`` that is no database URL, one whose driver is not installed
     (Optuna would say "Failed to import DB access module" once the study opens), an in-memory SQLite database (the
@@ -135,23 +146,24 @@ def check_storage(url: str | None) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    shown = shown_url(url)
     try:
         parsed = make_url(url)
         parsed.get_dialect().import_dbapi()
     except ArgumentError:
-        raise ValueError(f"--storage {url!r} is not a database URL SQLAlchemy knows (e.g. sqlite:///study.db, "
+        raise ValueError(f"--storage {shown!r} is not a database URL SQLAlchemy knows (e.g. sqlite:///study.db, "
                          "postgresql+psycopg://user@host/db)") from None  # fmt: skip
     except ImportError as error:
-        raise ValueError(f"--storage {url!r}: the database driver is not installed ({error}); for PostgreSQL, "
+        raise ValueError(f"--storage {shown!r}: the database driver is not installed ({error}); for PostgreSQL, "
                          "pip install 'psycopg[binary]' and write postgresql+psycopg://...") from None  # fmt: skip
     if parsed.get_backend_name() != "sqlite":
         return
     if not parsed.database or parsed.database == ":memory:":
-        raise ValueError(f"--storage {url!r}: an in-memory database is not shared with the trials' processes; "
+        raise ValueError(f"--storage {shown!r}: an in-memory database is not shared with the trials' processes; "
                          "name a file, e.g. sqlite:///study.db")  # fmt: skip
     folder = Path(parsed.database).parent
     if not folder.is_dir():
-        raise ValueError(f"--storage {url!r}: the folder {folder} does not exist")
+        raise ValueError(f"--storage {shown!r}: the folder {folder} does not exist")
 
 
 def check_pruner(spec: str) -> str:

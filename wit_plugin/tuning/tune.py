@@ -87,7 +87,12 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
             if tuning.first:
                 log.info("wit tune: first trials (literature priors): %s", "; ".join(map(weights_text, tuning.first)))
     studies.serialise_ask(study, tuning.storage_url)
-    log.info("wit tune: study %r in %s, %d trial(s) in all", tuning.study, tuning.storage_url, tuning.trials)
+    log.info(
+        "wit tune: study %r in %s, %d trial(s) in all",
+        tuning.study,
+        studies.shown_url(tuning.storage_url),
+        tuning.trials,
+    )
     objective = _trial_objective(runner, tuning, study, pruner)
     try:
         while True:
