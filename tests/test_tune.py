@@ -678,6 +678,38 @@ def test_two_workers_share_one_study_and_its_total(tmp_path, model_path, request
 # --- `wit tune` on an Axolotl config, end to end ------------------------------------------------------------------
 
 
+def test_an_axolotl_trial_runs_under_the_interpreter_that_tunes(tmp_path, model_path):
+    """`wit tune` run from a venv sharing the system's packages (one with a database driver of its own, say): the
+    venv has no `accelerate` script, and `axolotl train` started the first `accelerate` on PATH, the system's,
+    whose Python lacks the venv's packages. The trial (here one refused at once: a negative weight) must run
+    under the venv's Python: a sitecustomize only the venv has records every interpreter that starts."""
+    pytest.importorskip("axolotl")
+    import venv
+
+    from wit_plugin.tuning.pruning import TrialLink
+    from wit_plugin.tuning.runners import AxolotlRunner, TrialError
+
+    venv.create(tmp_path / "venv", system_site_packages=True, with_pip=False)
+    python = tmp_path / "venv" / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    started = tmp_path / "started.txt"
+    Path(site, "sitecustomize.py").write_text(
+        f"import sys\nwith open({str(started)!r}, 'a') as f:\n    f.write(' '.join(sys.orig_argv[1:3]) + '\\n')\n"
+    )
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"base_model": str(model_path), "plugins": ["wit_plugin.WITPlugin"],
+                                      "wit_prompt_weight": -1, "datasets": [], "output_dir": str(tmp_path)}))  # fmt: skip
+    link = TrialLink(storage="sqlite:///unused.db", study="s", trial_id=0, pruner="none", objective="response_ce",
+                     settings={})  # fmt: skip
+    runner = AxolotlRunner(config, cwd=tmp_path, python=str(python))
+    with pytest.raises(TrialError, match="wit_prompt_weight must be >= 0"):
+        runner.train({"wit_response_weight": 1.0}, tmp_path / "trial", link, trial=None)
+    assert "-m axolotl.cli.train" in started.read_text().splitlines()  # the training process: the venv's Python
+
+
 @pytest.mark.slow
 def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_path, tmp_path, capsys):
     """A 2-step Axolotl trial, its config recorded whole with float weights (the user's config has integer

@@ -1,9 +1,10 @@
 """One trial's training: the user's set-up with the trial's weights, into the trial's run folder.
 
 * :class:`AxolotlRunner`: the trial's whole config (the user's YAML, the trial's ``wit_*`` weights, its
-  ``output_dir``) is written to ``<run>/config.yml`` and trained by ``axolotl train`` in a subprocess (a crash
-  stays there; its output goes to ``<run>/train.log``). The pruning callback joins through
-  :mod:`.axolotl_plugin`, added to the config's ``plugins``: it does nothing outside a tuning.
+  ``output_dir``) is written to ``<run>/config.yml`` and trained by ``accelerate launch -m axolotl.cli.train``
+  under this interpreter, in a subprocess (a crash stays there; its output goes to ``<run>/train.log``). The
+  pruning callback joins through :mod:`.axolotl_plugin`, added to the config's ``plugins``: it does nothing
+  outside a tuning.
 * :class:`TrlRunner`: a function building a trainer from a ``WITConfig`` (the user's config with the trial's
   weights and ``output_dir``, recorded whole as ``<run>/wit_config.json``), trained in this process.
 
@@ -110,21 +111,17 @@ class AxolotlRunner:
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
         config.write_text(yaml.safe_dump(self.trial_config(weights, folder), sort_keys=False), encoding="utf-8")
-        env = {
-            **os.environ,
-            TRIAL_ENV: str(link.save(folder)),
-            STORAGE_ENV: link.storage,
-            # `axolotl train` starts `accelerate` from PATH: this interpreter's scripts first
-            "PATH": f"{Path(self.python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        command = [self.python, "-m", "axolotl.cli.main", "train", str(config)]
+        env = {**os.environ, TRIAL_ENV: str(link.save(folder)), STORAGE_ENV: link.storage}
+        # README's `accelerate launch -m axolotl.cli.train`, run by this interpreter (`axolotl train` would start
+        # the first `accelerate` on PATH: another interpreter's, without this one's packages, in a venv that has none)
+        command = [self.python, "-m", "accelerate.commands.launch", "-m", "axolotl.cli.train", str(config)]
         with open(folder / LOG_FILE, "w", encoding="utf-8") as log_file:
             done = subprocess.run(
                 command, cwd=self.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False
             )
         if done.returncode:
             raise TrialError(
-                f"axolotl train exited with {done.returncode}: {_error_lines(folder / LOG_FILE)} "
+                f"axolotl training exited with {done.returncode}: {_error_lines(folder / LOG_FILE)} "
                 f"(log: {folder / LOG_FILE})"
             )
         return Outcome(pruned_step(folder), _steps(folder))
