@@ -168,16 +168,17 @@ def default_trainer(model_path: Path, config):
     return WITSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(TRAIN), processing_class=tokenizer)
 
 
-def trl_tune(model_path: Path, out: Path, trials: int, build=None, **options):
-    """A study of 2-step trials on four rows, scored on two held-out rows."""
+def trl_tune(model_path: Path, out: Path, trials: int, build=None, held_out: Path | None = None, **options):
+    """A study of 2-step trials on four rows, scored on two held-out rows (or the file ``held_out``)."""
     from transformers import AutoTokenizer
 
     from wit_plugin import WITConfig
     from wit_plugin.tuning.tune import tune_trl
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    held_out = out.parent / f"{out.name}_held_out.jsonl"
-    held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    if held_out is None:
+        held_out = out.parent / f"{out.name}_held_out.jsonl"
+        held_out.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
 
     config = WITConfig(
         output_dir=str(out / "unused"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
@@ -260,10 +261,23 @@ def test_resume_runs_only_the_missing_trials_and_a_pruner_stops_one(tuned, model
     assert [t["number"] for t in again["trials"]] == [0, 1, 2]
 
 
-def test_a_study_tuning_something_else_is_refused(tuned, model_path):
-    out, _, _ = tuned
+def test_a_study_tuning_something_else_is_refused(tuned, model_path, tmp_path):
+    """Another space, other held-out rows or another scoring flag: the trials' objectives could not be compared.
+    The same rows in another file (another worker's copy) are the same study."""
+    out, _, held_out = tuned
     with pytest.raises(ValueError, match="tunes something else.*space"):
         trl_tune(model_path, out, trials=4, space=parse_space("wit_prompt_weight=0:1,wit_response_weight=0:1"))
+    other = tmp_path / "other.jsonl"
+    other.write_text(held_out.read_text() + json.dumps(TRAIN[0]) + "\n")
+    with pytest.raises(ValueError, match="tunes something else \\(scored_on: .*'other.jsonl'"):
+        trl_tune(model_path, out, trials=1, held_out=other)
+    with pytest.raises(ValueError, match="tunes something else \\(scored_on: .*'max_length': 64"):
+        trl_tune(model_path, out, trials=1, compare={"max_length": 64})
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(held_out.read_text())
+    before = json.loads((out / "results.json").read_text())["trials"]
+    result, _ = trl_tune(model_path, out, trials=1, held_out=copy)  # the study has its trials: none runs
+    assert result["trials"] == before and result["eval_data"] == str(copy)
 
 
 def test_several_objectives_give_a_pareto_front_and_no_pruning(tmp_path, model_path, caplog):

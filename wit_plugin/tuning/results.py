@@ -1,8 +1,8 @@
 """``results.json``, ``best.yml`` and the plot, read from the study (the one record of the trials, which any
 worker may have run).
 
-``results.json``: ``{"study", "storage", "objectives": [{"name", "direction"}], "space", "trials": [{"number",
-"state", "weights", "objective", "run", ...}], "best": {...}}``; ``state`` is ``complete``, ``pruned``,
+``results.json``: ``{"study", "storage", "eval_data", "objectives": [{"name", "direction"}], "space", "trials":
+[{"number", "state", "weights", "objective", "run", ...}], "best": {...}}``; ``state`` is ``complete``, ``pruned``,
 ``failed`` (with its ``error``) or ``running``; ``objective`` is a number (a dict by name for several
 objectives, whose ``pareto_front`` lists the non-dominated trials, and whose ``best`` is the front's best on the
 first objective). ``best.yml``: the best trial's ``wit_*`` keys, ready to paste into a config.
@@ -84,6 +84,7 @@ def document(study: Any, tuning: Any) -> dict[str, Any]:
     result: dict[str, Any] = {
         "study": tuning.study,
         "storage": studies.shown_url(tuning.storage_url),
+        "eval_data": str(tuning.settings.eval_data) if tuning.settings else None,
         "objectives": [{"name": o.name, "direction": o.direction} for o in tuning.objectives],
         "space": {key: [r.low, r.high] for key, r in tuning.space.items()},
         "trials": trials,

@@ -208,7 +208,8 @@ def open_study(
     name: str, storage: Any, directions: Sequence[str], meta: dict[str, Any], sampler: Any, pruner: Any
 ) -> tuple[Any, bool]:
     """The study ``name`` in ``storage``, created if new (returns it and whether it is new). A study tuning
-    something else (other objectives, space or config) is an error naming the difference, not a silent mix."""
+    something else (other objectives, space, config, held-out data or scoring) is an error naming the difference,
+    not a silent mix of objectives scored differently."""
     import optuna
 
     study = optuna.create_study(
@@ -219,12 +220,21 @@ def open_study(
     if old is None:
         study.set_user_attr(META, meta)
         return study, not study.get_trials(deepcopy=False)
-    different = [key for key in meta if key in old and old[key] != meta[key]]
+    different = [key for key in meta if key in old and _by_content(old[key]) != _by_content(meta[key])]
     if different:
         details = "; ".join(f"{key}: the study has {old[key]!r}, this command {meta[key]!r}" for key in different)
-        raise ValueError(f"study {name!r} in {storage.url if hasattr(storage, 'url') else storage} tunes something "
-                         f"else ({details}): use another --study or --out")  # fmt: skip
+        where = shown_url(storage.url) if hasattr(storage, "url") else storage
+        raise ValueError(f"study {name!r} in {where} tunes something else ({details}): use another --study or "
+                         "--out")  # fmt: skip
     return study, False
+
+
+def _by_content(value: Any) -> Any:
+    """A study's setting as compared: a data file by its bytes (``sha256``), not its name (another worker's
+    copy may be named otherwise)."""
+    if isinstance(value, dict):
+        return {key: _by_content(part) for key, part in value.items() if not ("sha256" in value and key == "file")}
+    return value
 
 
 def counts(trial: Any) -> bool:

@@ -74,6 +74,7 @@ def run_tuning(runner: Any, tuning: Tuning) -> dict[str, Any]:
         "objectives": [o.name for o in tuning.objectives],
         "space": format_space(tuning.space),
         "framework": runner.framework,
+        "scored_on": scored_on(tuning.settings),
         **tuning.meta,
     }
     with studies.worker_lock(tuning.storage_url):  # one worker creates the study and queues its first trials
@@ -176,6 +177,21 @@ def _train_and_score(
         )  # fmt: skip
         raise optuna.TrialPruned(f"pruned at step {outcome.pruned['step']}")
     return score_run(folder, tuning.objectives, tuning.settings)
+
+
+def scored_on(settings: Any) -> dict[str, Any]:
+    """What a trial's objective depends on besides its weights: the held-out data files (by content: workers on
+    other machines keep them in other folders) and how they are scored. A resumed study must keep it."""
+    from wit_plugin.evaluation.resume import file_digest
+
+    files = {key: getattr(settings, key) for key in ("eval_data", "posix", "pool", "targets")}
+    return {
+        **{key: {"file": path.name, "sha256": file_digest(path)} for key, path in files.items() if path is not None},
+        "max_length": settings.max_length,
+        "dtype": settings.dtype,
+        "posix_options": dict(settings.posix_options),
+        "crosstask": dict(settings.crosstask),
+    }
 
 
 def _settings(eval_data: Path, **compare: Any) -> Any:

