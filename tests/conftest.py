@@ -45,6 +45,7 @@ STACK_NEUTRAL = (
             "ctrl_c",
             "workers_opening",
             "a_storage_password",
+            "an_axolotl_trial_stopped",
             "cli_ctrl_c",
             "a_trial_whose_worker_died",
             "a_lost_trial",

@@ -724,6 +724,27 @@ def test_an_axolotl_trial_runs_under_the_interpreter_that_tunes(tmp_path, model_
     assert "-m axolotl.cli.train" in started.read_text().splitlines()  # the training process: the venv's Python
 
 
+def test_an_axolotl_trial_stopped_before_its_end_is_not_complete(tmp_path, model_path):
+    """Axolotl saves the model and exits 0 when its training is interrupted (SIGINT to the training process only):
+    the run's record is not marked finished, and the trial must fail, not be scored as complete (it would score
+    the untrained model). A stand-in interpreter writes what such a run leaves."""
+    from wit_plugin.tuning.pruning import TrialLink
+    from wit_plugin.tuning.runners import AxolotlRunner, TrialError
+
+    python = tmp_path / "python"
+    python.write_text(
+        '#!/bin/sh\nfor last; do :; done\necho \'{"finished": false}\' > "$(dirname "$last")/wit_run.json"\n'
+    )
+    python.chmod(0o755)
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"base_model": str(model_path), "plugins": ["wit_plugin.WITPlugin"]}))
+    link = TrialLink(storage="sqlite:///unused.db", study="s", trial_id=0, pruner="none", objective="response_ce",
+                     settings={})  # fmt: skip
+    runner = AxolotlRunner(config, cwd=tmp_path, python=str(python))
+    with pytest.raises(TrialError, match="exited with 0 before its end .*wit_run.json is not marked finished"):
+        runner.train({"wit_response_weight": 1.0}, tmp_path / "trial", link, trial=None)
+
+
 @pytest.mark.slow
 def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_path, tmp_path, capsys):
     """A 2-step Axolotl trial, its config recorded whole with float weights (the user's config has integer

@@ -46,11 +46,16 @@ class Outcome:
     steps: int | None  # optimiser steps trained
 
 
-def _steps(folder: Path) -> int | None:
+def _record(folder: Path) -> dict[str, Any]:
+    """The run's ``wit_run.json`` as written so far (empty if the training wrote none)."""
     from wit_plugin.training.records import RUN_FILE
 
     path = folder / RUN_FILE
-    return json.loads(path.read_text(encoding="utf-8")).get("steps") if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _steps(folder: Path) -> int | None:
+    return _record(folder).get("steps")
 
 
 def with_weights(values: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, Any]:
@@ -106,6 +111,7 @@ class AxolotlRunner:
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         import yaml
 
+        from wit_plugin.training.records import RUN_FILE
         from wit_plugin.tuning.pruning import STORAGE_ENV, TRIAL_ENV, pruned_step
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +129,11 @@ class AxolotlRunner:
             raise TrialError(
                 f"axolotl training exited with {done.returncode}: {_error_lines(folder / LOG_FILE)} "
                 f"(log: {folder / LOG_FILE})"
+            )
+        if not _record(folder).get("finished"):  # Axolotl saves the model and exits 0 on an interrupt
+            raise TrialError(
+                f"axolotl training exited with 0 before its end (its {RUN_FILE} is not marked finished): "
+                f"stopped early, e.g. interrupted; the saved model is not the trial's (log: {folder / LOG_FILE})"
             )
         return Outcome(pruned_step(folder), _steps(folder))
 
