@@ -315,6 +315,8 @@ def test_several_objectives_give_a_pareto_front_and_no_pruning(tmp_path, model_p
         ({"pruner": "medain"}, "--pruner 'medain'"),
         ({"objective": "posix"}, "--objective posix needs --posix"),
         ({"eval": "missing.jsonl"}, "no eval data at"),
+        ({"eval": "broken.jsonl"}, "broken.jsonl:2: not valid JSON"),
+        ({"eval": "empty.jsonl"}, "empty.jsonl has no rows"),
     ],
 )
 def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change, message):
@@ -325,6 +327,8 @@ def test_cli_bad_input_is_named_before_anything_trains(tmp_path, capsys, change,
     path.write_text(yaml.safe_dump(config))
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text(json.dumps(HELD_OUT[0]) + "\n")
+    (tmp_path / "broken.jsonl").write_text(json.dumps(HELD_OUT[0]) + '\n{"messages": [\n')  # each trial failed on it
+    (tmp_path / "empty.jsonl").write_text("\n")
     argv = ["tune", str(path), "--eval-data", str(tmp_path / change.get("eval", "held_out.jsonl")), "--trials", "1",
             "--out", str(tmp_path / "tune"), "--objective", change.get("objective", "response_ce"),
             "--pruner", change.get("pruner", "median")]  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wit_plugin.jsonl import check_jsonl
 from wit_plugin.tuning import study as studies
 from wit_plugin.tuning.objective import Objective, check_inputs, parse_objectives, score_run
 from wit_plugin.tuning.results import score_text, weights_text, write_outputs
@@ -263,6 +264,8 @@ def _tune(
         raise ValueError(f"--trials must be at least 1, got {trials}")
     if not Path(eval_data).is_file():
         raise FileNotFoundError(f"no eval data at {eval_data}")
+    if not check_jsonl(eval_data):  # a bad line names file:line here, not in every trial once it has trained
+        raise ValueError(f"{eval_data} has no rows")
     objectives = parse_objectives(objective)
     check_inputs(objectives, compare or {})
     studies.check_pruner(options.get("pruner", "median"))
