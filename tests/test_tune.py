@@ -23,7 +23,14 @@ import yaml
 
 from wit_plugin.tuning import study as studies
 from wit_plugin.tuning.priors import length_ratio, rule_of_thumb
-from wit_plugin.tuning.space import DEFAULT_SPACE, Range, default_space, first_trials, parse_space
+from wit_plugin.tuning.space import (
+    DEFAULT_SPACE,
+    Range,
+    check_space_applies,
+    default_space,
+    first_trials,
+    parse_space,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [
@@ -362,6 +369,15 @@ def test_a_searched_key_that_per_role_keys_override_is_refused(tmp_path, capsys,
     error = capsys.readouterr().err
     assert f"{tmp_path / 'config.yml'} sets wit_instruction_weight, wit_system_weight, wit_template_weight" in error
     assert "searches wit_prompt_weight" in error and not (tmp_path / "tune").exists()
+
+
+def test_a_searched_key_the_config_schedules_is_refused(tmp_path, capsys):
+    """Every trial would replace the config's schedule of λp by a constant."""
+    schedule = {"wit_prompt_weight": {"start": 0.4, "end": 0.0, "schedule": "linear"}}
+    assert tune_cli(tmp_path, config=schedule) == 2
+    error = capsys.readouterr().err
+    assert f"searches a constant wit_prompt_weight, but {tmp_path / 'config.yml'} sets it to a schedule" in error
+    check_space_applies(parse_space("wit_response_weight=0.5:1"), schedule, "cfg.yml")  # another key: searched
 
 
 def test_which_key_sets_a_role_is_the_weights_own_resolution(caplog):

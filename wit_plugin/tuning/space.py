@@ -18,6 +18,7 @@ from typing import Any
 from wit_plugin import options
 from wit_plugin.options import PROMPT_WEIGHT, RESPONSE_WEIGHT
 from wit_plugin.roles import KEY_ROLES, deciding_keys
+from wit_plugin.schedules import parse_schedule
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,18 @@ def check_space_applies(space: Space | None, values: Mapping[str, Any], where: s
     the weight keys the set-up itself sets (``values``; ``where`` names it, e.g. the config file). A group key
     whose roles all have their own key set (``wit_prompt_weight`` with ``wit_template/system/instruction_weight``)
     would be suggested, recorded and plotted while every trial trained the same weights: refused, naming the
-    keys. A group key overridden for some of its roles only is logged."""
+    keys. A group key overridden for some of its roles only is logged. A searched key the set-up gives a schedule
+    (a weight that changes during training) is refused: every trial would replace it by a constant."""
     varied = list(space or DEFAULT_SPACE)
+    for key in varied:
+        given = values.get(key)
+        schedule = parse_schedule(given, f"{where}: {key}") if isinstance(given, Mapping) else None
+        if schedule is not None and not schedule.constant:
+            raise ValueError(
+                f"{'--space' if space else 'the default space'} searches a constant {key}, but {where} sets it to "
+                f"a schedule ({schedule.describe()}), which every trial would replace: drop the schedule from "
+                f"{where} to search a constant, or search other keys"
+            )
     fixed = {key for key in KEY_ROLES if values.get(key) is not None and key not in varied}
     deciding = deciding_keys(fixed | set(varied))
     for key in varied:
