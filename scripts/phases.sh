@@ -27,22 +27,28 @@ timed() {  # timed NAME COMMAND...: COMMAND as a phase of its own, for phases th
   return "$status"
 }
 
-side_by_side() {  # side_by_side TITLE_A FUNCTION_A TITLE_B FUNCTION_B: both at once, each into its own log; then
-  # each log printed whole under its title, and a non-zero status if either failed
-  local logs first second status_a=0 status_b=0
+side_by_side() {  # side_by_side TITLE FUNCTION [TITLE FUNCTION ...]: all at once, each into its own log; then
+  # each log printed whole under its title, and a non-zero status if any failed
+  local logs titles=() pids=() codes=() i code status=0
   logs=$(mktemp -d)
-  "$2" >"$logs/a" 2>&1 &
-  first=$!
-  "$4" >"$logs/b" 2>&1 &
-  second=$!
-  wait "$first" || status_a=$?
-  wait "$second" || status_b=$?
-  echo "=== $1 (exit $status_a)"
-  cat "$logs/a"
-  echo "=== $3 (exit $status_b)"
-  cat "$logs/b"
+  while (($#)); do
+    titles+=("$1")
+    "$2" >"$logs/${#pids[@]}" 2>&1 &
+    pids+=($!)
+    shift 2
+  done
+  for i in "${!pids[@]}"; do
+    code=0
+    wait "${pids[$i]}" || code=$?
+    codes+=("$code")
+  done
+  for i in "${!pids[@]}"; do
+    echo "=== ${titles[$i]} (exit ${codes[$i]})"
+    cat "$logs/$i"
+    ((codes[i] == 0)) || status=1
+  done
   rm -rf "$logs"
-  ((status_a == 0 && status_b == 0))
+  return "$status"
 }
 
 _minutes() { printf '%d.%d min' $(($1 / 60)) $(($1 % 60 * 10 / 60)); }

@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2-135M-Instruct (converted once), its tokenizer, offline settings; and which
-tests run on every supported stack (``stack_sensitive``) or once (``STACK_NEUTRAL``)."""
+tests run on every supported stack (``stack_sensitive``) or once (``STACK_NEUTRAL``), and which run Axolotl's own
+training (``axolotl_run``)."""
 
 from __future__ import annotations
 
@@ -54,13 +55,28 @@ STACK_NEUTRAL = (
     "test_cli.py::test_help_",  # argument parsing and lazy imports (`wit inspect` reads Axolotl configs: every stack)
 )
 
+# Tests that run Axolotl's own training or preprocessing (minutes each): marked `axolotl_run`. The newest-TRL stack,
+# which lifts transformers past the version Axolotl pins, skips them (`scripts/test_newest.sh`): Axolotl's training
+# is tested with the transformers it pins, on the oldest stack and on the newest Axolotl's.
+AXOLOTL_RUNS = (
+    "test_axolotl_e2e.py",
+    "test_axolotl_plugin.py::test_dropped_fields_are_counted_exactly_with_worker_processes",
+    "test_schedules.py::test_axolotl_logs_and_records_the_same_schedule_as_trl",
+    "test_tune.py::test_wit_tune_cli_trains_axolotl_trials",
+    "test_tune.py::test_an_axolotl_trial_runs_under_the_interpreter_that_tunes",
+)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test not listed in ``STACK_NEUTRAL`` as ``stack_sensitive``."""
+    """Mark every test not listed in ``STACK_NEUTRAL`` as ``stack_sensitive``, those in ``AXOLOTL_RUNS`` as
+    ``axolotl_run``."""
     for item in items:
         file, _, name = item.nodeid.partition("::")
-        if not f"{Path(file).name}::{name}".startswith(STACK_NEUTRAL):
+        node = f"{Path(file).name}::{name}"
+        if not node.startswith(STACK_NEUTRAL):
             item.add_marker(pytest.mark.stack_sensitive)
+        if node.startswith(AXOLOTL_RUNS):
+            item.add_marker(pytest.mark.axolotl_run)
 
 
 @pytest.fixture(scope="session")

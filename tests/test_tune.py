@@ -713,22 +713,25 @@ def test_two_workers_share_one_study_and_its_total(tmp_path, model_path, request
 
 
 def test_an_axolotl_trial_runs_under_the_interpreter_that_tunes(tmp_path, model_path):
-    """`wit tune` run from a venv sharing the system's packages (one with a database driver of its own, say): the
+    """`wit tune` run from a venv sharing another's packages (one with a database driver of its own, say): the
     venv has no `accelerate` script, and `axolotl train` started the first `accelerate` on PATH, the system's,
     whose Python lacks the venv's packages. The trial (here one refused at once: a negative weight) must run
     under the venv's Python: a sitecustomize only the venv has records every interpreter that starts."""
     pytest.importorskip("axolotl")
+    import site as this_site
     import venv
 
     from wit_plugin.tuning.pruning import TrialLink
     from wit_plugin.tuning.runners import AxolotlRunner, TrialError
 
-    venv.create(tmp_path / "venv", system_site_packages=True, with_pip=False)
+    venv.create(tmp_path / "venv", with_pip=False)
     python = tmp_path / "venv" / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
+    shared = "".join(f"import site; site.addsitedir({folder!r})\n" for folder in this_site.getsitepackages())
+    Path(site, "zz_shared.pth").write_text(shared)  # this interpreter's packages (whether it is a venv or not)
     started = tmp_path / "started.txt"
     Path(site, "sitecustomize.py").write_text(
         f"import sys\nwith open({str(started)!r}, 'a') as f:\n    f.write(' '.join(sys.orig_argv[1:3]) + '\\n')\n"
