@@ -14,7 +14,8 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from wit_plugin.tuning.pruning import PRUNED_FILE, PruningCallback, TrialLink
+from wit_plugin.training.records import PRUNED_FILE
+from wit_plugin.tuning.pruning import PruningCallback, TrialLink
 
 PRUNE_AT = 2
 

@@ -276,9 +276,11 @@ def test_a_study_tuning_something_else_is_refused(tuned, model_path, tmp_path):
         trl_tune(model_path, out, trials=4, space=parse_space("wit_prompt_weight=0:1,wit_response_weight=0:1"))
     other = tmp_path / "other.jsonl"
     other.write_text(held_out.read_text() + json.dumps(TRAIN[0]) + "\n")
-    with pytest.raises(ValueError, match="tunes something else \\(scored_on: .*'other.jsonl'"):
+    with pytest.raises(ValueError, match="tunes something else \\(scored_on.eval_data: .*'other.jsonl'"):
         trl_tune(model_path, out, trials=1, held_out=other)
-    with pytest.raises(ValueError, match="tunes something else \\(scored_on: .*'max_length': 64"):
+    with pytest.raises(
+        ValueError, match="tunes something else \\(scored_on.max_length: the study has None, this command 64\\)"
+    ):
         trl_tune(model_path, out, trials=1, compare={"max_length": 64})
     copy = tmp_path / "copy.jsonl"
     copy.write_text(held_out.read_text())
@@ -812,6 +814,11 @@ def test_wit_tune_cli_trains_axolotl_trials_and_prunes_in_the_subprocess(model_p
     result = json.loads((out / "results.json").read_text())
     second = result["trials"][1]
     assert second["state"] == "pruned" and second["pruned_at_step"] == 1 and list(second["intermediate"]) == ["1"]
+    saved = tmp_path / "compare_pruned.json"  # Axolotl saved the pruned run's model: compare says it was pruned
+    assert main(["compare", second["run"], "--eval-data", str(held_out), "--out", str(saved)]) == 0
+    assert json.loads(saved.read_text())["runs"][0]["note"] == (
+        "pruned by wit tune at step 1: trained fewer steps than its config asks"
+    )
     assert "wit tune: 2 trial(s): 1 complete, 1 pruned" in capsys.readouterr().out
     assert (
         yaml.safe_load((out / "best.yml").read_text())["wit_prompt_weight"]

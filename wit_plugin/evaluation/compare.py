@@ -41,7 +41,7 @@ from wit_plugin.evaluation.models import MODEL_FILES, TOKENIZER_FILES, has_model
 from wit_plugin.evaluation.resume import Saved, fingerprint, model_identity
 from wit_plugin.jsonl import read_jsonl
 from wit_plugin.roles import MESSAGES_FIELD, TEXT_FIELD
-from wit_plugin.training.records import RUN_FILE, RunError, dataset_taggings, find_runs, read_record
+from wit_plugin.training.records import RUN_FILE, RunError, dataset_taggings, find_runs, pruned_step, read_record
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -303,7 +303,10 @@ def compare_runs(
             finished=record.get("finished", False),
         )
         _check_run_folder(folder)
-        if not entry["finished"]:
+        pruned = pruned_step(folder)
+        if pruned:
+            entry["note"] = f"pruned by wit tune at step {pruned['step']}: trained fewer steps than its config asks"
+        elif not entry["finished"]:
             entry["note"] = f"training did not finish: the model saved at step {entry['train'].get('step', '?')}"
         say(f"{folder}: loading")
         model, tokenizer = load_model(folder, settings.device, base=record.get("base_model"), dtype=settings.dtype)

@@ -116,6 +116,15 @@ class RunRecordCallback(TrainerCallback):
         self._write(args, state)
 
 
+PRUNED_FILE = "wit_tune_pruned.json"  # written by wit tune's pruning callback when it stops a run
+
+
+def pruned_step(folder: str | Path) -> dict[str, Any] | None:
+    """Where wit tune's pruner stopped the run (``{"step", "value"}``), or None if it did not."""
+    path = Path(folder) / PRUNED_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def read_record(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / RUN_FILE
     if not path.is_file():

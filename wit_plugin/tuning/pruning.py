@@ -20,9 +20,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from wit_plugin.training.records import PRUNED_FILE
+
 log = logging.getLogger(__name__)
 
-PRUNED_FILE = "wit_tune_pruned.json"
 TRIAL_FILE = "wit_tune_trial.json"  # what the Axolotl subprocess's callback needs (TrialLink)
 TRIAL_ENV = "WIT_TUNE_TRIAL"  # the path of TRIAL_FILE, in the subprocess's environment
 STORAGE_ENV = "WIT_TUNE_STORAGE"  # the storage URL, password included, which TRIAL_FILE masks
@@ -80,12 +81,6 @@ def settings_dict(settings: Any) -> dict[str, Any]:
     values = asdict(settings)
     values["references"] = list(values.get("references") or [])
     return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
-
-
-def pruned_step(folder: Path) -> dict[str, Any] | None:
-    """What the callback wrote when it stopped the run (step, value), or None if the run was not pruned."""
-    path = Path(folder) / PRUNED_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def rank_zero_decides(stop: bool, device: Any) -> bool:

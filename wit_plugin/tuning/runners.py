@@ -111,8 +111,8 @@ class AxolotlRunner:
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         import yaml
 
-        from wit_plugin.training.records import RUN_FILE
-        from wit_plugin.tuning.pruning import STORAGE_ENV, TRIAL_ENV, pruned_step
+        from wit_plugin.training.records import RUN_FILE, pruned_step
+        from wit_plugin.tuning.pruning import STORAGE_ENV, TRIAL_ENV
 
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
@@ -165,7 +165,8 @@ class TrlRunner:
 
     def train(self, weights: Mapping[str, float], folder: Path, link: TrialLink, trial: Any) -> Outcome:
         from wit_plugin.training.mixin import WITTrainerMixin
-        from wit_plugin.tuning.pruning import PruningCallback, pruned_step
+        from wit_plugin.training.records import pruned_step
+        from wit_plugin.tuning.pruning import PruningCallback
 
         folder.mkdir(parents=True, exist_ok=True)
         config = dataclasses.replace(self.config, output_dir=str(folder), **with_weights({}, weights))

@@ -134,7 +134,7 @@ def shown_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         return url
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)  # else: as typed
+    return parsed.render_as_string(hide_password=True) if parsed.password else url  # else as typed (no re-quoting)
 
 
 def check_storage(url: str | None) -> None:
@@ -220,13 +220,25 @@ def open_study(
     if old is None:
         study.set_user_attr(META, meta)
         return study, not study.get_trials(deepcopy=False)
-    different = [key for key in meta if key in old and _by_content(old[key]) != _by_content(meta[key])]
+    different = _differences(old, meta)
     if different:
-        details = "; ".join(f"{key}: the study has {old[key]!r}, this command {meta[key]!r}" for key in different)
+        details = "; ".join(f"{key}: the study has {was!r}, this command {now!r}" for key, was, now in different)
         where = shown_url(storage.url) if hasattr(storage, "url") else storage
         raise ValueError(f"study {name!r} in {where} tunes something else ({details}): use another --study or "
                          "--out")  # fmt: skip
     return study, False
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The settings (dotted keys into nested ones) where ``new`` differs from ``old``, keys that ``old`` lacks
+    (a study made by an older version) left out; a data file as a whole (its name and bytes)."""
+    found = []
+    for key, value in new.items():
+        if key not in old or _by_content(old[key]) == _by_content(value):
+            continue
+        nested = isinstance(value, dict) and isinstance(old[key], dict) and "sha256" not in value
+        found += _differences(old[key], value, f"{prefix}{key}.") if nested else [(prefix + key, old[key], value)]
+    return found
 
 
 def _by_content(value: Any) -> Any:
