@@ -112,7 +112,7 @@ def test_inspect_counts_only_tokens_with_a_weight_as_trained_and_names_unread_ke
     }
     assert legend["role"] == ["weight", "tokens", "trained (weight > 0)"]
     assert legend["template"][0] == "0" and int(legend["template"][1]) > 0 and legend["template"][2] == "0"
-    assert legend["instruction"] == ["0", "2", "0"] and legend["response"] == ["1", "1", "1"]
+    assert legend["instruction"] == ["0", "2", "0"] and legend["response"] == ["1 × message 0.5", "1", "1"]
     assert "message key messages[0].score: read by no row format" in out
     page = (tmp_path / "p.html").read_text()
     assert 'role=response weight=0.5"' in page  # the final weight: role weight 1 × the message's weight 0.5

@@ -37,6 +37,7 @@ class InspectedToken:
     text: str
     role: Role
     weight: float  # what the loss gives it as a target: role weight × message weight (0 for the first token)
+    multiplier: float = 1.0  # its message's weight (from the data)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.token_id, "text": self.text, "role": self.role.label, "weight": self.weight}
@@ -48,7 +49,7 @@ def inspect_tokens(tagged: TaggedSequence, weights: RoleWeights) -> list[Inspect
     table = weights.by_code()
     multipliers = tagged.token_multipliers().tolist()
     return [
-        InspectedToken(token_id, text, Role(role), 0.0 if index == 0 else table[role] * multiplier)
+        InspectedToken(token_id, text, Role(role), 0.0 if index == 0 else table[role] * multiplier, multiplier)
         for index, (token_id, role, text, multiplier) in enumerate(
             zip(tagged.input_ids, tagged.roles, tagged.token_texts(), multipliers)
         )
@@ -56,12 +57,18 @@ def inspect_tokens(tagged: TaggedSequence, weights: RoleWeights) -> list[Inspect
 
 
 def _summary_rows(tokens: list[InspectedToken], weights: RoleWeights) -> list[tuple[str, str, str, str]]:
-    """Per role: weight, tokens, and tokens the loss trains (weight > 0; the row's first token has weight 0)."""
+    """Per role: weight (the role's, × its messages' weights from the data where any is not 1: what is trained),
+    tokens, and tokens the loss trains (weight > 0; the row's first token has weight 0)."""
     rows = []
     for role in TRAINABLE_ROLES:
         count = sum(t.role is role for t in tokens)
         targets = sum(t.role is role and t.weight > 0 for t in tokens)
-        rows.append((role.label, f"{getattr(weights, role.label):g}", str(count), str(targets)))
+        weight = f"{getattr(weights, role.label):g}"
+        multipliers = sorted({t.multiplier for t in tokens[1:] if t.role is role})
+        if getattr(weights, role.label) > 0 and multipliers and multipliers != [1.0]:
+            shown = multipliers if len(multipliers) <= 4 else [multipliers[0], multipliers[-1]]
+            weight += f" × message {('–' if len(shown) < len(multipliers) else '/').join(f'{m:g}' for m in shown)}"
+        rows.append((role.label, weight, str(count), str(targets)))
     return rows
 
 
