@@ -93,7 +93,7 @@ def test_inspect_counts_only_tokens_with_a_weight_as_trained_and_names_unread_ke
     data = tmp_path / "weighted.jsonl"
     row = {
         "messages": [
-            {"role": "user", "content": "first question", "score": 3},
+            {"role": "user", "content": "first question", "score": 3, "loss_weight": 0},
             {"role": "assistant", "content": "one", "weight": 0.5},
         ]
     }
@@ -114,6 +114,9 @@ def test_inspect_counts_only_tokens_with_a_weight_as_trained_and_names_unread_ke
     assert legend["template"][0] == "0" and int(legend["template"][1]) > 0 and legend["template"][2] == "0"
     assert legend["instruction"] == ["0", "2", "0"] and legend["response"] == ["1 × message 0.5", "1", "1"]
     assert "message key messages[0].score: read by no row format" in out
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "messages[0].loss_weight: read by no row format nor the chat template (no effect); to weight messages by " \
+        "it, set `wit_message_weight_field: loss_weight`" in flat and "wit_message_weight_field: score" not in flat  # fmt: skip
     page = (tmp_path / "p.html").read_text()
     assert 'role=response weight=0.5"' in page  # the final weight: role weight 1 × the message's weight 0.5
     assert "<th>trained (weight &gt; 0)</th>" in page or "<th>trained (weight > 0)</th>" in page

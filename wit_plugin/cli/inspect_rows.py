@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     from wit_plugin.cli.console import make_console
     from wit_plugin.tagging import TaggingError
+    from wit_plugin.tagging.messages import weight_field_hint
     from wit_plugin.token_view import inspect_tokens, render_html, render_rich, render_table
 
     if args.config and (args.row_format or args.chat_template):
@@ -205,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(escape(f"{setup.tagger.format_name} row, {len(tokens)} tokens: {fate}"), highlight=False)
         console.print(render_rich(tokens, weights))
         for name in tagged.unread:
-            console.print(escape(f"message key {name}: read by no row format nor the chat template (no effect)"))
+            hint = weight_field_hint(name.rsplit(".", 1)[-1])
+            console.print(escape(f"message key {name}: read by no row format nor the chat template (no effect){hint}"))
         if tagged.dropped:
             console.print(escape(f"dropped (the chat template does not render them): {', '.join(tagged.dropped)}"))
         if tagged.turns_without_end:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from wit_plugin.roles import Role
+from wit_plugin.tagging.messages import weight_field_hint
 
 LOG = logging.getLogger(__name__)
 _OUTPUT = np.array([Role.RESPONSE, Role.REASONING, Role.EOT], dtype=np.int64)
@@ -58,11 +59,12 @@ class UnreadKeys:
             self.seen.add(key)
             LOG.warning(
                 "wit: %s dataset: message key %r is read by no row format and not rendered by the chat template, so "
-                "it changes nothing in training (first seen at %s, %s; warned once per dataset)",
+                "it changes nothing in training (first seen at %s, %s; warned once per dataset and worker process)%s",
                 self.dataset,
                 key,
                 where(),
                 name,
+                weight_field_hint(key),
             )
 
 

@@ -33,6 +33,15 @@ class WeightKeys:
         return get(self.weight) is not None or get(self.training) is not None or get(self.training_detail) is not None
 
 
+# Message keys other frameworks keep loss weights under (LLaMA-Factory, ms-swift): an unread one gets a hint.
+PEER_WEIGHT_KEYS = ("loss_weight", "loss_scale", "loss")
+
+
+def weight_field_hint(key: str) -> str:
+    """For an unread message key that other frameworks use as a loss weight: how to make it one here."""
+    return f"; to weight messages by it, set `wit_message_weight_field: {key}`" if key in PEER_WEIGHT_KEYS else ""
+
+
 # One span of a content's characters ``[begin, end]`` (inclusive, as Axolotl writes them) trained or not.
 Detail = tuple[int, int, bool]
 
