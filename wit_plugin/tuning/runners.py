@@ -54,10 +54,6 @@ def _record(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _steps(folder: Path) -> int | None:
-    return _record(folder).get("steps")
-
-
 def with_weights(values: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, Any]:
     """``values`` with the trial's weights, as floats."""
     return {**values, **{key: float(value) for key, value in weights.items()}}
@@ -130,12 +126,13 @@ class AxolotlRunner:
                 f"axolotl training exited with {done.returncode}: {_error_lines(folder / LOG_FILE)} "
                 f"(log: {folder / LOG_FILE})"
             )
-        if not _record(folder).get("finished"):  # Axolotl saves the model and exits 0 on an interrupt
+        record = _record(folder)
+        if not record.get("finished"):  # Axolotl saves the model and exits 0 on an interrupt
             raise TrialError(
                 f"axolotl training exited with 0 before its end (its {RUN_FILE} is not marked finished): "
                 f"stopped early, e.g. interrupted; the saved model is not the trial's (log: {folder / LOG_FILE})"
             )
-        return Outcome(pruned_step(folder), _steps(folder))
+        return Outcome(pruned_step(folder), record.get("steps"))
 
 
 class TrlRunner:
@@ -186,4 +183,4 @@ class TrlRunner:
         finally:
             del trainer
             gc.collect()
-        return Outcome(pruned_step(folder), _steps(folder))
+        return Outcome(pruned_step(folder), _record(folder).get("steps"))
